@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Installs or builds the real components of the local platform, cached outside the
+# repository so every clone (and CI on this machine) reuses them.
+#
+#   ${STREAMGATE_TOOLS:-$HOME/.cache/streamgate}/<component>-<version>/bin/...
+#
+# Idempotent: a component whose stamp file exists is skipped. Nothing is installed
+# system-wide and no system service is started: Debian packages are fetched with
+# `apt-get download` through a private sources list and unpacked with `dpkg -x`.
+set -euo pipefail
+
+source "$(dirname "$0")/versions.sh"
+
+TOOLS="${STREAMGATE_TOOLS:-$HOME/.cache/streamgate}"
+mkdir -p "$TOOLS"
+
+say() { printf '==> [%s] %s\n' "$1" "$2"; }
+die() {
+  local component="$1" msg="$2" fix="$3"
+  printf 'ERROR [%s] %s\n  fix: %s\n' "$component" "$msg" "$fix" >&2
+  exit 1
+}
+
+need_cmd() {
+  local component="$1" cmd="$2" fix="$3"
+  command -v "$cmd" >/dev/null 2>&1 || die "$component" "'$cmd' not found on PATH" "$fix"
+}
+
+# --- Debian packages through a private apt state -------------------------------------
+
+# apt_fetch COMPONENT SUITE DEST PACKAGE...: downloads the .debs of SUITE into DEST and
+# unpacks them there. apt's own state (/var/lib/apt, /etc/apt) is left untouched.
+apt_fetch() {
+  local component="$1" suite="$2" dest="$3"
+  shift 3
+  need_cmd "$component" apt-get "run on Debian/Ubuntu with apt-get available"
+  need_cmd "$component" dpkg "apt-get install dpkg"
+  local state="$TOOLS/.apt-$suite"
+  mkdir -p "$state/lists/partial" "$state/cache/archives/partial"
+  echo "deb http://deb.debian.org/debian $suite main" >"$state/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$state/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+    -o "Dir::State::Lists=$state/lists" -o "Dir::Cache=$state/cache" -o "Debug::NoLocking=1"
+    -o "APT::Sandbox::User=root")
+  if [ ! -f "$state/updated" ] || [ -n "$(find "$state/updated" -mmin +1440 2>/dev/null)" ]; then
+    say "$component" "apt-get update ($suite)"
+    apt-get "${opts[@]}" -qq update >"$state/update.log" 2>&1 ||
+      die "$component" "apt-get update for Debian $suite failed (see $state/update.log)" \
+        "check that deb.debian.org is reachable, then re-run 'make tools'"
+    touch "$state/updated"
+  fi
+  local tmp
+  tmp="$(mktemp -d)"
+  say "$component" "apt-get download $* ($suite)"
+  (cd "$tmp" && apt-get "${opts[@]}" -qq download "$@" >"$tmp/download.log" 2>&1) ||
+    die "$component" "apt-get download $* failed: $(tail -n 3 "$tmp/download.log")" \
+      "check the package exists in Debian $suite (apt-cache policy $*), then re-run 'make tools'"
+  mkdir -p "$dest"
+  for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$dest/root"; done
+  rm -rf "$tmp"
+}
+
+# link_bin COMPONENT DIR NAME: links the unpacked binary NAME (wherever the package put it)
+# as DIR/bin/NAME.
+link_bin() {
+  local component="$1" dir="$2" name="$3" found
+  found="$(find "$dir/root" -type f -path "*bin/$name" -perm -u+x | head -n 1)"
+  [ -n "$found" ] || die "$component" "package has no executable '$name'" "rm -rf $dir && make tools"
+  mkdir -p "$dir/bin"
+  ln -sf "$found" "$dir/bin/$name"
+}
+
+install_etcd() {
+  local dir="$TOOLS/etcd-$ETCD_DEB_VERSION"
+  if [ -f "$dir/.done" ]; then say etcd "cached in $dir"; return; fi
+  rm -rf "$dir"
+  apt_fetch etcd trixie "$dir" "etcd-server=$ETCD_DEB_VERSION"
+  link_bin etcd "$dir" etcd
+  "$dir/bin/etcd" --version >/dev/null || die etcd "unpacked etcd does not run" "rm -rf $dir && make tools"
+  touch "$dir/.done"
+  say etcd "installed in $dir"
+}
+
+install_nats() {
+  local dir="$TOOLS/nats-server-$NATS_DEB_VERSION"
+  if [ -f "$dir/.done" ]; then say nats-server "cached in $dir"; return; fi
+  rm -rf "$dir"
+  apt_fetch nats-server trixie "$dir" "nats-server=$NATS_DEB_VERSION"
+  link_bin nats-server "$dir" nats-server
+  "$dir/bin/nats-server" --version >/dev/null || die nats-server "unpacked nats-server does not run" "rm -rf $dir && make tools"
+  touch "$dir/.done"
+  say nats-server "installed in $dir"
+}
+
+install_consul() {
+  local dir="$TOOLS/consul-$CONSUL_DEB_VERSION"
+  if [ -f "$dir/.done" ]; then say consul "cached in $dir"; return; fi
+  rm -rf "$dir"
+  apt_fetch consul bullseye "$dir" "consul=$CONSUL_DEB_VERSION"
+  link_bin consul "$dir" consul
+  "$dir/bin/consul" version >/dev/null || die consul "unpacked consul does not run" "rm -rf $dir && make tools"
+  touch "$dir/.done"
+  say consul "installed in $dir"
+}
+
+# --- Go-built components ----------------------------------------------------------------
+
+# The k8s.io/kubernetes module points every k8s.io/* staging module at ./staging, so it
+# cannot be `go install`ed. We build from a generated wrapper module that requires it and
+# replaces each staging module with its published v0.X.Y, taken from the release's go.mod.
+install_kube() {
+  local dir="$TOOLS/kubernetes-$K8S_VERSION"
+  if [ -f "$dir/.done" ]; then say kubernetes "cached in $dir"; return; fi
+  need_cmd kubernetes go "install Go >= 1.24 (https://go.dev/doc/install) and put it on PATH"
+  local mod="$dir/wrapper"
+  mkdir -p "$mod" "$dir/bin"
+  say kubernetes "downloading k8s.io/kubernetes@$K8S_VERSION module"
+  local gomod
+  gomod="$(cd "$mod" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+    sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')" ||
+    die kubernetes "go mod download k8s.io/kubernetes@$K8S_VERSION failed" "check GOPROXY reaches the Go module proxy, then re-run 'make tools'"
+  [ -f "$gomod" ] || die kubernetes "go.mod of k8s.io/kubernetes@$K8S_VERSION not found" "re-run 'make tools'"
+  local staging_version="v0.${K8S_VERSION#v1.}"
+  (
+    cd "$mod"
+    rm -f go.mod go.sum
+    go mod init streamgate.local/kube-wrapper >/dev/null 2>&1
+    go mod edit -go="$(sed -n 's/^go \(.*\)/\1/p' "$gomod")"
+    go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
+    # Every `k8s.io/foo => ./staging/src/k8s.io/foo` line becomes `k8s.io/foo => k8s.io/foo v0.X.Y`.
+    grep -E '^\s*k8s\.io/[^ ]+ => \./staging/' "$gomod" | awk '{print $1}' | while read -r m; do
+      go mod edit -replace="$m=$m@$staging_version"
+    done
+    cat >tools.go <<'EOF'
+//go:build tools
+
+// Package tools pins the Kubernetes commands this wrapper module builds.
+package tools
+EOF
+  )
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
+  ldflags+=" -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    if [ -x "$dir/bin/$cmd" ]; then say kubernetes "$cmd already built"; continue; fi
+    say kubernetes "building $cmd $K8S_VERSION (the first build takes a while on 2 cores)"
+    (cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" \
+      -o "$dir/bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" >"$dir/build-$cmd.log" 2>&1) ||
+      die kubernetes "go build of $cmd failed: $(tail -n 5 "$dir/build-$cmd.log")" \
+        "see $dir/build-$cmd.log; fix the Go toolchain (go version >= the release's go directive) and re-run 'make tools'"
+    mv "$dir/bin/$cmd.tmp" "$dir/bin/$cmd"
+  done
+  touch "$dir/.done"
+  say kubernetes "built in $dir"
+}
+
+# go_install COMPONENT MODULE PACKAGE VERSION: builds with `go install` into the cache.
+# When the module's go.mod has replace directives (`go install pkg@v` refuses those),
+# falls back to a wrapper module that copies them.
+go_install() {
+  local component="$1" module="$2" pkg="$3" version="$4"
+  local dir="$TOOLS/$component-$version"
+  if [ -f "$dir/.done" ]; then say "$component" "cached in $dir"; return; fi
+  need_cmd "$component" go "install Go >= 1.24 (https://go.dev/doc/install) and put it on PATH"
+  mkdir -p "$dir/bin"
+  say "$component" "go install $pkg@$version"
+  if ! GOBIN="$dir/bin" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$pkg@$version" >"$dir/build.log" 2>&1; then
+    grep -q 'replace directives' "$dir/build.log" ||
+      die "$component" "go install $pkg@$version failed: $(tail -n 5 "$dir/build.log")" \
+        "see $dir/build.log; check the Go toolchain and the module proxy, then re-run 'make tools'"
+    say "$component" "module has replace directives; building through a wrapper module"
+    local mod="$dir/wrapper"
+    mkdir -p "$mod"
+    local gomod
+    gomod="$(cd "$mod" && GOFLAGS=-mod=mod go mod download -json "$module@$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+    (
+      cd "$mod"
+      rm -f go.mod go.sum
+      go mod init "streamgate.local/$component-wrapper" >/dev/null 2>&1
+      go mod edit -require="$module@$version"
+      awk '/^replace \(/{inblk=1;next} inblk&&/^\)/{inblk=0} inblk{print} /^replace [^(]/{sub(/^replace /,"");print}' "$gomod" |
+        grep '=>' | while read -r line; do
+        local from to
+        from="$(echo "$line" | awk -F'=>' '{print $1}' | xargs | tr ' ' '@')"
+        to="$(echo "$line" | awk -F'=>' '{print $2}' | xargs | tr ' ' '@')"
+        go mod edit -replace="$from=$to"
+      done
+    )
+    (cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$dir/bin/" "$pkg" >"$dir/build.log" 2>&1) ||
+      die "$component" "build of $pkg@$version failed: $(tail -n 5 "$dir/build.log")" \
+        "see $dir/build.log, then re-run 'make tools'"
+  fi
+  touch "$dir/.done"
+  say "$component" "installed in $dir"
+}
+
+# The kwok binary plays no stage unless given some; kwokctl ships them in the module's
+# kustomize/ tree. We take the same set kwokctl uses: nodes initialise and keep a lease,
+# pods follow the general lifecycle (init containers, readiness, completion, deletion).
+install_kwok_stages() {
+  local dir="$TOOLS/kwok-$KWOK_VERSION"
+  [ -f "$dir/stages.yaml" ] && return
+  local src
+  src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+  [ -d "$src" ] || (cd "$dir" && go mod download "sigs.k8s.io/kwok@$KWOK_VERSION" >/dev/null 2>&1) || true
+  [ -d "$src" ] || die kwok "kwok stage files not found in $src" "go mod download sigs.k8s.io/kwok@$KWOK_VERSION && make tools"
+  : >"$dir/stages.yaml.tmp"
+  for f in "$src"/node/fast/node-initialize.yaml "$src"/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml "$src"/pod/general/pod-*.yaml; do
+    printf -- '---\n' >>"$dir/stages.yaml.tmp"
+    grep -v '^---$' "$f" >>"$dir/stages.yaml.tmp"
+  done
+  mv "$dir/stages.yaml.tmp" "$dir/stages.yaml"
+  say kwok "stages written to $dir/stages.yaml"
+}
+
+components="${*:-etcd nats consul kwok helm kube}"
+for c in $components; do
+  case "$c" in
+    etcd) install_etcd ;;
+    nats) install_nats ;;
+    consul)
+      if [ -n "${STREAMGATE_CONSUL_BIN:-}" ]; then
+        [ -x "$STREAMGATE_CONSUL_BIN" ] || die consul "STREAMGATE_CONSUL_BIN=$STREAMGATE_CONSUL_BIN is not an executable" "point it at a consul binary or unset it"
+        say consul "using STREAMGATE_CONSUL_BIN=$STREAMGATE_CONSUL_BIN"
+      else
+        install_consul
+      fi
+      ;;
+    kwok)
+      go_install kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+      install_kwok_stages
+      ;;
+    helm) go_install helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
+    kube) install_kube ;;
+    *) die "$c" "unknown component" "use one of: etcd nats consul kwok helm kube" ;;
+  esac
+done
+say tools "all components ready in $TOOLS"

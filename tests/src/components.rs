@@ -1,0 +1,222 @@
+//! Each component's command line. Readiness checks live in [`crate::platform`], which
+//! knows the order the components depend on each other.
+
+use crate::pki::{CertFiles, ClusterPki};
+use crate::tools::Tools;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Ports and paths every component agrees on.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub dir: PathBuf,
+    pub etcd_client_port: u16,
+    pub etcd_peer_port: u16,
+    pub apiserver_port: u16,
+    pub controller_manager_port: u16,
+    pub scheduler_port: u16,
+    pub kwok_server_port: u16,
+    pub kwok_node_port: u16,
+    pub consul_http_port: u16,
+    pub consul_serf_lan_port: u16,
+    pub consul_serf_wan_port: u16,
+    pub consul_server_port: u16,
+    pub nats_port: u16,
+    pub nats_monitor_port: u16,
+}
+
+impl Layout {
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    pub fn pki(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+    pub fn kubeconfig(&self, user: &str) -> PathBuf {
+        if user == "admin" {
+            self.dir.join("kubeconfig")
+        } else {
+            self.pki().join(format!("{user}.kubeconfig"))
+        }
+    }
+    pub fn apiserver_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.apiserver_port)
+    }
+    pub fn etcd_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd_client_port)
+    }
+}
+
+/// A kubeconfig for `user` authenticating with its client certificate.
+pub fn kubeconfig_yaml(server: &str, ca: &Path, user: &str, creds: &CertFiles) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: streamgate-local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: streamgate-local\n  context:\n    cluster: streamgate-local\n    user: {user}\ncurrent-context: streamgate-local\n",
+        ca = ca.display(),
+        cert = creds.cert.display(),
+        key = creds.key.display(),
+    )
+}
+
+pub fn etcd(tools: &Tools, l: &Layout) -> Command {
+    let peer = format!("http://127.0.0.1:{}", l.etcd_peer_port);
+    let mut c = Command::new(&tools.etcd);
+    c.arg("--name=streamgate-local")
+        .arg(format!("--data-dir={}", l.data().join("etcd").display()))
+        .arg(format!("--listen-client-urls={}", l.etcd_url()))
+        .arg(format!("--advertise-client-urls={}", l.etcd_url()))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster=streamgate-local={peer}"))
+        // A throw-away test cluster: durability across power loss is not worth the fsyncs.
+        .arg("--unsafe-no-fsync")
+        .arg("--log-level=warn");
+    c
+}
+
+pub fn kube_apiserver(tools: &Tools, l: &Layout, pki: &ClusterPki) -> Command {
+    let mut c = Command::new(&tools.kube_apiserver);
+    c.arg(format!("--etcd-servers={}", l.etcd_url()))
+        .arg("--bind-address=127.0.0.1")
+        .arg("--advertise-address=127.0.0.1")
+        .arg(format!("--secure-port={}", l.apiserver_port))
+        .arg(format!("--tls-cert-file={}", pki.apiserver.cert.display()))
+        .arg(format!("--tls-private-key-file={}", pki.apiserver.key.display()))
+        .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
+        .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+        .arg(format!("--service-account-key-file={}", pki.service_account_key.display()))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            pki.service_account_key.display()
+        ))
+        .arg("--service-cluster-ip-range=10.0.0.0/24")
+        .arg("--authorization-mode=Node,RBAC")
+        .arg(
+            "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,\
+             PodSecurity,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota",
+        )
+        .arg("--allow-privileged=true")
+        // The advertised address is loopback and no kubelet runs: nothing would answer
+        // behind the `kubernetes` Service's endpoints.
+        .arg("--endpoint-reconciler-type=none")
+        .arg("--profiling=false")
+        .arg("--v=1");
+    c
+}
+
+pub fn kube_controller_manager(tools: &Tools, l: &Layout, pki: &ClusterPki) -> Command {
+    let kubeconfig = l.kubeconfig("controller-manager");
+    let mut c = Command::new(&tools.kube_controller_manager);
+    c.arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--authentication-kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--authorization-kubeconfig={}", kubeconfig.display()))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={}", l.controller_manager_port))
+        .arg(format!("--cert-dir={}", l.data().join("controller-manager").display()))
+        .arg("--leader-elect=false")
+        .arg(format!(
+            "--service-account-private-key-file={}",
+            pki.service_account_key.display()
+        ))
+        .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
+        .arg("--use-service-account-credentials=true")
+        .arg("--v=1");
+    c
+}
+
+pub fn kube_scheduler(tools: &Tools, l: &Layout) -> Command {
+    let kubeconfig = l.kubeconfig("scheduler");
+    let mut c = Command::new(&tools.kube_scheduler);
+    c.arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--authentication-kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--authorization-kubeconfig={}", kubeconfig.display()))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={}", l.scheduler_port))
+        .arg(format!("--cert-dir={}", l.data().join("scheduler").display()))
+        .arg("--leader-elect=false")
+        .arg("--v=1");
+    c
+}
+
+/// Annotation that tells kwok a node is its to play.
+pub const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
+
+pub fn kwok(tools: &Tools, l: &Layout) -> Command {
+    let mut c = Command::new(&tools.kwok);
+    c.arg(format!("--kubeconfig={}", l.kubeconfig("kwok").display()))
+        .arg(format!("--config={}", tools.kwok_stages.display()))
+        .arg("--manage-all-nodes=false")
+        .arg(format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"))
+        .arg(format!("--server-address=127.0.0.1:{}", l.kwok_server_port))
+        .arg(format!("--node-port={}", l.kwok_node_port))
+        .arg("--node-ip=127.0.0.1")
+        .arg("--cidr=10.244.0.1/16")
+        .arg("--node-lease-duration-seconds=40");
+    c
+}
+
+/// The fake nodes kwok plays, as a manifest for `kubectl apply`.
+pub fn kwok_nodes_manifest(count: usize) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: kwok-node-{i}\n  annotations:\n    {KWOK_NODE_ANNOTATION}: fake\n    node.alpha.kubernetes.io/ttl: \"0\"\n  labels:\n    type: kwok\n    kubernetes.io/hostname: kwok-node-{i}\n    kubernetes.io/os: linux\n    kubernetes.io/arch: amd64\nstatus:\n  allocatable: {{cpu: \"32\", memory: 256Gi, pods: \"110\"}}\n  capacity: {{cpu: \"32\", memory: 256Gi, pods: \"110\"}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+pub fn consul(tools: &Tools, l: &Layout) -> Command {
+    let mut c = Command::new(&tools.consul);
+    c.arg("agent")
+        .arg("-dev")
+        .arg("-node=streamgate-local")
+        .arg("-bind=127.0.0.1")
+        .arg("-client=127.0.0.1")
+        .arg(format!("-http-port={}", l.consul_http_port))
+        .arg("-dns-port=-1")
+        .arg("-grpc-port=-1")
+        .arg(format!("-serf-lan-port={}", l.consul_serf_lan_port))
+        .arg(format!("-serf-wan-port={}", l.consul_serf_wan_port))
+        .arg(format!("-server-port={}", l.consul_server_port));
+    c
+}
+
+/// nats-server's configuration file: client and monitoring listeners on loopback,
+/// JetStream with its store under the platform's data directory.
+pub fn nats_config(l: &Layout) -> String {
+    format!(
+        "server_name: streamgate-local\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+        l.nats_port,
+        l.nats_monitor_port,
+        l.data().join("nats").display()
+    )
+}
+
+pub fn nats_server(tools: &Tools, config: &Path) -> Command {
+    let mut c = Command::new(&tools.nats_server);
+    c.arg("-c").arg(config);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kwok_nodes_manifest_has_one_document_per_node() {
+        let manifest = kwok_nodes_manifest(2);
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&manifest)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1]["metadata"]["name"], "kwok-node-1");
+        assert_eq!(
+            docs[0]["metadata"]["annotations"][KWOK_NODE_ANNOTATION],
+            "fake"
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! Starts the local platform in dependency order, waits for each component to be ready,
+//! and stops everything already started when one fails (printing that one's log tail).
+
+use crate::components::{self, Layout};
+use crate::pki::ClusterPki;
+use crate::ports::free_port;
+use crate::process::Proc;
+use crate::tools::Tools;
+use crate::wait::wait_until;
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Number of fake nodes kwok plays.
+pub const KWOK_NODES: usize = 2;
+/// How long any one component may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a client needs to reach the platform; also the content of `.streamgate/env`.
+#[derive(Debug, Clone)]
+pub struct PlatformInfo {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub apiserver_url: String,
+    pub consul_http_addr: String,
+    pub nats_url: String,
+    pub nats_monitor_url: String,
+    pub etcd_url: String,
+    pub logs: PathBuf,
+    pub tools: Tools,
+}
+
+impl PlatformInfo {
+    /// The sh-sourceable environment file.
+    pub fn env_file(&self) -> String {
+        let kube_bin = self.tools.kubectl.parent().unwrap_or(Path::new("."));
+        let helm_bin = self.tools.helm.parent().unwrap_or(Path::new("."));
+        format!(
+            "# StreamGate local platform; source me: . .streamgate/env\n\
+             export KUBECONFIG='{}'\n\
+             export CONSUL_HTTP_ADDR='{}'\n\
+             export NATS_URL='{}'\n\
+             export STREAMGATE_NATS_MONITOR='{}'\n\
+             export STREAMGATE_APISERVER='{}'\n\
+             export STREAMGATE_ETCD='{}'\n\
+             export STREAMGATE_LOGS='{}'\n\
+             # kubectl and helm matching the platform's Kubernetes release\n\
+             export PATH='{}:{}':\"$PATH\"\n",
+            self.kubeconfig.display(),
+            self.consul_http_addr,
+            self.nats_url,
+            self.nats_monitor_url,
+            self.apiserver_url,
+            self.etcd_url,
+            self.logs.display(),
+            kube_bin.display(),
+            helm_bin.display(),
+        )
+    }
+
+    /// Runs the platform's own kubectl against it.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        run_kubectl(&self.tools.kubectl, &self.kubeconfig, args, stdin)
+    }
+}
+
+/// A running platform. Dropping it stops every component.
+#[derive(Debug)]
+pub struct Platform {
+    pub info: PlatformInfo,
+    procs: Vec<Proc>,
+}
+
+impl Platform {
+    /// Starts every component with its data and logs under `dir`.
+    pub fn start(dir: &Path) -> Result<Platform> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tools = Tools::locate()?;
+        let layout = Layout {
+            dir: dir.to_path_buf(),
+            etcd_client_port: free_port()?,
+            etcd_peer_port: free_port()?,
+            apiserver_port: free_port()?,
+            controller_manager_port: free_port()?,
+            scheduler_port: free_port()?,
+            kwok_server_port: free_port()?,
+            kwok_node_port: free_port()?,
+            consul_http_port: free_port()?,
+            consul_serf_lan_port: free_port()?,
+            consul_serf_wan_port: free_port()?,
+            consul_server_port: free_port()?,
+            nats_port: free_port()?,
+            nats_monitor_port: free_port()?,
+        };
+        for sub in [layout.logs(), layout.data(), layout.pki()] {
+            std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
+        }
+        let info = PlatformInfo {
+            dir: dir.to_path_buf(),
+            kubeconfig: layout.kubeconfig("admin"),
+            apiserver_url: layout.apiserver_url(),
+            consul_http_addr: format!("http://127.0.0.1:{}", layout.consul_http_port),
+            nats_url: format!("nats://127.0.0.1:{}", layout.nats_port),
+            nats_monitor_url: format!("http://127.0.0.1:{}", layout.nats_monitor_port),
+            etcd_url: layout.etcd_url(),
+            logs: layout.logs(),
+            tools: tools.clone(),
+        };
+        let mut platform = Platform {
+            info,
+            procs: Vec::new(),
+        };
+        if let Err(e) = platform.boot(&tools, &layout) {
+            platform.stop();
+            return Err(e);
+        }
+        Ok(platform)
+    }
+
+    fn boot(&mut self, tools: &Tools, l: &Layout) -> Result<()> {
+        let pki = ClusterPki::generate(&l.pki())?;
+        for (user, creds) in [
+            ("admin", &pki.admin),
+            ("controller-manager", &pki.controller_manager),
+            ("scheduler", &pki.scheduler),
+            ("kwok", &pki.kwok),
+        ] {
+            let yaml = components::kubeconfig_yaml(&l.apiserver_url(), &pki.ca_cert, user, creds);
+            std::fs::write(l.kubeconfig(user), yaml)?;
+        }
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let nats_config = l.dir.join("nats.conf");
+        std::fs::write(&nats_config, components::nats_config(l))?;
+
+        // Independent of each other: start together, then wait for each.
+        self.launch(l, "etcd", components::etcd(tools, l))?;
+        self.launch(l, "consul", components::consul(tools, l))?;
+        self.launch(l, "nats-server", components::nats_server(tools, &nats_config))?;
+        self.ready("etcd", || {
+            Ok(get_text(&http, &format!("{}/health", l.etcd_url()))?.contains("\"true\""))
+        })?;
+        let consul_leader = format!("{}/v1/status/leader", self.info.consul_http_addr);
+        self.ready("consul", || Ok(get_text(&http, &consul_leader)?.len() > 2))?;
+        let nats_health = format!("{}/healthz", self.info.nats_monitor_url);
+        self.ready("nats-server", || Ok(get_text(&http, &nats_health)?.contains("ok")))?;
+
+        self.launch(l, "kube-apiserver", components::kube_apiserver(tools, l, &pki))?;
+        let admin_http = admin_client(&pki)?;
+        let readyz = format!("{}/readyz", l.apiserver_url());
+        self.ready("kube-apiserver", || Ok(get_text(&admin_http, &readyz)? == "ok"))?;
+
+        self.launch(
+            l,
+            "kube-controller-manager",
+            components::kube_controller_manager(tools, l, &pki),
+        )?;
+        self.launch(l, "kube-scheduler", components::kube_scheduler(tools, l))?;
+        self.launch(l, "kwok", components::kwok(tools, l))?;
+        self.info.kubectl(
+            &["apply", "-f", "-"],
+            Some(&components::kwok_nodes_manifest(KWOK_NODES)),
+        )?;
+        // Service-account tokens are the controller-manager's doing: its `default`
+        // ServiceAccount proves it is up and reconciling.
+        self.ready("kube-controller-manager", || {
+            Ok(self
+                .info
+                .kubectl(&["get", "serviceaccount", "default", "-o", "name"], None)
+                .is_ok())
+        })?;
+        let insecure = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .tls_danger_accept_invalid_certs(true)
+            .build()?;
+        let scheduler_health = format!("https://127.0.0.1:{}/healthz", l.scheduler_port);
+        self.ready("kube-scheduler", || {
+            Ok(get_text(&insecure, &scheduler_health)? == "ok")
+        })?;
+        self.ready("kwok", || {
+            let out = self.info.kubectl(
+                &[
+                    "get",
+                    "nodes",
+                    "-l",
+                    "type=kwok",
+                    "-o",
+                    "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+                ],
+                None,
+            )?;
+            Ok(out.lines().filter(|s| *s == "True").count() == KWOK_NODES)
+        })?;
+        Ok(())
+    }
+
+    fn launch(&mut self, l: &Layout, name: &str, command: Command) -> Result<()> {
+        let log = l.logs().join(format!("{name}.log"));
+        self.procs.push(Proc::spawn(name, command, &log)?);
+        Ok(())
+    }
+
+    /// Waits for `check`, failing early if the component exits, and with its log tail
+    /// when it does not become ready in time.
+    fn ready(&self, name: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+        let proc = self
+            .procs
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("{name} was not started"))?;
+        let result = wait_until(name, READY_TIMEOUT, || {
+            if let Some(status) = proc.exit_status() {
+                bail!("{name} exited ({status})");
+            }
+            check()
+        });
+        result.with_context(|| {
+            format!(
+                "{name} did not become ready; last lines of {}:\n{}",
+                proc.log.display(),
+                proc.log_tail(25)
+            )
+        })
+    }
+
+    /// Stops every component, last started first.
+    pub fn stop(&mut self) {
+        for proc in self.procs.iter().rev() {
+            proc.stop(Duration::from_secs(10));
+        }
+        self.procs.clear();
+    }
+
+    /// Components that have exited although the platform was not stopped.
+    pub fn exited(&self) -> Vec<String> {
+        self.procs
+            .iter()
+            .filter_map(|p| p.exit_status().map(|s| format!("{} ({s})", p.name)))
+            .collect()
+    }
+
+    /// The last `lines` lines of every component's log, for a failing test.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.procs
+            .iter()
+            .map(|p| format!("----- {} ({}) -----\n{}", p.name, p.log.display(), p.log_tail(lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Proc::pid).collect()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn get_text(client: &reqwest::blocking::Client, url: &str) -> Result<String> {
+    Ok(client.get(url).send()?.text()?.trim().to_string())
+}
+
+fn admin_client(pki: &ClusterPki) -> Result<reqwest::blocking::Client> {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_cert)?)?;
+    let mut identity_pem = std::fs::read(&pki.admin.cert)?;
+    identity_pem.extend(std::fs::read(&pki.admin.key)?);
+    Ok(reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .tls_certs_only([ca])
+        .identity(reqwest::Identity::from_pem(&identity_pem)?)
+        .build()?)
+}
+
+/// Runs `kubectl` with `kubeconfig`, feeding `stdin` when given; fails with its stderr.
+pub fn run_kubectl(
+    kubectl: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(kubectl)
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", kubectl.display()))?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
