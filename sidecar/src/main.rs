@@ -15,5 +15,9 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    println!("streamgate-sidecar {} config={:?}", env!("CARGO_PKG_VERSION"), cli.config);
+    println!(
+        "streamgate-sidecar {} config={:?}",
+        env!("CARGO_PKG_VERSION"),
+        cli.config
+    );
 }

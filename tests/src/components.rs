@@ -83,10 +83,16 @@ pub fn kube_apiserver(tools: &Tools, l: &Layout, pki: &ClusterPki) -> Command {
         .arg("--advertise-address=127.0.0.1")
         .arg(format!("--secure-port={}", l.apiserver_port))
         .arg(format!("--tls-cert-file={}", pki.apiserver.cert.display()))
-        .arg(format!("--tls-private-key-file={}", pki.apiserver.key.display()))
+        .arg(format!(
+            "--tls-private-key-file={}",
+            pki.apiserver.key.display()
+        ))
         .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
         .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-        .arg(format!("--service-account-key-file={}", pki.service_account_key.display()))
+        .arg(format!(
+            "--service-account-key-file={}",
+            pki.service_account_key.display()
+        ))
         .arg(format!(
             "--service-account-signing-key-file={}",
             pki.service_account_key.display()
@@ -110,11 +116,20 @@ pub fn kube_controller_manager(tools: &Tools, l: &Layout, pki: &ClusterPki) -> C
     let kubeconfig = l.kubeconfig("controller-manager");
     let mut c = Command::new(&tools.kube_controller_manager);
     c.arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg(format!("--authentication-kubeconfig={}", kubeconfig.display()))
-        .arg(format!("--authorization-kubeconfig={}", kubeconfig.display()))
+        .arg(format!(
+            "--authentication-kubeconfig={}",
+            kubeconfig.display()
+        ))
+        .arg(format!(
+            "--authorization-kubeconfig={}",
+            kubeconfig.display()
+        ))
         .arg("--bind-address=127.0.0.1")
         .arg(format!("--secure-port={}", l.controller_manager_port))
-        .arg(format!("--cert-dir={}", l.data().join("controller-manager").display()))
+        .arg(format!(
+            "--cert-dir={}",
+            l.data().join("controller-manager").display()
+        ))
         .arg("--leader-elect=false")
         .arg(format!(
             "--service-account-private-key-file={}",
@@ -130,11 +145,20 @@ pub fn kube_scheduler(tools: &Tools, l: &Layout) -> Command {
     let kubeconfig = l.kubeconfig("scheduler");
     let mut c = Command::new(&tools.kube_scheduler);
     c.arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg(format!("--authentication-kubeconfig={}", kubeconfig.display()))
-        .arg(format!("--authorization-kubeconfig={}", kubeconfig.display()))
+        .arg(format!(
+            "--authentication-kubeconfig={}",
+            kubeconfig.display()
+        ))
+        .arg(format!(
+            "--authorization-kubeconfig={}",
+            kubeconfig.display()
+        ))
         .arg("--bind-address=127.0.0.1")
         .arg(format!("--secure-port={}", l.scheduler_port))
-        .arg(format!("--cert-dir={}", l.data().join("scheduler").display()))
+        .arg(format!(
+            "--cert-dir={}",
+            l.data().join("scheduler").display()
+        ))
         .arg("--leader-elect=false")
         .arg("--v=1");
     c
@@ -148,7 +172,9 @@ pub fn kwok(tools: &Tools, l: &Layout) -> Command {
     c.arg(format!("--kubeconfig={}", l.kubeconfig("kwok").display()))
         .arg(format!("--config={}", tools.kwok_stages.display()))
         .arg("--manage-all-nodes=false")
-        .arg(format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"))
+        .arg(format!(
+            "--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"
+        ))
         .arg(format!("--server-address=127.0.0.1:{}", l.kwok_server_port))
         .arg(format!("--node-port={}", l.kwok_node_port))
         .arg("--node-ip=127.0.0.1")

@@ -135,7 +135,11 @@ mod tests {
             &pki.service_account_key,
         ] {
             let text = std::fs::read_to_string(path).unwrap();
-            assert!(text.starts_with("-----BEGIN"), "{} is not PEM", path.display());
+            assert!(
+                text.starts_with("-----BEGIN"),
+                "{} is not PEM",
+                path.display()
+            );
         }
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -138,19 +138,31 @@ impl Platform {
         // Independent of each other: start together, then wait for each.
         self.launch(l, "etcd", components::etcd(tools, l))?;
         self.launch(l, "consul", components::consul(tools, l))?;
-        self.launch(l, "nats-server", components::nats_server(tools, &nats_config))?;
+        self.launch(
+            l,
+            "nats-server",
+            components::nats_server(tools, &nats_config),
+        )?;
         self.ready("etcd", || {
             Ok(get_text(&http, &format!("{}/health", l.etcd_url()))?.contains("\"true\""))
         })?;
         let consul_leader = format!("{}/v1/status/leader", self.info.consul_http_addr);
         self.ready("consul", || Ok(get_text(&http, &consul_leader)?.len() > 2))?;
         let nats_health = format!("{}/healthz", self.info.nats_monitor_url);
-        self.ready("nats-server", || Ok(get_text(&http, &nats_health)?.contains("ok")))?;
+        self.ready("nats-server", || {
+            Ok(get_text(&http, &nats_health)?.contains("ok"))
+        })?;
 
-        self.launch(l, "kube-apiserver", components::kube_apiserver(tools, l, &pki))?;
+        self.launch(
+            l,
+            "kube-apiserver",
+            components::kube_apiserver(tools, l, &pki),
+        )?;
         let admin_http = admin_client(&pki)?;
         let readyz = format!("{}/readyz", l.apiserver_url());
-        self.ready("kube-apiserver", || Ok(get_text(&admin_http, &readyz)? == "ok"))?;
+        self.ready("kube-apiserver", || {
+            Ok(get_text(&admin_http, &readyz)? == "ok")
+        })?;
 
         self.launch(
             l,
@@ -245,7 +257,14 @@ impl Platform {
     pub fn log_tails(&self, lines: usize) -> String {
         self.procs
             .iter()
-            .map(|p| format!("----- {} ({}) -----\n{}", p.name, p.log.display(), p.log_tail(lines)))
+            .map(|p| {
+                format!(
+                    "----- {} ({}) -----\n{}",
+                    p.name,
+                    p.log.display(),
+                    p.log_tail(lines)
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -288,7 +307,11 @@ pub fn run_kubectl(
     let mut child = Command::new(kubectl)
         .env("KUBECONFIG", kubeconfig)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

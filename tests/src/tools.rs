@@ -53,7 +53,9 @@ impl Tools {
         };
         let root = std::env::var_os("STREAMGATE_TOOLS")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/streamgate")))
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/streamgate"))
+            })
             .context("neither STREAMGATE_TOOLS nor HOME is set")?;
         let k8s = get("K8S_VERSION")?;
         let kube_dir = root.join(format!("kubernetes-{k8s}/bin"));

@@ -64,7 +64,9 @@ async fn deployment_pods_become_ready_on_kwok_nodes_and_are_garbage_collected() 
         );
     }
 
-    deployments.delete("web", &DeleteParams::background()).await?;
+    deployments
+        .delete("web", &DeleteParams::background())
+        .await?;
     eventually("pods garbage-collected", TIMEOUT, || async {
         let left = pods.list(&ListParams::default().labels("app=web")).await?;
         Ok(left.items.is_empty().then_some(()))

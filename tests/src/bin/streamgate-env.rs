@@ -18,7 +18,10 @@ use streamgate_tests::process::tail;
 use streamgate_tests::tools::repo_root;
 
 #[derive(Parser)]
-#[command(name = "streamgate-env", about = "Start and stop the StreamGate local platform")]
+#[command(
+    name = "streamgate-env",
+    about = "Start and stop the StreamGate local platform"
+)]
 struct Cli {
     /// Where the platform keeps its data, logs and env file.
     #[arg(long, env = "STREAMGATE_DIR", global = true)]
@@ -116,11 +119,17 @@ fn up(dir: &Path) -> Result<()> {
         .spawn()
         .context("starting the platform supervisor")?;
     let pid = child.id();
-    println!("starting the local platform (supervisor pid {pid}, logs in {})", dir.join("logs").display());
+    println!(
+        "starting the local platform (supervisor pid {pid}, logs in {})",
+        dir.join("logs").display()
+    );
     let started = Instant::now();
     loop {
         if f.env.exists() {
-            println!("local platform ready in {:.1}s", started.elapsed().as_secs_f64());
+            println!(
+                "local platform ready in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
             println!("  . {}", f.env.display());
             print!("{}", std::fs::read_to_string(&f.env)?);
             return Ok(());
@@ -130,7 +139,10 @@ fn up(dir: &Path) -> Result<()> {
         }
         if started.elapsed() > UP_TIMEOUT {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            bail!("the local platform was not ready after {UP_TIMEOUT:?}:\n{}", tail(&f.log, 40));
+            bail!(
+                "the local platform was not ready after {UP_TIMEOUT:?}:\n{}",
+                tail(&f.log, 40)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -139,7 +151,13 @@ fn up(dir: &Path) -> Result<()> {
 /// A child we have not reaped shows as a zombie: it has exited.
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(true)
 }
 

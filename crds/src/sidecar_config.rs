@@ -1,0 +1,237 @@
+//! The sidecar's configuration document (DESIGN.md, "Sidecar configuration").
+//!
+//! The operator and the injection webhook render it from a StreamGateService spec or
+//! from `streamgate.io/*` annotations; the sidecar reads it from `--config FILE` or from
+//! the `STREAMGATE_CONFIG` environment variable (the whole YAML document, which is how
+//! the renderer hands it over so a pod needs no extra ConfigMap). Pod identity comes
+//! from the downward API (`POD_NAME`, `POD_NAMESPACE`, `POD_UID`, `POD_IP`).
+
+use crate::duration::GoDuration;
+use crate::events::Events;
+use crate::health::HealthCheck;
+use crate::service::{LogLevel, Protocol};
+use crate::upstreams::Upstream;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Environment variable holding the whole configuration document.
+pub const CONFIG_ENV: &str = "STREAMGATE_CONFIG";
+/// Port of the app-facing listener (127.0.0.1).
+pub const APP_PORT: u16 = 15001;
+/// Port of the inbound listener (pod IP).
+pub const INBOUND_PORT: u16 = 15006;
+/// Port of the admin server (pod IP).
+pub const ADMIN_PORT: u16 = 15020;
+
+/// Everything the sidecar needs to run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// The service, with the names and meaning of `StreamGateService.spec`.
+    pub service: ServiceConfig,
+    /// The pod the sidecar runs in (the downward API's variables override it).
+    #[serde(default)]
+    pub pod: PodInfo,
+    /// Where the app listens.
+    #[serde(default = "default_app_host")]
+    pub app_host: String,
+    /// Listen addresses; defaults derive from the pod IP.
+    #[serde(default)]
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub consul: ConsulConfig,
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// Directory of the on-disk event spool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_dir: Option<String>,
+    /// Log verbosity.
+    #[serde(default)]
+    pub log_level: LogLevel,
+    /// How long in-flight work may drain after SIGTERM before the sidecar exits.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: GoDuration,
+}
+
+/// The service part of the configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub service_name: String,
+    pub port: i32,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub health: HealthCheck,
+    #[serde(default)]
+    pub events: Events,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<Upstream>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_callers: Vec<String>,
+}
+
+/// The pod's identity.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodInfo {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub uid: String,
+    #[serde(default)]
+    pub ip: String,
+}
+
+/// Listen addresses (`host:port`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenConfig {
+    /// App-facing: gRPC forwarding, the events API. Default `127.0.0.1:15001`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// From other sidecars. Default `<pod ip>:15006`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<String>,
+    /// Admin: /livez, /readyz, /metrics, /config. Default `<pod ip>:15020`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+}
+
+/// How to reach Consul.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsulConfig {
+    /// `http://host:port` or `host:port`; default from `CONSUL_HTTP_ADDR`, or the seed's
+    /// `CONSUL_ADDRESS` + `CONSUL_PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// File holding the ACL token (else `CONSUL_HTTP_TOKEN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// Consul drops an instance whose check stayed critical this long (pod vanished).
+    #[serde(default = "default_deregister_after")]
+    pub deregister_critical_after: GoDuration,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        ConsulConfig {
+            address: None,
+            token_file: None,
+            deregister_critical_after: default_deregister_after(),
+        }
+    }
+}
+
+/// How to reach NATS.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `nats://host:port`; default from `NATS_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Directory of a mounted credentials Secret (token, user/password, nkey or creds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_dir: Option<String>,
+}
+
+fn default_app_host() -> String {
+    "127.0.0.1".to_string()
+}
+fn default_drain() -> GoDuration {
+    GoDuration::from_millis(10_000)
+}
+fn default_deregister_after() -> GoDuration {
+    GoDuration::from_millis(60_000)
+}
+
+impl ServiceConfig {
+    /// The rules the API server would enforce on the same fields, naming the field.
+    pub fn validate(&self) -> Result<(), crate::FieldError> {
+        use crate::FieldError;
+        if !crate::upstreams::is_dns_label(&self.service_name) {
+            return Err(FieldError::new(
+                "service.serviceName",
+                format!("{:?} is not a DNS-1123 label", self.service_name),
+            ));
+        }
+        crate::validate_port("service.port", self.port)?;
+        if crate::service::RESERVED_PORTS.contains(&self.port) {
+            return Err(FieldError::new(
+                "service.port",
+                format!("{} is one of the sidecar's own ports", self.port),
+            ));
+        }
+        self.health.validate("service.health")?;
+        self.events.validate("service.events")?;
+        crate::upstreams::validate_upstreams("service.upstreams", &self.upstreams)?;
+        for (i, caller) in self.allowed_callers.iter().enumerate() {
+            if !crate::upstreams::is_dns_label(caller) {
+                return Err(FieldError::new(
+                    format!("service.allowedCallers[{i}]"),
+                    format!("{caller:?} is not a DNS-1123 label"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESIGN_EXAMPLE: &str = r#"
+service:
+  serviceName: upload
+  port: 9091
+  protocol: grpc
+  tags: [v1]
+  meta: {}
+  health: {type: http, path: /health, periodSeconds: 5, timeoutSeconds: 1,
+           failureThreshold: 3, successThreshold: 1}
+  events: {publish: [file.uploaded], subscribe: [{type: job.completed, path: /events}]}
+  upstreams: [{service: metadata, timeout: 2s}]
+  allowedCallers: []
+pod: {name: upload-7d9f-x2, namespace: default, uid: "", ip: 127.0.0.2}
+appHost: 127.0.0.1
+listen:
+  app: 127.0.0.1:15001
+  inbound: 127.0.0.2:15006
+  admin: 127.0.0.2:15020
+consul: {address: http://127.0.0.1:8500, tokenFile: ""}
+nats: {url: nats://127.0.0.1:4222, credentialsDir: ""}
+spoolDir: /var/lib/streamgate/spool
+"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let config: SidecarConfig = serde_yaml::from_str(DESIGN_EXAMPLE).unwrap();
+        assert_eq!(config.service.service_name, "upload");
+        assert_eq!(config.listen.inbound.as_deref(), Some("127.0.0.2:15006"));
+        assert_eq!(config.service.events.subscribe[0].max_deliver, 5);
+        config.service.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let err =
+            serde_yaml::from_str::<SidecarConfig>("service: {serviceName: a, port: 1, helth: {}}")
+                .unwrap_err();
+        assert!(err.to_string().contains("helth"), "{err}");
+    }
+
+    #[test]
+    fn reserved_port_is_refused() {
+        let mut config: SidecarConfig = serde_yaml::from_str(DESIGN_EXAMPLE).unwrap();
+        config.service.port = 15020;
+        assert_eq!(config.service.validate().unwrap_err().field, "service.port");
+    }
+}
