@@ -11,7 +11,7 @@ pub const EVENT_TYPE_PATTERN: &str =
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.subscribe.all(s, self.subscribe.exists_one(t, t.type == s.type))",
+    {"rule": "!has(self.subscribe) || self.subscribe.all(s, self.subscribe.exists_one(t, t.type == s.type))",
      "message": "each event type may be subscribed to once", "fieldPath": ".subscribe"}
 ]))]
 pub struct Events {

@@ -71,7 +71,7 @@ pub const RESERVED_PORTS: [i32; 3] = [15001, 15006, 15020];
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!(self.port in [15001, 15006, 15020])",
      "message": "port must not be one of the sidecar's ports 15001, 15006, 15020", "fieldPath": ".port"},
-    {"rule": "self.upstreams.all(u, self.upstreams.exists_one(v, v.service == u.service))",
+    {"rule": "!has(self.upstreams) || self.upstreams.all(u, self.upstreams.exists_one(v, v.service == u.service))",
      "message": "upstream services must be unique", "fieldPath": ".upstreams"}
 ]))]
 pub struct StreamGateServiceSpec {

@@ -52,10 +52,11 @@ pub struct RetryPolicy {
     /// Exponential backoff with jitter between attempts.
     #[serde(default)]
     pub backoff: Backoff,
-    /// Status codes that are retried.
-    #[serde(default = "default_retry_on")]
+    /// Status codes that are retried. (Named `retryOn`, not `on`: YAML 1.1 parsers such
+    /// as kubectl's read a bare `on:` key as the boolean `true`.)
+    #[serde(default = "default_retry_on", alias = "on")]
     #[schemars(length(min = 1, max = 6))]
-    pub on: Vec<RetryOn>,
+    pub retry_on: Vec<RetryOn>,
 }
 
 fn default_attempts() -> i32 {
@@ -210,12 +211,12 @@ mod tests {
     fn design_example_parses_with_defaults() {
         let u: Upstream = serde_json::from_value(serde_json::json!({
             "service": "metadata", "timeout": "2s",
-            "retries": {"attempts": 3, "backoff": {"base": "25ms", "max": "1s"}, "on": ["unavailable"]},
+            "retries": {"attempts": 3, "backoff": {"base": "25ms", "max": "1s"}, "retryOn": ["unavailable"]},
             "circuitBreaker": {"consecutiveFailures": 5, "baseEjection": "1s", "maxEjection": "60s"}
         }))
         .unwrap();
         assert_eq!(u.timeout, GoDuration::from_millis(2000));
-        assert_eq!(u.retries.unwrap().on, vec![RetryOn::Unavailable]);
+        assert_eq!(u.retries.unwrap().retry_on, vec![RetryOn::Unavailable]);
         let bare: Upstream = serde_json::from_value(serde_json::json!({"service": "x"})).unwrap();
         assert_eq!(bare.timeout, GoDuration::from_millis(5000));
     }

@@ -1,21 +1,5 @@
-//! `streamgate-operator`: the StreamGate Kubernetes operator.
-//!
-//! Subcommands are added as the operator grows (`crd`, `run`); see DESIGN.md.
+//! `streamgate-operator`: parses the command line and hands over to [`streamgate_operator::cli`].
 
-use clap::Parser;
-
-/// The StreamGate operator: reconciles StreamGateService resources into Deployments and
-/// Services, keeps Consul clean and injects the StreamGate sidecar into annotated workloads.
-#[derive(Parser, Debug)]
-#[command(name = "streamgate-operator", version, about, long_about = None)]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
-    println!(
-        "streamgate-operator {} (API group {}/{})",
-        env!("CARGO_PKG_VERSION"),
-        streamgate_crds::GROUP,
-        streamgate_crds::VERSION
-    );
+fn main() -> std::process::ExitCode {
+    streamgate_operator::cli::main()
 }

@@ -91,7 +91,7 @@ pub fn kube_apiserver(tools: &Tools, l: &Layout, pki: &ClusterPki) -> Command {
         .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
         .arg(format!(
             "--service-account-key-file={}",
-            pki.service_account_key.display()
+            pki.service_account_pub.display()
         ))
         .arg(format!(
             "--service-account-signing-key-file={}",
@@ -107,8 +107,7 @@ pub fn kube_apiserver(tools: &Tools, l: &Layout, pki: &ClusterPki) -> Command {
         // The advertised address is loopback and no kubelet runs: nothing would answer
         // behind the `kubernetes` Service's endpoints.
         .arg("--endpoint-reconciler-type=none")
-        .arg("--profiling=false")
-        .arg("--v=1");
+        .arg("--profiling=false");
     c
 }
 
@@ -136,8 +135,7 @@ pub fn kube_controller_manager(tools: &Tools, l: &Layout, pki: &ClusterPki) -> C
             pki.service_account_key.display()
         ))
         .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
-        .arg("--use-service-account-credentials=true")
-        .arg("--v=1");
+        .arg("--use-service-account-credentials=true");
     c
 }
 
@@ -159,8 +157,7 @@ pub fn kube_scheduler(tools: &Tools, l: &Layout) -> Command {
             "--cert-dir={}",
             l.data().join("scheduler").display()
         ))
-        .arg("--leader-elect=false")
-        .arg("--v=1");
+        .arg("--leader-elect=false");
     c
 }
 

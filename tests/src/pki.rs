@@ -25,8 +25,10 @@ pub struct ClusterPki {
     pub controller_manager: CertFiles,
     pub scheduler: CertFiles,
     pub kwok: CertFiles,
-    /// ECDSA P-256 key (PKCS#8 PEM) that signs and verifies service-account tokens.
+    /// ECDSA P-256 key (PKCS#8 PEM) that signs service-account tokens.
     pub service_account_key: PathBuf,
+    /// Its public half, which verifies them.
+    pub service_account_pub: PathBuf,
 }
 
 /// The identities of the control plane's clients: (file stem, user, groups).
@@ -88,7 +90,10 @@ impl ClusterPki {
             clients.try_into().expect("one entry per client");
 
         let service_account_key = dir.join("service-account.key");
-        std::fs::write(&service_account_key, KeyPair::generate()?.serialize_pem())?;
+        let service_account_pub = dir.join("service-account.pub");
+        let signing = KeyPair::generate()?;
+        std::fs::write(&service_account_key, signing.serialize_pem())?;
+        std::fs::write(&service_account_pub, signing.public_key_pem())?;
 
         Ok(ClusterPki {
             ca_cert,
@@ -98,6 +103,7 @@ impl ClusterPki {
             scheduler,
             kwok,
             service_account_key,
+            service_account_pub,
         })
     }
 }
@@ -133,6 +139,7 @@ mod tests {
             &pki.admin.key,
             &pki.kwok.cert,
             &pki.service_account_key,
+            &pki.service_account_pub,
         ] {
             let text = std::fs::read_to_string(path).unwrap();
             assert!(

@@ -93,7 +93,9 @@ impl Platform {
             nats_port: free_port()?,
             nats_monitor_port: free_port()?,
         };
+        // A new platform starts from nothing: no data, logs or keys of an earlier one.
         for sub in [layout.logs(), layout.data(), layout.pki()] {
+            let _ = std::fs::remove_dir_all(&sub);
             std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
         }
         let info = PlatformInfo {
@@ -222,12 +224,18 @@ impl Platform {
             .iter()
             .find(|p| p.name == name)
             .with_context(|| format!("{name} was not started"))?;
+        let mut exited = None;
         let result = wait_until(name, READY_TIMEOUT, || {
             if let Some(status) = proc.exit_status() {
-                bail!("{name} exited ({status})");
+                exited = Some(status);
+                return Ok(true);
             }
             check()
         });
+        let result = match exited {
+            Some(status) => Err(anyhow::anyhow!("{name} exited ({status})")),
+            None => result,
+        };
         result.with_context(|| {
             format!(
                 "{name} did not become ready; last lines of {}:\n{}",

@@ -75,7 +75,7 @@ fn files(dir: &Path) -> Files {
         pid: dir.join("supervisor.pid"),
         env: dir.join("env"),
         components: dir.join("components.pids"),
-        log: dir.join("logs/supervisor.log"),
+        log: dir.join("supervisor.log"),
     }
 }
 
@@ -103,7 +103,7 @@ fn up(dir: &Path) -> Result<()> {
     for stale in [&f.pid, &f.env, &f.components] {
         let _ = std::fs::remove_file(stale);
     }
-    std::fs::create_dir_all(dir.join("logs"))?;
+    std::fs::create_dir_all(dir)?;
     let log = std::fs::File::create(&f.log)?;
     let exe = std::env::current_exe()?;
     let child = Command::new(exe)

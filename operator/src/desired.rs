@@ -1,0 +1,332 @@
+//! The "build" step: a pure function from a StreamGateService to the objects that should
+//! exist for it (the sidecar configuration, the Deployment and the Service). No API
+//! calls, so it is unit-tested in full.
+
+use crate::labels::{CONFIG_HASH_ANNOTATION, NAME_LABEL, SERVICE_LABEL, selector_labels};
+use crate::render::{RenderedSidecar, render_sidecar, sidecar_addr_env};
+use crate::settings::SidecarSettings;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use streamgate_crds::sidecar_config::{INBOUND_PORT, ServiceConfig, SidecarConfig};
+use streamgate_crds::{FieldError, Protocol, StreamGateService};
+
+/// Everything the operator applies for one StreamGateService.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    pub sidecar: RenderedSidecar,
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+/// The "validate" step: the rules the API server enforced, checked again on the object we
+/// got (it may predate a schema change), so a bad spec is reported instead of applied.
+pub fn validate(sgs: &StreamGateService) -> Result<SidecarConfig, FieldError> {
+    let config = sidecar_config(sgs);
+    config.service.validate().map_err(|e| FieldError {
+        // Report spec paths (`spec.health.timeoutSeconds`), which is what the user wrote.
+        field: e.field.replacen("service.", "spec.", 1),
+        reason: e.reason,
+    })?;
+    if sgs.spec.image.trim().is_empty() {
+        return Err(FieldError::new("spec.image", "must not be empty"));
+    }
+    Ok(config)
+}
+
+/// The sidecar configuration of a StreamGateService (pod identity comes from the
+/// downward API at run time).
+pub fn sidecar_config(sgs: &StreamGateService) -> SidecarConfig {
+    let spec = &sgs.spec;
+    SidecarConfig {
+        service: ServiceConfig {
+            service_name: sgs.consul_name(),
+            port: spec.port,
+            protocol: spec.protocol,
+            tags: spec.tags.clone(),
+            meta: spec.meta.clone(),
+            health: spec.health.clone(),
+            events: spec.events.clone(),
+            upstreams: spec.upstreams.clone(),
+            allowed_callers: spec.allowed_callers.clone(),
+        },
+        pod: Default::default(),
+        app_host: "127.0.0.1".to_string(),
+        listen: Default::default(),
+        consul: Default::default(),
+        nats: Default::default(),
+        spool_dir: None,
+        log_level: spec.sidecar.log_level,
+        drain_timeout: streamgate_crds::GoDuration::from_millis(10_000),
+    }
+}
+
+/// Builds the desired objects. `sgs` must carry its name, namespace and uid.
+pub fn desired(
+    sgs: &StreamGateService,
+    config: &SidecarConfig,
+    settings: &SidecarSettings,
+) -> Desired {
+    let name = sgs.metadata.name.clone().unwrap_or_default();
+    let namespace = sgs.metadata.namespace.clone();
+    let spec = &sgs.spec;
+    let owner = owner_reference(sgs);
+    let selector = selector_labels(&name);
+    let sidecar = render_sidecar(config, &spec.sidecar, settings);
+
+    let mut labels = selector.clone();
+    labels.insert(NAME_LABEL.to_string(), name.clone());
+    labels.insert(SERVICE_LABEL.to_string(), sgs.consul_name());
+    let mut pod_labels = spec.pod_template.labels.clone();
+    pod_labels.extend(labels.clone()); // StreamGate's labels win: the selector depends on them.
+    let mut pod_annotations = spec.pod_template.annotations.clone();
+    pod_annotations.insert(
+        CONFIG_HASH_ANNOTATION.to_string(),
+        sidecar.config_hash.clone(),
+    );
+
+    let mut env = vec![sidecar_addr_env()];
+    env.extend(spec.env.iter().cloned());
+    let app = Container {
+        name: "app".to_string(),
+        image: Some(spec.image.clone()),
+        command: non_empty(&spec.command),
+        args: non_empty(&spec.args),
+        env: Some(env),
+        resources: spec.resources.clone(),
+        ports: Some(vec![ContainerPort {
+            name: Some(protocol_port_name(spec.protocol).to_string()),
+            container_port: spec.port,
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let overrides = &spec.pod_template;
+    let pod_spec = PodSpec {
+        init_containers: Some(vec![sidecar.container.clone()]),
+        containers: vec![app],
+        volumes: Some(sidecar.volumes.clone()),
+        service_account_name: overrides.service_account_name.clone(),
+        node_selector: non_empty_map(&overrides.node_selector),
+        tolerations: non_empty(&overrides.tolerations),
+        affinity: overrides.affinity.clone(),
+        security_context: overrides.security_context.clone(),
+        ..Default::default()
+    };
+    let deployment = Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: namespace.clone(),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![owner.clone()]),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    };
+
+    let service = Service {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace,
+            labels: Some(labels),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![
+                // Plain Kubernetes clients reach the app directly on its own port.
+                ServicePort {
+                    name: Some(protocol_port_name(spec.protocol).to_string()),
+                    port: spec.port,
+                    target_port: Some(IntOrString::Int(spec.port)),
+                    app_protocol: Some(app_protocol(spec.protocol).to_string()),
+                    protocol: Some("TCP".to_string()),
+                    ..Default::default()
+                },
+                // Mesh traffic goes through the sidecar's inbound port (caller identity,
+                // allowedCallers, mTLS).
+                ServicePort {
+                    name: Some("sg-inbound".to_string()),
+                    port: i32::from(INBOUND_PORT),
+                    target_port: Some(IntOrString::Int(i32::from(INBOUND_PORT))),
+                    protocol: Some("TCP".to_string()),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+
+    Desired {
+        sidecar,
+        deployment,
+        service,
+    }
+}
+
+fn owner_reference(sgs: &StreamGateService) -> OwnerReference {
+    OwnerReference {
+        api_version: StreamGateService::api_version(&()).to_string(),
+        kind: StreamGateService::kind(&()).to_string(),
+        name: sgs.metadata.name.clone().unwrap_or_default(),
+        uid: sgs.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn protocol_port_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Grpc => "grpc",
+        Protocol::Http => "http",
+    }
+}
+
+fn app_protocol(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Grpc => "kubernetes.io/h2c",
+        Protocol::Http => "http",
+    }
+}
+
+fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
+    (!items.is_empty()).then(|| items.to_vec())
+}
+
+fn non_empty_map(
+    map: &std::collections::BTreeMap<String, String>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    (!map.is_empty()).then(|| map.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::SIDECAR_NAME;
+
+    pub(crate) fn sgs(yaml_spec: &str) -> StreamGateService {
+        let mut sgs: StreamGateService = serde_yaml::from_str(&format!(
+            "apiVersion: streamgate.io/v1alpha1\nkind: StreamGateService\nmetadata: {{name: upload, namespace: media, uid: u-1, generation: 1}}\nspec: {yaml_spec}"
+        ))
+        .unwrap();
+        sgs.metadata.generation = Some(1);
+        sgs
+    }
+
+    fn build(yaml_spec: &str) -> Desired {
+        let s = sgs(yaml_spec);
+        let config = validate(&s).unwrap();
+        desired(&s, &config, &SidecarSettings::for_tests())
+    }
+
+    #[test]
+    fn deployment_has_app_and_native_sidecar_owned_by_the_resource() {
+        let d = build("{image: 'reg/upload:1', port: 9091, replicas: 2}");
+        let dep = &d.deployment;
+        assert_eq!(dep.metadata.name.as_deref(), Some("upload"));
+        let owner = &dep.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("StreamGateService", "u-1")
+        );
+        let spec = dep.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.containers[0].image.as_deref(), Some("reg/upload:1"));
+        let env = pod.containers[0].env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "STREAMGATE_SIDECAR_ADDR"));
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.name, SIDECAR_NAME);
+        assert_eq!(init.restart_policy.as_deref(), Some("Always"));
+        let annotations = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref();
+        assert!(annotations.unwrap().contains_key(CONFIG_HASH_ANNOTATION));
+    }
+
+    #[test]
+    fn building_twice_gives_identical_objects() {
+        let spec = "{image: 'reg/upload:1', port: 9091, upstreams: [{service: metadata}]}";
+        assert_eq!(build(spec), build(spec));
+    }
+
+    #[test]
+    fn spec_change_changes_the_config_hash_but_image_change_does_not() {
+        let base = build("{image: 'reg/upload:1', port: 9091}");
+        let upstream = build("{image: 'reg/upload:1', port: 9091, upstreams: [{service: x}]}");
+        let image = build("{image: 'reg/upload:2', port: 9091}");
+        assert_ne!(base.sidecar.config_hash, upstream.sidecar.config_hash);
+        assert_eq!(base.sidecar.config_hash, image.sidecar.config_hash);
+    }
+
+    #[test]
+    fn service_exposes_app_port_and_mesh_port() {
+        let d = build("{image: 'reg/upload:1', port: 9091, protocol: http}");
+        let ports = d.service.spec.unwrap().ports.unwrap();
+        assert_eq!(ports[0].port, 9091);
+        assert_eq!(ports[0].name.as_deref(), Some("http"));
+        assert_eq!(ports[1].port, 15006);
+    }
+
+    #[test]
+    fn service_name_defaults_to_the_resource_name() {
+        let d = build("{image: 'reg/upload:1', port: 9091}");
+        assert!(d.sidecar.config_yaml.contains("serviceName: upload"));
+        let d = build("{image: 'reg/upload:1', port: 9091, serviceName: uploads}");
+        assert!(d.sidecar.config_yaml.contains("serviceName: uploads"));
+    }
+
+    #[test]
+    fn pod_template_overrides_apply_but_cannot_break_the_selector() {
+        let d = build(
+            "{image: i, port: 1, podTemplate: {labels: {team: media, 'app.kubernetes.io/instance': evil}, serviceAccountName: sa1, nodeSelector: {disk: ssd}}}",
+        );
+        let template = d.deployment.spec.unwrap().template;
+        let labels = template.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["team"], "media");
+        assert_eq!(labels["app.kubernetes.io/instance"], "upload");
+        let pod = template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("sa1"));
+        assert_eq!(pod.node_selector.unwrap()["disk"], "ssd");
+    }
+
+    #[test]
+    fn validate_reports_spec_field_paths() {
+        let bad = sgs("{image: i, port: 9091, health: {timeoutSeconds: 9}}");
+        assert_eq!(
+            validate(&bad).unwrap_err().field,
+            "spec.health.timeoutSeconds"
+        );
+        let reserved = sgs("{image: i, port: 15020}");
+        assert_eq!(validate(&reserved).unwrap_err().field, "spec.port");
+        let empty = sgs("{image: ' ', port: 9091}");
+        assert_eq!(validate(&empty).unwrap_err().field, "spec.image");
+    }
+}

@@ -1,0 +1,298 @@
+//! THE sidecar renderer: the one function that turns a sidecar configuration into the
+//! sidecar container (and the volumes it needs). The operator's Deployments and the
+//! injection webhook both call [`render_sidecar`], so an injected pod and a
+//! StreamGateService pod get the same sidecar.
+
+use crate::settings::SidecarSettings;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Probe, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+use streamgate_crds::SidecarSpec;
+use streamgate_crds::sidecar_config::{ADMIN_PORT, CONFIG_ENV, INBOUND_PORT, SidecarConfig};
+
+/// Name of the sidecar container.
+pub const SIDECAR_NAME: &str = "streamgate-sidecar";
+/// The address the app reaches its sidecar at, given to the app as `STREAMGATE_SIDECAR_ADDR`.
+pub const SIDECAR_ADDR: &str = "127.0.0.1:15001";
+pub const SIDECAR_ADDR_ENV: &str = "STREAMGATE_SIDECAR_ADDR";
+const SPOOL_VOLUME: &str = "streamgate-spool";
+const SPOOL_DIR: &str = "/var/lib/streamgate/spool";
+const NATS_CREDS_VOLUME: &str = "streamgate-nats-credentials";
+const NATS_CREDS_DIR: &str = "/etc/streamgate/nats";
+/// Non-root user the sidecar runs as (PodSecurity `restricted`).
+const SIDECAR_UID: i64 = 65532;
+
+/// The rendered sidecar and what the pod needs around it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderedSidecar {
+    /// A native sidecar: an init container with `restartPolicy: Always`.
+    pub container: Container,
+    /// Volumes the container mounts, to add to the pod.
+    pub volumes: Vec<Volume>,
+    /// The configuration document handed to the sidecar.
+    pub config_yaml: String,
+    /// Digest of `config_yaml`, for the pod template annotation.
+    pub config_hash: String,
+}
+
+/// Renders the sidecar for `config` (the service part comes from a StreamGateService spec
+/// or from injection annotations), with `spec`'s image, resources and log level
+/// overriding the operator-wide `settings`.
+pub fn render_sidecar(
+    config: &SidecarConfig,
+    spec: &SidecarSpec,
+    settings: &SidecarSettings,
+) -> RenderedSidecar {
+    let mut config = config.clone();
+    config.consul.address = Some(settings.consul_address.clone());
+    config.nats.url = Some(settings.nats_url.clone());
+    config.spool_dir = Some(SPOOL_DIR.to_string());
+    config.log_level = spec.log_level;
+    if settings.nats_credentials_secret.is_some() {
+        config.nats.credentials_dir = Some(NATS_CREDS_DIR.to_string());
+    }
+    let config_yaml = serde_yaml::to_string(&config).expect("sidecar config always serializes");
+    let config_hash = digest(&config_yaml);
+
+    let mut env = vec![EnvVar {
+        name: CONFIG_ENV.to_string(),
+        value: Some(config_yaml.clone()),
+        ..Default::default()
+    }];
+    for (name, path) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("POD_UID", "metadata.uid"),
+        ("POD_IP", "status.podIP"),
+    ] {
+        env.push(field_env(name, path));
+    }
+    if let Some(secret) = &settings.consul_token_secret {
+        env.push(EnvVar {
+            name: "CONSUL_HTTP_TOKEN".to_string(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.clone(),
+                    key: "token".to_string(),
+                    optional: Some(true),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+
+    let mut volumes = vec![Volume {
+        name: SPOOL_VOLUME.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("256Mi".to_string())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: SPOOL_VOLUME.to_string(),
+        mount_path: SPOOL_DIR.to_string(),
+        ..Default::default()
+    }];
+    if let Some(secret) = &settings.nats_credentials_secret {
+        volumes.push(Volume {
+            name: NATS_CREDS_VOLUME.to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: NATS_CREDS_VOLUME.to_string(),
+            mount_path: NATS_CREDS_DIR.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+
+    let container = Container {
+        name: SIDECAR_NAME.to_string(),
+        image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
+        env: Some(env),
+        ports: Some(vec![
+            port("sg-inbound", INBOUND_PORT),
+            port("sg-admin", ADMIN_PORT),
+        ]),
+        // Native sidecar: started before the app containers (its startup probe gates
+        // them), stopped after them, and never keeps a Job's pod alive.
+        restart_policy: Some("Always".to_string()),
+        startup_probe: Some(probe("/livez", 1, 1, 60)),
+        readiness_probe: Some(probe("/readyz", 0, 2, 1)),
+        liveness_probe: Some(probe("/livez", 0, 10, 3)),
+        resources: Some(
+            spec.resources
+                .clone()
+                .unwrap_or_else(|| settings.resources.clone()),
+        ),
+        security_context: Some(restricted_security_context()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    RenderedSidecar {
+        container,
+        volumes,
+        config_yaml,
+        config_hash,
+    }
+}
+
+/// The environment variable that tells the app where its sidecar is.
+pub fn sidecar_addr_env() -> EnvVar {
+    EnvVar {
+        name: SIDECAR_ADDR_ENV.to_string(),
+        value: Some(SIDECAR_ADDR.to_string()),
+        ..Default::default()
+    }
+}
+
+fn digest(text: &str) -> String {
+    let sum = Sha256::digest(text.as_bytes());
+    sum.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_string(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn port(name: &str, number: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: i32::from(number),
+        protocol: Some("TCP".to_string()),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, initial_delay: i32, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(i32::from(ADMIN_PORT)),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(1),
+        ..Default::default()
+    }
+}
+
+/// Meets PodSecurity `restricted`, so the sidecar never stops a pod from being admitted.
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Default::default()
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(SIDECAR_UID),
+        run_as_group: Some(SIDECAR_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamgate_crds::LogLevel;
+    use streamgate_crds::sidecar_config::ServiceConfig;
+
+    fn config() -> SidecarConfig {
+        serde_yaml::from_str("service: {serviceName: upload, port: 9091}").unwrap()
+    }
+
+    #[test]
+    fn renders_a_native_sidecar_gated_by_a_startup_probe() {
+        let r = render_sidecar(
+            &config(),
+            &SidecarSpec::default(),
+            &SidecarSettings::for_tests(),
+        );
+        assert_eq!(r.container.restart_policy.as_deref(), Some("Always"));
+        assert!(r.container.startup_probe.is_some());
+        assert_eq!(
+            r.container.image.as_deref(),
+            Some("streamgate/sidecar:test")
+        );
+        let env = r.container.env.unwrap();
+        let config_env = env.iter().find(|e| e.name == CONFIG_ENV).unwrap();
+        let rendered: SidecarConfig =
+            serde_yaml::from_str(config_env.value.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            rendered.consul.address.as_deref(),
+            Some("http://127.0.0.1:8500")
+        );
+        assert!(env.iter().any(|e| e.name == "POD_IP"));
+    }
+
+    #[test]
+    fn hash_changes_with_the_configuration_only() {
+        let settings = SidecarSettings::for_tests();
+        let a = render_sidecar(&config(), &SidecarSpec::default(), &settings);
+        let again = render_sidecar(&config(), &SidecarSpec::default(), &settings);
+        assert_eq!(a.config_hash, again.config_hash);
+        let mut changed = config();
+        changed.service = ServiceConfig {
+            port: 9092,
+            ..changed.service
+        };
+        let b = render_sidecar(&changed, &SidecarSpec::default(), &settings);
+        assert_ne!(a.config_hash, b.config_hash);
+        let debug = SidecarSpec {
+            log_level: LogLevel::Debug,
+            ..Default::default()
+        };
+        assert_ne!(
+            a.config_hash,
+            render_sidecar(&config(), &debug, &settings).config_hash
+        );
+    }
+
+    #[test]
+    fn spec_image_and_secrets_are_honoured() {
+        let settings = SidecarSettings {
+            consul_token_secret: Some("consul-acl".into()),
+            nats_credentials_secret: Some("nats-creds".into()),
+            ..SidecarSettings::for_tests()
+        };
+        let spec = SidecarSpec {
+            image: Some("example/sidecar:dev".into()),
+            ..Default::default()
+        };
+        let r = render_sidecar(&config(), &spec, &settings);
+        assert_eq!(r.container.image.as_deref(), Some("example/sidecar:dev"));
+        assert!(r.volumes.iter().any(|v| v.name == NATS_CREDS_VOLUME));
+        let env = r.container.env.unwrap();
+        assert!(env.iter().any(|e| e.name == "CONSUL_HTTP_TOKEN"));
+    }
+}
