@@ -1,0 +1,86 @@
+//! A small app for StreamGate's tests and demos, shaped like the seed's services.
+//!
+//! One port serves both HTTP/1.1 and gRPC (HTTP/2), so a StreamGateService's single
+//! `port` covers every kind of health check:
+//!
+//! - [`health`]: one switch behind `GET /health` (200 or 503) and gRPC
+//!   `grpc.health.v1.Health`; tests flip it with `POST /admin/health {"healthy": false}`.
+//! - [`upload`]: `streamgate.demo.v1.UploadService`, in memory, answering with the pod
+//!   name so tests can see which instance served a call.
+//! - [`http`]: the HTTP routes. Later features (event handlers, calls through
+//!   `STREAMGATE_SIDECAR_ADDR`) add modules beside these.
+
+pub mod health;
+pub mod http;
+pub mod upload;
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "streamgate-demo-app", version, about)]
+pub struct Cli {
+    /// Address serving HTTP (/health, /admin/health) and gRPC.
+    #[arg(long, env = "DEMO_LISTEN", default_value = "127.0.0.1:9091")]
+    pub listen: SocketAddr,
+    /// Name reported in UploadResponse.served_by.
+    #[arg(long, env = "POD_NAME", default_value = "demo")]
+    pub pod_name: String,
+    /// Start unhealthy (flip with POST /admin/health).
+    #[arg(long, env = "DEMO_START_UNHEALTHY")]
+    pub start_unhealthy: bool,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("streamgate-demo-app: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("streamgate-demo-app: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT.
+pub async fn run(cli: Cli) -> std::io::Result<()> {
+    let switch = health::HealthSwitch::new(!cli.start_unhealthy).await;
+    let grpc = tonic::service::Routes::new(upload::server(cli.pod_name.clone()))
+        .add_service(switch.grpc_server())
+        .into_axum_router();
+    let app = grpc.merge(http::router(switch));
+    let listener = tokio::net::TcpListener::bind(cli.listen).await?;
+    tracing::info!(listen = %cli.listen, pod = %cli.pod_name, "demo app serving HTTP and gRPC");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(terminated())
+        .await
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

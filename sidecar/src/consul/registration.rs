@@ -1,0 +1,212 @@
+//! Keeps the pod's instance true in Consul for the pod's whole life.
+//!
+//! Two phases in a loop: *register* (retrying with backoff until Consul accepts), then
+//! *maintain*: the TTL check follows every change of the app's health and is refreshed
+//! well within its TTL, while a blocking query on the agent notices at once when the
+//! agent restarts or forgets the instance. Any failure sends the loop back to
+//! *register*; registering is idempotent, so "when in doubt, register again" is safe
+//! and needs no case analysis of what Consul lost.
+
+use super::client::{ConsulClient, ConsulError, WATCH_WAIT};
+use super::instance::{CheckStatus, Instance};
+use crate::backoff::Backoff;
+use crate::health::AppHealth;
+use crate::metrics::Metrics;
+use crate::state::Readiness;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+/// Retries while Consul is away: quick at first, and capped at 1 s so that a Consul
+/// that comes back sees the instance again within 2 s.
+const RETRY_BASE: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+pub struct Registrar {
+    client: ConsulClient,
+    instance: Instance,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+}
+
+impl Registrar {
+    pub fn new(
+        client: ConsulClient,
+        instance: Instance,
+        readiness: Arc<Readiness>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Registrar {
+            client,
+            instance,
+            readiness,
+            metrics,
+        }
+    }
+
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    /// Registers and maintains the instance until `stop` turns true.
+    pub async fn maintain(
+        &self,
+        mut health: watch::Receiver<AppHealth>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+        let mut registrations = 0u64;
+        loop {
+            if !self
+                .register_until_accepted(&mut health, &mut stop, &mut backoff)
+                .await
+            {
+                return;
+            }
+            registrations += 1;
+            self.metrics.consul_registrations.inc();
+            if registrations == 1 {
+                tracing::info!(id = %self.instance.service_id, consul = %self.client.address(), "registered in Consul");
+            } else {
+                tracing::info!(id = %self.instance.service_id, "registered in Consul again");
+            }
+            self.readiness.set_registered(true);
+            match self.follow(&mut health, &mut stop).await {
+                None => return,
+                Some(e) => {
+                    tracing::warn!(error = %e, "registration in Consul lost or in doubt; registering again");
+                    self.readiness.set_registered(false);
+                }
+            }
+        }
+    }
+
+    /// Returns false when asked to stop first.
+    async fn register_until_accepted(
+        &self,
+        health: &mut watch::Receiver<AppHealth>,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
+    ) -> bool {
+        let mut failures = 0u32;
+        loop {
+            if *stop.borrow() {
+                return false;
+            }
+            let current = health.borrow_and_update().clone();
+            match self.register(&current).await {
+                Ok(()) => {
+                    backoff.reset();
+                    return true;
+                }
+                Err(e) => {
+                    failures += 1;
+                    // Once per outage at warn; the retries themselves are metrics.
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "cannot register in Consul; retrying with backoff");
+                    } else {
+                        tracing::debug!(error = %e, failures, "registration retry failed");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = stop.changed() => return false,
+            }
+        }
+    }
+
+    /// Registration followed by the check's status and note, so the instance carries the
+    /// latest output from the first moment.
+    async fn register(&self, current: &AppHealth) -> Result<(), ConsulError> {
+        let status = status_of(current);
+        self.client
+            .register(&self.instance.registration(status))
+            .await?;
+        self.client
+            .update_check(&self.instance.check_id, status, &current.output)
+            .await
+    }
+
+    /// Maintains a registered instance; returns the error that put it in doubt, or
+    /// `None` when asked to stop.
+    async fn follow(
+        &self,
+        health: &mut watch::Receiver<AppHealth>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<ConsulError> {
+        let mut refresh = tokio::time::interval(self.instance.ttl / 3);
+        refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        refresh.tick().await; // the first tick is immediate; the check was just set
+        let id = self.instance.service_id.as_str();
+        let mut watch = Box::pin(self.client.watch_service(id, None, WATCH_WAIT));
+        loop {
+            let result = tokio::select! {
+                _ = stop.changed() => return None,
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        return None; // the health checker is gone: the process is ending
+                    }
+                    let current = health.borrow_and_update().clone();
+                    self.update(&current).await
+                }
+                _ = refresh.tick() => {
+                    let current = health.borrow().clone();
+                    self.update(&current).await
+                }
+                hash = &mut watch => hash.map(|hash| {
+                    watch = Box::pin(self.client.watch_service(id, Some(hash), WATCH_WAIT));
+                }),
+            };
+            if let Err(e) = result {
+                return Some(e);
+            }
+        }
+    }
+
+    async fn update(&self, current: &AppHealth) -> Result<(), ConsulError> {
+        self.client
+            .update_check(&self.instance.check_id, status_of(current), &current.output)
+            .await
+    }
+
+    /// On shutdown: the check goes critical first, so discovery stops choosing this
+    /// instance even if the deregistration cannot get through, then the instance is
+    /// removed. Retries until it succeeds; the caller bounds it with the drain deadline.
+    pub async fn leave(&self) {
+        self.readiness.set_registered(false);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+        loop {
+            let critical = self
+                .client
+                .update_check(
+                    &self.instance.check_id,
+                    CheckStatus::Critical,
+                    "the pod is shutting down",
+                )
+                .await;
+            if let Err(e) = &critical {
+                tracing::debug!(error = %e, "could not set the check critical before deregistering");
+            }
+            match self.client.deregister(&self.instance.service_id).await {
+                Ok(()) => {
+                    tracing::info!(id = %self.instance.service_id, "deregistered from Consul");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot deregister from Consul; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+}
+
+fn status_of(health: &AppHealth) -> CheckStatus {
+    if health.health.is_healthy() {
+        CheckStatus::Passing
+    } else {
+        CheckStatus::Critical
+    }
+}

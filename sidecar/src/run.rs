@@ -1,0 +1,135 @@
+//! Wires the parts together and runs the shutdown sequence:
+//!
+//! 1. start: signal handlers, admin server, health checker, Consul registration;
+//! 2. first SIGTERM/SIGINT: `/readyz` turns false, the registration stops, the check
+//!    goes critical and the instance is deregistered, in-flight work drains;
+//! 3. exit 0 when all that is done, or at once (exit 1) on a second signal or when
+//!    `drainTimeout` runs out.
+
+use crate::admin::{self, AdminState};
+use crate::config::Settings;
+use crate::consul::{ConsulClient, Instance, Registrar};
+use crate::health::{self, AppHealth, probe::Probe};
+use crate::metrics::Metrics;
+use crate::shutdown::{Drain, Signals};
+use crate::state::Readiness;
+use crate::{EXIT_FAILURE, error_chain};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Runs the sidecar until it is told to stop; returns the process exit code.
+pub async fn run(settings: Settings) -> u8 {
+    init_logging(&settings);
+    match start_and_wait(settings, Drain::default()).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, String> {
+    let mut signals = Signals::listen().map_err(|e| format!("cannot listen for signals: {e}"))?;
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::new(metrics.clone()));
+    let instance = Instance::from_settings(&settings);
+
+    let listener = admin::bind(settings.listen.admin).await.map_err(|e| {
+        format!(
+            "listen.admin: cannot listen on {}: {}",
+            settings.listen.admin,
+            error_chain(&e)
+        )
+    })?;
+    let admin_state = AdminState {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+        config_json: effective_config(&settings, &instance).into(),
+    };
+    tokio::spawn(admin::serve(listener, admin_state));
+
+    let (health_tx, health_rx) = watch::channel(AppHealth::starting());
+    let probe = Probe::new(&settings.health)?;
+    tokio::spawn(health::run(
+        settings.health.clone(),
+        probe,
+        health_tx,
+        readiness.clone(),
+        metrics.clone(),
+    ));
+
+    let client = ConsulClient::new(&settings.consul, metrics.clone())?;
+    let registrar = Arc::new(Registrar::new(
+        client,
+        instance,
+        readiness.clone(),
+        metrics.clone(),
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let maintain = tokio::spawn({
+        let registrar = registrar.clone();
+        async move { registrar.maintain(health_rx, stop_rx).await }
+    });
+    tracing::info!(
+        service = %settings.document.service.service_name,
+        id = %registrar.instance().service_id,
+        admin = %settings.listen.admin,
+        "sidecar started"
+    );
+
+    let signal = signals.next().await;
+    tracing::info!(signal, drain_timeout = ?settings.drain_timeout, "shutting down");
+    readiness.start_draining();
+    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+    let graceful = async {
+        let _ = stop_tx.send(true);
+        let _ = maintain.await;
+        registrar.leave().await;
+        drain.idle().await;
+    };
+    tokio::select! {
+        _ = graceful => {
+            tracing::info!("shutdown complete");
+            Ok(0)
+        }
+        signal = signals.next() => {
+            tracing::warn!(signal, in_flight = drain.active(), "second signal: exiting now");
+            Ok(EXIT_FAILURE)
+        }
+        _ = tokio::time::sleep_until(deadline) => {
+            tracing::warn!(in_flight = drain.active(), "drainTimeout reached: exiting now");
+            Ok(EXIT_FAILURE)
+        }
+    }
+}
+
+/// `/config`'s body: the effective document, the resolved Consul address and
+/// instance, and whether a token is set, never the token itself.
+fn effective_config(settings: &Settings, instance: &Instance) -> String {
+    let value = serde_json::json!({
+        "config": settings.document,
+        "consul": {
+            "address": settings.consul.address,
+            "token": settings.consul.token.as_ref().map(|_| "<redacted>"),
+            "instanceId": instance.service_id,
+            "checkId": instance.check_id,
+            "ttl": format!("{}ms", instance.ttl.as_millis()),
+        },
+    });
+    serde_json::to_string_pretty(&value).unwrap_or_default()
+}
+
+/// Logs to stderr; `RUST_LOG`, when set, wins over `logLevel`.
+fn init_logging(settings: &Settings) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(settings.log_level.as_str()));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
