@@ -197,21 +197,21 @@ go_install() {
 
 # The kwok binary plays no stage unless given some; kwokctl ships them in the module's
 # kustomize/ tree. We take the same set kwokctl uses: nodes initialise and keep a lease,
-# pods follow the general lifecycle (init containers, readiness, completion, deletion).
+# pods become Ready at once (native sidecars shown running), complete and delete.
 install_kwok_stages() {
   local dir="$TOOLS/kwok-$KWOK_VERSION"
-  [ -f "$dir/stages.yaml" ] && return
+  [ -f "$dir/stages-fast.yaml" ] && return
   local src
   src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
   [ -d "$src" ] || (cd "$dir" && go mod download "sigs.k8s.io/kwok@$KWOK_VERSION" >/dev/null 2>&1) || true
   [ -d "$src" ] || die kwok "kwok stage files not found in $src" "go mod download sigs.k8s.io/kwok@$KWOK_VERSION && make tools"
-  : >"$dir/stages.yaml.tmp"
-  for f in "$src"/node/fast/node-initialize.yaml "$src"/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml "$src"/pod/general/pod-*.yaml; do
-    printf -- '---\n' >>"$dir/stages.yaml.tmp"
-    grep -v '^---$' "$f" >>"$dir/stages.yaml.tmp"
+  : >"$dir/stages-fast.yaml.tmp"
+  for f in "$src"/node/fast/node-initialize.yaml "$src"/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml "$src"/pod/fast/pod-*.yaml; do
+    printf -- '---\n' >>"$dir/stages-fast.yaml.tmp"
+    grep -v '^---$' "$f" >>"$dir/stages-fast.yaml.tmp"
   done
-  mv "$dir/stages.yaml.tmp" "$dir/stages.yaml"
-  say kwok "stages written to $dir/stages.yaml"
+  mv "$dir/stages-fast.yaml.tmp" "$dir/stages-fast.yaml"
+  say kwok "stages written to $dir/stages-fast.yaml"
 }
 
 components="${*:-etcd nats consul kwok helm kube}"

@@ -1,7 +1,9 @@
-//! The command line: `streamgate-operator crd` and `streamgate-operator run`.
+//! The command line: `streamgate-operator crd` and `streamgate-operator run`. Every
+//! `run` flag has an environment fallback.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// The StreamGate operator: reconciles StreamGateService resources into Deployments and
 /// Services, keeps Consul clean and injects the StreamGate sidecar into annotated workloads.
@@ -16,6 +18,118 @@ pub struct Cli {
 pub enum Command {
     /// Print the StreamGateService CustomResourceDefinition as YAML.
     Crd,
+    /// Run the controller (in-cluster config, or KUBECONFIG outside a cluster).
+    Run(Box<RunArgs>),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "STREAMGATE_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of /metrics, /livez and /readyz.
+    #[arg(
+        long,
+        env = "STREAMGATE_METRICS_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub metrics_listen: std::net::SocketAddr,
+    /// Log format: json or text.
+    #[arg(long, env = "STREAMGATE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    pub log_format: String,
+    #[command(flatten)]
+    pub consul: ConsulArgs,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Consul")]
+pub struct ConsulArgs {
+    /// Consul HTTP address the operator uses (`http://host:port` or `host:port`).
+    #[arg(
+        long,
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "http://127.0.0.1:8500"
+    )]
+    pub consul_address: String,
+    /// Consul ACL token of the operator.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+    /// File holding the operator's Consul ACL token (wins over --consul-token).
+    #[arg(long, env = "CONSUL_HTTP_TOKEN_FILE")]
+    pub consul_token_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Sidecar defaults")]
+pub struct SidecarArgs {
+    /// Sidecar image for pods whose spec names none.
+    #[arg(long, env = "STREAMGATE_SIDECAR_IMAGE", default_value = concat!("streamgate/sidecar:", env!("CARGO_PKG_VERSION")))]
+    pub sidecar_image: String,
+    /// Consul address the sidecars use (default: --consul-address).
+    #[arg(long, env = "STREAMGATE_SIDECAR_CONSUL_ADDR")]
+    pub sidecar_consul_address: Option<String>,
+    /// Secret in each pod's namespace whose key `token` is the sidecars' Consul ACL token.
+    #[arg(long, env = "STREAMGATE_CONSUL_TOKEN_SECRET")]
+    pub consul_token_secret: Option<String>,
+    /// NATS URL the sidecars use.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Secret in each pod's namespace with NATS credentials, mounted into the sidecar.
+    #[arg(long, env = "STREAMGATE_NATS_CREDENTIALS_SECRET")]
+    pub nats_credentials_secret: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Leader election")]
+pub struct LeaderArgs {
+    /// Elect one active replica through a Lease (disable only for a single replica).
+    #[arg(long, env = "STREAMGATE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "STREAMGATE_LEASE_NAME",
+        default_value = "streamgate-operator"
+    )]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: POD_NAME, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long a Lease stays valid without renewal (the failover time).
+    #[arg(long, env = "STREAMGATE_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the leader renews and a standby retries.
+    #[arg(long, env = "STREAMGATE_LEASE_RENEW", default_value = "5s", value_parser = parse_duration)]
+    pub lease_renew: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Timing")]
+pub struct TimingArgs {
+    /// Period of the sweep that removes Consul instances of vanished pods.
+    #[arg(long, env = "STREAMGATE_SWEEP_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+    /// Status refresh period of a Ready service (Consul health is polled).
+    #[arg(long, env = "STREAMGATE_RESYNC_READY", default_value = "30s", value_parser = parse_duration)]
+    pub resync_ready: Duration,
+    /// Status refresh period of a service that is not Ready yet.
+    #[arg(long, env = "STREAMGATE_RESYNC_NOT_READY", default_value = "3s", value_parser = parse_duration)]
+    pub resync_not_ready: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    streamgate_crds::GoDuration::parse(text)
+        .map(|d| d.as_duration())
+        .map_err(|e| e.to_string())
 }
 
 pub fn main() -> ExitCode {
@@ -25,5 +139,6 @@ pub fn main() -> ExitCode {
             print!("{}", crate::crdgen::crd_yaml());
             ExitCode::SUCCESS
         }
+        Command::Run(args) => crate::run::main(*args),
     }
 }

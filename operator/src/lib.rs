@@ -6,9 +6,19 @@
 //! The reconciler is a pipeline of named steps over one `StreamGateService`:
 //! validate → build the desired objects (a pure function) → apply → update status.
 
+pub mod apply;
 pub mod cli;
+pub mod consul;
 pub mod crdgen;
 pub mod desired;
+pub mod error;
 pub mod labels;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
 pub mod render;
+pub mod run;
+pub mod server;
 pub mod settings;
+pub mod status;
+pub mod sweep;

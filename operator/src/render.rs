@@ -193,7 +193,8 @@ fn probe(path: &str, initial_delay: i32, period: i32, failure_threshold: i32) ->
             port: IntOrString::Int(i32::from(ADMIN_PORT)),
             ..Default::default()
         }),
-        initial_delay_seconds: Some(initial_delay),
+        // The API server drops a zero delay; leaving it out keeps re-applies no-ops.
+        initial_delay_seconds: (initial_delay > 0).then_some(initial_delay),
         period_seconds: Some(period),
         failure_threshold: Some(failure_threshold),
         timeout_seconds: Some(1),

@@ -13,8 +13,11 @@
 //!
 //! `make env-up` / `make env-down` drive the same code through the `streamgate-env` binary.
 
+pub mod bins;
 pub mod components;
+pub mod consul_agent;
 pub mod pki;
+pub mod operator;
 pub mod platform;
 pub mod ports;
 pub mod process;

@@ -109,6 +109,13 @@ impl Proc {
         let _ = child.wait();
     }
 
+    /// SIGKILL at once, and reap it.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// The last `lines` lines of the component's log.
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)

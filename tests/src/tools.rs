@@ -71,7 +71,7 @@ impl Tools {
             kube_scheduler: kube_dir.join("kube-scheduler"),
             kubectl: kube_dir.join("kubectl"),
             kwok: kwok_dir.join("bin/kwok"),
-            kwok_stages: kwok_dir.join("stages.yaml"),
+            kwok_stages: kwok_dir.join("stages-fast.yaml"),
             helm: root.join(format!("helm-{}/bin/helm", get("HELM_VERSION")?)),
             consul,
             nats_server: root.join(format!(

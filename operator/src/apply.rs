@@ -1,0 +1,113 @@
+//! The "apply" step: server-side apply of owned objects under one field manager, skipped
+//! when the object in the cluster already holds every value we would apply — so a no-op
+//! reconcile writes nothing, and a hand edit of a field we own is put back.
+
+use crate::labels::FIELD_MANAGER;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::fmt::Debug;
+
+/// What [`apply`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+impl Applied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Applied::Created => "created",
+            Applied::Updated => "updated",
+            Applied::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// True when every value in `desired` is present and equal in `actual` (objects compared
+/// key by key, arrays element by element), i.e. applying `desired` would change nothing.
+pub fn is_subset(desired: &Value, actual: &Value) -> bool {
+    first_difference(desired, actual, "").is_none()
+}
+
+/// The path of the first value of `desired` that `actual` lacks or holds differently;
+/// logged with each update so an operator can see why the object was written.
+pub fn first_difference(desired: &Value, actual: &Value, path: &str) -> Option<String> {
+    match (desired, actual) {
+        (Value::Object(d), Value::Object(a)) => d.iter().find_map(|(k, v)| match a.get(k) {
+            Some(av) => first_difference(v, av, &format!("{path}.{k}")),
+            None => Some(format!("{path}.{k}")),
+        }),
+        (Value::Array(d), Value::Array(a)) if d.len() == a.len() => d
+            .iter()
+            .zip(a)
+            .enumerate()
+            .find_map(|(i, (dv, av))| first_difference(dv, av, &format!("{path}[{i}]"))),
+        _ if desired == actual => None,
+        _ => Some(path.to_string()),
+    }
+}
+
+/// Applies `desired` unless `current` already matches it.
+pub async fn apply<K>(api: &Api<K>, desired: &K, current: Option<&K>) -> kube::Result<Applied>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+    K::DynamicType: Default,
+{
+    let desired_value = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
+    if let Some(current) = current {
+        let current_value = serde_json::to_value(current).map_err(kube::Error::SerdeError)?;
+        match first_difference(&desired_value, &current_value, "") {
+            None => return Ok(Applied::Unchanged),
+            Some(path) => {
+                tracing::debug!(kind = K::kind(&Default::default()).as_ref(), %path, "differs")
+            }
+        }
+    }
+    let mut body = desired_value;
+    body["apiVersion"] = Value::String(K::api_version(&Default::default()).to_string());
+    body["kind"] = Value::String(K::kind(&Default::default()).to_string());
+    api.patch(
+        &desired.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(if current.is_some() {
+        Applied::Updated
+    } else {
+        Applied::Created
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_added_by_the_server_do_not_count_as_a_difference() {
+        let desired =
+            json!({"spec": {"replicas": 2, "template": {"containers": [{"name": "app"}]}}});
+        let actual = json!({"spec": {"replicas": 2, "strategy": {}, "template": {"containers": [{"name": "app", "imagePullPolicy": "Always"}]}}});
+        assert!(is_subset(&desired, &actual));
+    }
+
+    #[test]
+    fn a_changed_or_missing_value_is_a_difference() {
+        let desired = json!({"spec": {"replicas": 2, "ports": [{"port": 1}]}});
+        assert!(!is_subset(
+            &desired,
+            &json!({"spec": {"replicas": 3, "ports": [{"port": 1}]}})
+        ));
+        assert!(!is_subset(&desired, &json!({"spec": {"replicas": 2}})));
+        assert!(!is_subset(
+            &desired,
+            &json!({"spec": {"replicas": 2, "ports": [{"port": 1}, {"port": 2}]}})
+        ));
+    }
+}

@@ -1,0 +1,273 @@
+//! The operator's view of Consul: the instances StreamGate registered for a service, and
+//! their removal. Every call has a timeout; callers decide about retries.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Meta keys the sidecar sets on every instance it registers.
+pub const META_MANAGED_BY: &str = "managed-by";
+pub const META_NAMESPACE: &str = "k8s-namespace";
+pub const META_POD: &str = "k8s-pod";
+pub const META_POD_UID: &str = "k8s-pod-uid";
+pub const MANAGED_BY_STREAMGATE: &str = "streamgate";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    #[error("Consul request {what} failed: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("Consul answered {status} to {what}: {body}")]
+    Status {
+        what: String,
+        status: reqwest::StatusCode,
+        body: String,
+    },
+}
+
+/// One registered instance, with the health of its checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    pub service: String,
+    pub node: String,
+    pub meta: BTreeMap<String, String>,
+    /// `passing`, `warning` or `critical`: the worst of its checks.
+    pub status: String,
+}
+
+impl Instance {
+    pub fn is_managed(&self) -> bool {
+        self.meta.get(META_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_STREAMGATE)
+    }
+    pub fn namespace(&self) -> Option<&str> {
+        self.meta.get(META_NAMESPACE).map(String::as_str)
+    }
+    pub fn pod(&self) -> Option<&str> {
+        self.meta.get(META_POD).map(String::as_str)
+    }
+    pub fn pod_uid(&self) -> Option<&str> {
+        self.meta.get(META_POD_UID).map(String::as_str)
+    }
+    pub fn is_passing(&self) -> bool {
+        self.status == "passing"
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    node: NodeEntry,
+    service: ServiceEntry,
+    #[serde(default)]
+    checks: Vec<CheckEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NodeEntry {
+    node: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceEntry {
+    #[serde(rename = "ID")]
+    id: String,
+    service: String,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CheckEntry {
+    status: String,
+}
+
+/// The worst status among checks (no checks counts as passing, as Consul does).
+fn aggregate(checks: &[CheckEntry]) -> String {
+    let rank = |s: &str| match s {
+        "critical" => 2,
+        "warning" => 1,
+        _ => 0,
+    };
+    checks
+        .iter()
+        .map(|c| c.status.as_str())
+        .max_by_key(|s| rank(s))
+        .unwrap_or("passing")
+        .to_string()
+}
+
+/// A small Consul HTTP API client.
+#[derive(Clone, Debug)]
+pub struct Consul {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Consul {
+    /// `address` is `http://host:port` or a bare `host:port`.
+    pub fn new(address: &str, token: Option<String>) -> Result<Self, reqwest::Error> {
+        let base = if address.contains("://") {
+            address.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", address.trim_end_matches('/'))
+        };
+        // reqwest is built without a bundled crypto provider; ring is the workspace's one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        Ok(Consul { http, base, token })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            req = req.header("X-Consul-Token", token);
+        }
+        req
+    }
+
+    async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<String, ConsulError> {
+        let resp = req.send().await.map_err(|source| ConsulError::Request {
+            what: what.to_string(),
+            source,
+        })?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(ConsulError::Status {
+                what: what.to_string(),
+                status,
+                body,
+            });
+        }
+        Ok(body)
+    }
+
+    /// Every instance of `service`, passing or not.
+    pub async fn instances(&self, service: &str) -> Result<Vec<Instance>, ConsulError> {
+        let what = format!("GET /v1/health/service/{service}");
+        let body = self
+            .send(
+                &what,
+                self.request(
+                    reqwest::Method::GET,
+                    &format!("/v1/health/service/{service}"),
+                ),
+            )
+            .await?;
+        let entries: Vec<HealthEntry> = serde_json::from_str(&body).unwrap_or_default();
+        Ok(entries
+            .into_iter()
+            .map(|e| Instance {
+                status: aggregate(&e.checks),
+                id: e.service.id,
+                service: e.service.service,
+                node: e.node.node,
+                meta: e.service.meta.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// The instances of `service` that StreamGate registered for pods of `namespace`.
+    pub async fn managed_instances(
+        &self,
+        service: &str,
+        namespace: &str,
+    ) -> Result<Vec<Instance>, ConsulError> {
+        Ok(self
+            .instances(service)
+            .await?
+            .into_iter()
+            .filter(|i| i.is_managed() && i.namespace() == Some(namespace))
+            .collect())
+    }
+
+    /// Names of every service in the catalog.
+    pub async fn services(&self) -> Result<Vec<String>, ConsulError> {
+        let body = self
+            .send(
+                "GET /v1/catalog/services",
+                self.request(reqwest::Method::GET, "/v1/catalog/services"),
+            )
+            .await?;
+        let map: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(&body).unwrap_or_default();
+        Ok(map.into_keys().collect())
+    }
+
+    /// The node name of the agent we talk to.
+    pub async fn agent_node(&self) -> Result<String, ConsulError> {
+        let body = self
+            .send(
+                "GET /v1/agent/self",
+                self.request(reqwest::Method::GET, "/v1/agent/self"),
+            )
+            .await?;
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        Ok(value["Config"]["NodeName"]
+            .as_str()
+            .unwrap_or("")
+            .to_string())
+    }
+
+    /// Removes `instance`. An instance registered through the agent we talk to is removed
+    /// through that agent (else its anti-entropy would restore it); one on another node
+    /// is removed from the catalog.
+    pub async fn deregister(
+        &self,
+        instance: &Instance,
+        agent_node: &str,
+    ) -> Result<(), ConsulError> {
+        if instance.node == agent_node {
+            let path = format!("/v1/agent/service/deregister/{}", instance.id);
+            self.send(
+                &format!("PUT {path}"),
+                self.request(reqwest::Method::PUT, &path),
+            )
+            .await?;
+        } else {
+            let body = serde_json::json!({"Node": instance.node, "ServiceID": instance.id});
+            self.send(
+                "PUT /v1/catalog/deregister",
+                self.request(reqwest::Method::PUT, "/v1/catalog/deregister")
+                    .json(&body),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_health_entries_and_aggregates_check_status() {
+        let body = r#"[{"Node":{"Node":"n1"},"Service":{"ID":"up-1","Service":"upload",
+            "Meta":{"managed-by":"streamgate","k8s-namespace":"media","k8s-pod":"up-1"}},
+            "Checks":[{"Status":"passing"},{"Status":"critical"}]},
+            {"Node":{"Node":"n1"},"Service":{"ID":"up-2","Service":"upload","Meta":null},
+            "Checks":[{"Status":"passing"}]}]"#;
+        let entries: Vec<HealthEntry> = serde_json::from_str(body).unwrap();
+        assert_eq!(aggregate(&entries[0].checks), "critical");
+        assert_eq!(aggregate(&entries[1].checks), "passing");
+        assert!(entries[1].service.meta.is_none());
+    }
+
+    #[test]
+    fn bare_host_port_gets_a_scheme() {
+        let c = Consul::new("127.0.0.1:8500", None).unwrap();
+        assert_eq!(c.base, "http://127.0.0.1:8500");
+    }
+}

@@ -1,0 +1,274 @@
+//! The reconciler: for one StreamGateService, validate → build → apply → update status,
+//! inside a finalizer whose cleanup removes the service's Consul instances.
+
+use crate::apply::{Applied, apply};
+use crate::consul::Consul;
+use crate::desired::{desired, validate};
+use crate::error::{Error, Result};
+use crate::labels::{FIELD_MANAGER, FINALIZER};
+use crate::metrics::{ChildLabels, Metrics};
+use crate::settings::SidecarSettings;
+use crate::status::{compute_status, is_ready};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use streamgate_crds::StreamGateService;
+use tracing::{info, warn};
+
+/// How long the finalizer keeps trying to reach Consul before it gives up, records an
+/// Event and lets the deletion go through (the sweep removes what is left later).
+const CONSUL_CLEANUP_GRACE: Duration = Duration::from_secs(60);
+
+/// Everything a reconcile needs, built once.
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub consul: Consul,
+    pub metrics: Metrics,
+    pub settings: SidecarSettings,
+    /// Requeue period once Ready (Consul is polled, not watched).
+    pub resync_ready: Duration,
+    /// Requeue period while not Ready.
+    pub resync_not_ready: Duration,
+}
+
+#[tracing::instrument(skip(sgs, ctx), fields(namespace = %sgs.namespace().unwrap_or_default(), name = %sgs.name_any()))]
+pub async fn reconcile(sgs: Arc<StreamGateService>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start_reconcile();
+    let namespace = sgs.namespace().ok_or(Error::MissingField("namespace"))?;
+    let api: Api<StreamGateService> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, sgs, |event| async {
+        match event {
+            Finalizer::Apply(sgs) => apply_service(&sgs, &ctx).await,
+            Finalizer::Cleanup(sgs) => cleanup(&sgs, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// The controller's error policy: back off with jitter so many failing resources do not
+/// retry in lockstep.
+pub fn error_policy(sgs: Arc<StreamGateService>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error.kind());
+    warn!(name = %sgs.name_any(), error = %error, "reconcile failed");
+    let base = match error {
+        Error::Invalid(_) => Duration::from_secs(60),
+        _ => Duration::from_secs(5),
+    };
+    let jitter = Duration::from_millis(fastrand::u64(0..=base.as_millis() as u64 / 2));
+    Action::requeue(base + jitter)
+}
+
+async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action> {
+    let namespace = sgs.namespace().ok_or(Error::MissingField("namespace"))?;
+    let name = sgs.name_any();
+    let reference = sgs.object_ref(&());
+
+    // validate
+    let config = match validate(sgs) {
+        Ok(config) => config,
+        Err(field_error) => {
+            publish(
+                ctx,
+                &reference,
+                EventType::Warning,
+                "InvalidSpec",
+                &field_error.to_string(),
+            )
+            .await;
+            return Err(Error::Invalid(field_error));
+        }
+    };
+    // build
+    let want = desired(sgs, &config, &ctx.settings);
+
+    // apply
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    let current_deployment = deployments.get_opt(&name).await?;
+    let current_service = services.get_opt(&name).await?;
+    let applied = [
+        (
+            "Deployment",
+            apply(&deployments, &want.deployment, current_deployment.as_ref()).await,
+        ),
+        (
+            "Service",
+            apply(&services, &want.service, current_service.as_ref()).await,
+        ),
+    ];
+    for (kind, result) in applied {
+        match result {
+            Ok(action) => {
+                ctx.metrics
+                    .applies
+                    .get_or_create(&ChildLabels {
+                        kind: kind.to_string(),
+                        action: action.as_str().to_string(),
+                    })
+                    .inc();
+                if action != Applied::Unchanged {
+                    let reason = if action == Applied::Created {
+                        "Created"
+                    } else {
+                        "Updated"
+                    };
+                    info!(kind, action = action.as_str(), "applied");
+                    publish(
+                        ctx,
+                        &reference,
+                        EventType::Normal,
+                        reason,
+                        &format!("{kind} {name} {}", action.as_str()),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => {
+                publish(
+                    ctx,
+                    &reference,
+                    EventType::Warning,
+                    "ApplyFailed",
+                    &format!("{kind} {name}: {e}"),
+                )
+                .await;
+                return Err(e.into());
+            }
+        }
+    }
+
+    // update status
+    let deployment = match current_deployment {
+        Some(d) => Some(d),
+        None => deployments.get_opt(&name).await?,
+    };
+    let consul = ctx
+        .consul
+        .managed_instances(&sgs.consul_name(), &namespace)
+        .await
+        .map_err(|e| e.to_string());
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = compute_status(sgs, deployment.as_ref(), &consul, now);
+    if sgs.status.as_ref() != Some(&status) {
+        let api: Api<StreamGateService> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({
+            "apiVersion": StreamGateService::api_version(&()),
+            "kind": StreamGateService::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(if is_ready(&status) {
+        ctx.resync_ready
+    } else {
+        ctx.resync_not_ready
+    }))
+}
+
+/// Deletion: stop the pods, remove every Consul instance of the service, then let the
+/// owned objects be garbage-collected. Gives up on Consul after a grace period so an
+/// unreachable Consul never blocks a deletion forever.
+async fn cleanup(sgs: &StreamGateService, ctx: &Context) -> Result<Action> {
+    let namespace = sgs.namespace().ok_or(Error::MissingField("namespace"))?;
+    let name = sgs.name_any();
+    let reference = sgs.object_ref(&());
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Deleting the pods first stops their sidecars from registering again.
+    match deployments.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let service = sgs.consul_name();
+    let result = async {
+        let node = ctx.consul.agent_node().await?;
+        let instances = ctx.consul.managed_instances(&service, &namespace).await?;
+        for instance in &instances {
+            ctx.consul.deregister(instance, &node).await?;
+        }
+        Ok::<usize, crate::consul::ConsulError>(instances.len())
+    }
+    .await;
+    match result {
+        Ok(count) => {
+            info!(count, "deregistered the service's Consul instances");
+            publish(
+                ctx,
+                &reference,
+                EventType::Normal,
+                "ConsulCleaned",
+                &format!("deregistered {count} Consul instance(s) of {service}"),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            let deleting_for = sgs
+                .meta()
+                .deletion_timestamp
+                .as_ref()
+                .map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0))
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or_default();
+            if deleting_for > CONSUL_CLEANUP_GRACE {
+                let message = format!(
+                    "gave up deregistering {service} from Consul after {deleting_for:?}: {e}; the ghost sweep will remove what is left"
+                );
+                warn!("{message}");
+                publish(
+                    ctx,
+                    &reference,
+                    EventType::Warning,
+                    "ConsulCleanupAbandoned",
+                    &message,
+                )
+                .await;
+                Ok(Action::await_change())
+            } else {
+                publish(
+                    ctx,
+                    &reference,
+                    EventType::Warning,
+                    "ConsulCleanupFailed",
+                    &e.to_string(),
+                )
+                .await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        warn!(error = %e, reason, "could not publish an Event");
+    }
+}

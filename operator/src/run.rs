@@ -1,0 +1,234 @@
+//! `streamgate-operator run`: wires the client, metrics server, leader election, the
+//! controller and the ghost sweep, and shuts them down gracefully on SIGTERM.
+
+use crate::cli::RunArgs;
+use crate::consul::Consul;
+use crate::leader::{LeaderElector, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::reconcile::{Context, error_policy, reconcile};
+use crate::settings::{SidecarSettings, default_sidecar_resources};
+use anyhow::{Context as _, Result};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use prometheus_client::registry::Registry;
+use std::process::ExitCode;
+use std::sync::Arc;
+use streamgate_crds::StreamGateService;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+pub fn main(args: RunArgs) -> ExitCode {
+    init_tracing(&args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("streamgate-operator: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            error!(error = format!("{e:#}"), "operator failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().with_current_span(true).init();
+    } else {
+        use std::io::IsTerminal;
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+async fn run(args: RunArgs) -> Result<ExitCode> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let identity = args.leader.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding --metrics-listen {}", args.metrics_listen))?;
+    let router = crate::server::router(Arc::new(registry), ready_rx);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            error!(error = %e, "metrics server stopped");
+        }
+    });
+
+    let token = match &args.consul.consul_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --consul-token-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => args.consul.consul_token.clone(),
+    };
+    let consul = Consul::new(&args.consul.consul_address, token)?;
+    let settings = SidecarSettings {
+        image: args.sidecar.sidecar_image.clone(),
+        resources: default_sidecar_resources(),
+        consul_address: args
+            .sidecar
+            .sidecar_consul_address
+            .clone()
+            .unwrap_or_else(|| args.consul.consul_address.clone()),
+        consul_token_secret: args.sidecar.consul_token_secret.clone(),
+        nats_url: args.sidecar.nats_url.clone(),
+        nats_credentials_secret: args.sidecar.nats_credentials_secret.clone(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "streamgate-operator".into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        consul: consul.clone(),
+        metrics: metrics.clone(),
+        settings,
+        resync_ready: args.timing.resync_ready,
+        resync_not_ready: args.timing.resync_not_ready,
+    });
+    // Serving probes and metrics is this replica's readiness, leader or standby.
+    let _ = ready_tx.send(true);
+
+    let mut shutdown = Box::pin(shutdown_signal());
+    let elector = args.leader.leader_election.then(|| {
+        LeaderElector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace: args.leader.lease_namespace.clone(),
+                name: args.leader.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: args.leader.lease_duration,
+                renew_every: args.leader.lease_renew,
+            },
+        )
+    });
+    let (leader_tx, mut leader_rx) = watch::channel(elector.is_none());
+    let mut election = Box::pin(async {
+        match &elector {
+            Some(elector) => elector.run(leader_tx).await,
+            None => std::future::pending().await,
+        }
+    });
+
+    info!(%identity, "waiting to become the leader");
+    tokio::select! {
+        _ = &mut shutdown => {
+            info!("stopping before becoming the leader");
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ = leader_rx.wait_for(|leading| *leading) => {}
+        // The election future only returns after leadership was held and lost.
+        _ = &mut election => return Ok(ExitCode::FAILURE),
+    }
+    metrics.leader.set(1);
+    info!(%identity, "leading: starting the controller and the ghost sweep");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let controller = run_controller(&args, client.clone(), ctx.clone(), stop_rx);
+    let sweep = crate::sweep::run(
+        client.clone(),
+        consul,
+        metrics.clone(),
+        args.timing.sweep_interval,
+        args.namespace.clone(),
+    );
+    let code = tokio::select! {
+        _ = &mut shutdown => {
+            info!("SIGTERM: draining the controller");
+            let _ = stop_tx.send(true);
+            ExitCode::SUCCESS
+        }
+        _ = &mut election => {
+            error!("lost the leader lease; exiting so a fresh process can stand by");
+            let _ = stop_tx.send(true);
+            return Ok(ExitCode::FAILURE);
+        }
+        _ = sweep => ExitCode::FAILURE,
+        _ = controller => ExitCode::SUCCESS,
+    };
+    if let Some(elector) = &elector {
+        elector.release().await;
+    }
+    metrics.leader.set(0);
+    Ok(code)
+}
+
+async fn run_controller(
+    args: &RunArgs,
+    client: kube::Client,
+    ctx: Arc<Context>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (services, deployments, k8s_services) = match &args.namespace {
+        Some(ns) => (
+            Api::<StreamGateService>::namespaced(client.clone(), ns),
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
+    };
+    let owned = watcher::Config::default().labels(&format!(
+        "{}={}",
+        crate::labels::MANAGED_BY_LABEL,
+        crate::labels::MANAGED_BY_VALUE
+    ));
+    Controller::new(services, watcher::Config::default())
+        .owns(deployments, owned.clone())
+        .owns(k8s_services, owned)
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The workspace's own binaries for tests that run them as processes (the operator, the
+//! sidecar, the demo app). A test in this crate gets no CARGO_BIN_EXE_ for other
+//! packages, so each binary is built once per test binary with `cargo build`.
+
+use crate::tools::repo_root;
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+
+/// Path to `bin` of workspace package `package`, built (or found up to date) first.
+pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let built = built.get_or_insert_with(HashMap::new);
+    if let Some(path) = built.get(bin) {
+        return Ok(path.clone());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(&cargo)
+        .current_dir(repo_root())
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .status()
+        .with_context(|| format!("running {cargo} build -p {package}"))?;
+    if !status.success() {
+        bail!("cargo build -p {package} --bin {bin} failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join("debug").join(bin);
+    if !path.exists() {
+        bail!("{} was not built", path.display());
+    }
+    built.insert(bin.to_string(), path.clone());
+    Ok(path)
+}

@@ -1,0 +1,179 @@
+//! Running the real `streamgate-operator` against the platform, the way a cluster runs
+//! it: CRD installed, least-privilege RBAC from `operator/rbac/clusterrole.yaml`, and the
+//! operator authenticated as its own ServiceAccount (never as an administrator), watching
+//! the test's namespace only and electing its leader through a Lease there.
+
+use crate::bins::binary;
+use crate::ports::free_port;
+use crate::process::Proc;
+use crate::shared::TestEnv;
+use crate::tools::repo_root;
+use crate::wait::eventually;
+use anyhow::{Context, Result};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const OPERATOR_ACCOUNT: &str = "streamgate-operator";
+
+/// Installs the CRD and the operator's ClusterRoles once per platform.
+pub fn install_crd_and_rbac(env: &TestEnv) -> Result<()> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let info = &env.platform.info;
+            let crd = repo_root().join("crds/streamgateservice.yaml");
+            let rbac = repo_root().join("operator/rbac/clusterrole.yaml");
+            let run = || -> Result<()> {
+                info.kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()], None)?;
+                info.kubectl(
+                    &["wait", "--for=condition=Established", "--timeout=60s", "crd/streamgateservices.streamgate.io"],
+                    None,
+                )?;
+                info.kubectl(&["apply", "--server-side", "-f", &rbac.to_string_lossy()], None)?;
+                Ok(())
+            };
+            run().map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// A kubeconfig authenticating as the operator's ServiceAccount in the test namespace,
+/// bound to the operator's ClusterRole (and its leader-election role in the namespace).
+pub async fn operator_kubeconfig(env: &TestEnv) -> Result<PathBuf> {
+    install_crd_and_rbac(env)?;
+    let ns = &env.namespace;
+    let manifest = format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {OPERATOR_ACCOUNT}, namespace: {ns}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: streamgate-operator-{ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: streamgate-operator}}\n\
+         subjects: [{{kind: ServiceAccount, name: {OPERATOR_ACCOUNT}, namespace: {ns}}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: streamgate-operator-leader-election, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: streamgate-operator-leader-election}}\n\
+         subjects: [{{kind: ServiceAccount, name: {OPERATOR_ACCOUNT}, namespace: {ns}}}]\n"
+    );
+    env.platform.info.kubectl(&["apply", "-f", "-"], Some(&manifest))?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client(), ns);
+    let token = accounts
+        .create_token_request(
+            OPERATOR_ACCOUNT,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: vec![],
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await?
+        .status
+        .context("token request without status")?
+        .token;
+    let info = &env.platform.info;
+    let ca = info.dir.join("pki/ca.crt");
+    let path = info.dir.join(format!("kubeconfig-operator-{ns}"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: operator\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context: {{cluster: local, user: operator, namespace: {ns}}}\ncurrent-context: local\n",
+            info.apiserver_url,
+            ca.display()
+        ),
+    )?;
+    Ok(path)
+}
+
+/// A running operator process.
+pub struct Operator {
+    pub identity: String,
+    pub metrics_url: String,
+    proc: Proc,
+}
+
+impl Operator {
+    /// Starts an operator watching the test namespace, with short timings for tests.
+    pub async fn start(env: &TestEnv, kubeconfig: &PathBuf, identity: &str) -> Result<Operator> {
+        let bin = binary("streamgate-operator", "streamgate-operator")?;
+        let port = free_port()?;
+        let mut cmd = Command::new(bin);
+        cmd.env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,streamgate_operator=debug")
+            .env_remove("CONSUL_HTTP_ADDR")
+            .env_remove("NATS_URL")
+            .args(["run", "--log-format", "text"])
+            .args(["--namespace", &env.namespace])
+            .args(["--lease-namespace", &env.namespace])
+            .args(["--identity", identity])
+            .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+            .args(["--consul-address", env.consul_addr()])
+            .args(["--nats-url", env.nats_url()])
+            .args(["--lease-duration", "3s", "--lease-renew", "500ms"])
+            .args(["--sweep-interval", "2s"])
+            .args(["--resync-ready", "2s", "--resync-not-ready", "1s"]);
+        let log = env
+            .platform
+            .info
+            .logs
+            .join(format!("operator-{}-{identity}.log", env.namespace));
+        let proc = Proc::spawn(&format!("operator {identity}"), cmd, &log)?;
+        let operator = Operator {
+            identity: identity.to_string(),
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+            proc,
+        };
+        let readyz = format!("http://127.0.0.1:{port}/readyz");
+        let http = reqwest::Client::new();
+        eventually("operator /readyz", Duration::from_secs(30), || async {
+            if let Some(status) = operator.proc.exit_status() {
+                anyhow::bail!("operator exited ({status}):\n{}", operator.proc.log_tail(30));
+            }
+            let ok = http.get(&readyz).send().await.is_ok_and(|r| r.status().is_success());
+            Ok(ok.then_some(()))
+        })
+        .await?;
+        Ok(operator)
+    }
+
+    /// True while this replica reports holding the leader lease.
+    pub async fn is_leader(&self) -> bool {
+        let Ok(resp) = reqwest::get(&self.metrics_url).await else {
+            return false;
+        };
+        let text = resp.text().await.unwrap_or_default();
+        text.lines().any(|l| l.trim() == "streamgate_operator_leader 1")
+    }
+
+    /// SIGTERM and wait (a clean shutdown releases the lease).
+    pub fn stop(&self) {
+        self.proc.stop(Duration::from_secs(15));
+    }
+
+    /// SIGKILL: no chance to release anything.
+    pub fn kill(&self) {
+        self.proc.kill();
+    }
+
+    pub fn exited(&self) -> bool {
+        self.proc.exit_status().is_some()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.proc.log_tail(lines)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- operator {} -----\n{}", self.identity, self.proc.log_tail(40));
+        }
+        self.proc.stop(Duration::from_secs(5));
+    }
+}
