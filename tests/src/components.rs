@@ -88,6 +88,16 @@ pub fn kube_apiserver(tools: &Tools, l: &Layout, pki: &ClusterPki) -> Command {
             pki.apiserver.key.display()
         ))
         .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
+        // Published for the controller-manager's and scheduler's delegated authentication,
+        // which otherwise log an error every few seconds.
+        .arg(format!(
+            "--requestheader-client-ca-file={}",
+            pki.ca_cert.display()
+        ))
+        .arg("--requestheader-allowed-names=front-proxy-client")
+        .arg("--requestheader-username-headers=X-Remote-User")
+        .arg("--requestheader-group-headers=X-Remote-Group")
+        .arg("--requestheader-extra-headers-prefix=X-Remote-Extra-")
         .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
         .arg(format!(
             "--service-account-key-file={}",

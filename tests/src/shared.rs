@@ -163,7 +163,7 @@ impl Drop for TestEnv {
             eprintln!(
                 "test in namespace {} failed; component logs:\n{}",
                 self.namespace,
-                self.platform.log_tails(30)
+                self.platform.log_tails(12)
             );
         }
     }
