@@ -17,9 +17,22 @@ FORCE:
 env-up: tools $(ENV_BIN)
 	@$(ENV_BIN) up
 
-## env-down: stop the local platform; no process is left behind
+## env-down: stop the local platform (and a `make dev` operator); no process is left behind
 env-down: $(ENV_BIN)
+	@bash scripts/dev.sh stop
 	@$(ENV_BIN) down
+
+## dev: platform up, operator running, the nine sample services applied, status shown
+dev: tools
+	@bash scripts/dev.sh
+
+## crds: regenerate crds/streamgateservice.yaml from the Rust types
+crds:
+	$(CARGO) run --quiet -p streamgate-operator -- crd > crds/streamgateservice.yaml
+
+## bench: each figure beside its baseline, measured in the same run (release builds)
+bench: tools
+	STREAMGATE_BIN_PROFILE=release $(CARGO) run --release --quiet -p streamgate-tests --bin streamgate-bench -- operator
 
 env-status: $(ENV_BIN)
 	@$(ENV_BIN) status

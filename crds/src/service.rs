@@ -31,41 +31,12 @@ pub const RESERVED_PORTS: [i32; 3] = [15001, 15006, 15020];
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(
-        name = "Ready",
-        type_ = "integer",
-        json_path = ".status.readyReplicas",
-        description = "Pods ready"
-    ),
-    printcolumn(
-        name = "Desired",
-        type_ = "integer",
-        json_path = ".spec.replicas",
-        description = "Pods wanted"
-    ),
-    printcolumn(
-        name = "Consul-Passing",
-        type_ = "integer",
-        json_path = ".status.consul.passing",
-        description = "Instances passing in Consul"
-    ),
-    printcolumn(
-        name = "Consul-Total",
-        type_ = "integer",
-        json_path = ".status.consul.total",
-        description = "Instances registered in Consul"
-    ),
-    printcolumn(
-        name = "Status",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
-        description = "Reason of the Ready condition"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas","description":"Pods ready"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".spec.replicas","description":"Pods wanted"}"#,
+    printcolumn = r#"{"name":"Consul-Passing","type":"integer","jsonPath":".status.consul.passing","description":"Instances passing in Consul"}"#,
+    printcolumn = r#"{"name":"Consul-Total","type":"integer","jsonPath":".status.consul.total","description":"Instances registered in Consul"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","description":"Reason of the Ready condition"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [

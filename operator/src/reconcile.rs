@@ -16,6 +16,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
@@ -34,6 +35,10 @@ pub struct Context {
     pub consul: Consul,
     pub metrics: Metrics,
     pub settings: SidecarSettings,
+    /// Caches of the owned Deployments and Services, fed by the controller's watches, so
+    /// a reconcile reads its children without a request.
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
     /// Requeue period once Ready (Consul is polled, not watched).
     pub resync_ready: Duration,
     /// Requeue period while not Ready.
@@ -43,16 +48,22 @@ pub struct Context {
 #[tracing::instrument(skip(sgs, ctx), fields(namespace = %sgs.namespace().unwrap_or_default(), name = %sgs.name_any()))]
 pub async fn reconcile(sgs: Arc<StreamGateService>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start_reconcile();
+    let started = std::time::Instant::now();
     let namespace = sgs.namespace().ok_or(Error::MissingField("namespace"))?;
     let api: Api<StreamGateService> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, sgs, |event| async {
+    let result = finalizer(&api, FINALIZER, sgs, |event| async {
         match event {
             Finalizer::Apply(sgs) => apply_service(&sgs, &ctx).await,
             Finalizer::Cleanup(sgs) => cleanup(&sgs, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "reconciled"
+    );
+    result
 }
 
 /// The controller's error policy: back off with jitter so many failing resources do not
@@ -94,8 +105,14 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
     // apply
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    let current_deployment = deployments.get_opt(&name).await?;
-    let current_service = services.get_opt(&name).await?;
+    let current_deployment = ctx
+        .deployments
+        .get(&ObjectRef::new(&name).within(&namespace))
+        .map(|d| (*d).clone());
+    let current_service = ctx
+        .services
+        .get(&ObjectRef::new(&name).within(&namespace))
+        .map(|s| (*s).clone());
     let applied = [
         (
             "Deployment",
@@ -106,6 +123,7 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
             apply(&services, &want.service, current_service.as_ref()).await,
         ),
     ];
+    let mut changes: Vec<(Applied, &str)> = Vec::new();
     for (kind, result) in applied {
         match result {
             Ok(action) => {
@@ -117,20 +135,8 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
                     })
                     .inc();
                 if action != Applied::Unchanged {
-                    let reason = if action == Applied::Created {
-                        "Created"
-                    } else {
-                        "Updated"
-                    };
                     info!(kind, action = action.as_str(), "applied");
-                    publish(
-                        ctx,
-                        &reference,
-                        EventType::Normal,
-                        reason,
-                        &format!("{kind} {name} {}", action.as_str()),
-                    )
-                    .await;
+                    changes.push((action, kind));
                 }
             }
             Err(e) => {
@@ -146,12 +152,21 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
             }
         }
     }
+    // One Event per reconcile that changed something, e.g. "Created Deployment and Service upload".
+    if let Some((first, _)) = changes.first() {
+        let reason = if *first == Applied::Created {
+            "Created"
+        } else {
+            "Updated"
+        };
+        let kinds: Vec<&str> = changes.iter().map(|(_, kind)| *kind).collect();
+        let note = format!("{reason} {} {name}", kinds.join(" and "));
+        publish(ctx, &reference, EventType::Normal, reason, &note).await;
+    }
 
-    // update status
-    let deployment = match current_deployment {
-        Some(d) => Some(d),
-        None => deployments.get_opt(&name).await?,
-    };
+    // update status (from the cache: a Deployment created just now has no status yet, and
+    // its watch event brings us back here when it does)
+    let deployment = current_deployment;
     let consul = ctx
         .consul
         .managed_instances(&sgs.consul_name(), &namespace)
@@ -254,6 +269,8 @@ async fn cleanup(sgs: &StreamGateService, ctx: &Context) -> Result<Action> {
     }
 }
 
+/// Records a Kubernetes Event in the background: an Event is for people, and a slow
+/// events API must not slow reconciles down.
 async fn publish(
     ctx: &Context,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
@@ -268,7 +285,12 @@ async fn publish(
         action: "Reconcile".to_string(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, reference).await {
-        warn!(error = %e, reason, "could not publish an Event");
-    }
+    let recorder = ctx.recorder.clone();
+    let reference = reference.clone();
+    let reason = reason.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            warn!(error = %e, reason, "could not publish an Event");
+        }
+    });
 }

@@ -13,7 +13,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector;
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use prometheus_client::registry::Registry;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -102,6 +103,8 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         nats_url: args.sidecar.nats_url.clone(),
         nats_credentials_secret: args.sidecar.nats_credentials_secret.clone(),
     };
+    let (deployment_cache, deployment_writer) = reflector::store::<Deployment>();
+    let (service_cache, service_writer) = reflector::store::<Service>();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -114,6 +117,8 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         consul: consul.clone(),
         metrics: metrics.clone(),
         settings,
+        deployments: deployment_cache,
+        services: service_cache,
         resync_ready: args.timing.resync_ready,
         resync_not_ready: args.timing.resync_not_ready,
     });
@@ -155,7 +160,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     info!(%identity, "leading: starting the controller and the ghost sweep");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let controller = run_controller(&args, client.clone(), ctx.clone(), stop_rx);
+    let caches = Caches {
+        deployments: deployment_writer,
+        services: service_writer,
+    };
+    let controller = run_controller(&args, client.clone(), ctx.clone(), caches, stop_rx);
     let sweep = crate::sweep::run(
         client.clone(),
         consul,
@@ -184,10 +193,17 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(code)
 }
 
+/// Writers of the owned-object caches the reconciler reads.
+struct Caches {
+    deployments: reflector::store::Writer<Deployment>,
+    services: reflector::store::Writer<Service>,
+}
+
 async fn run_controller(
     args: &RunArgs,
     client: kube::Client,
     ctx: Arc<Context>,
+    caches: Caches,
     mut stop: watch::Receiver<bool>,
 ) {
     let (services, deployments, k8s_services) = match &args.namespace {
@@ -207,15 +223,42 @@ async fn run_controller(
         crate::labels::MANAGED_BY_LABEL,
         crate::labels::MANAGED_BY_VALUE
     ));
-    Controller::new(services, watcher::Config::default())
-        .owns(deployments, owned.clone())
-        .owns(k8s_services, owned)
+    // The owned objects are watched once: the same streams fill the reconciler's caches
+    // and trigger reconciles of their owners.
+    let deployment_events = watcher(deployments, owned.clone())
+        .default_backoff()
+        .reflect(caches.deployments)
+        .touched_objects();
+    let service_events = watcher(k8s_services, owned)
+        .default_backoff()
+        .reflect(caches.services)
+        .touched_objects();
+    let (resource_cache, resource_writer) = reflector::store::<StreamGateService>();
+    let resource_events = watcher(services, watcher::Config::default())
+        .default_backoff()
+        .reflect(resource_writer)
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, Default::default());
+    Controller::for_stream(resource_events, resource_cache)
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|stopping| *stopping).await;
         })
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
+}
+
+/// Reconcile on what the operator acts on (the spec, finalizers, the start of deletion),
+/// not on each of its own status writes; periodic requeues refresh the status.
+fn spec_or_lifecycle(sgs: &StreamGateService) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    sgs.metadata.generation.hash(&mut hasher);
+    sgs.metadata.finalizers.hash(&mut hasher);
+    sgs.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 async fn shutdown_signal() {

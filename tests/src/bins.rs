@@ -10,6 +10,12 @@ use std::sync::Mutex;
 
 static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
 
+/// Build profile of the binaries: `debug`, or `release` when `STREAMGATE_BIN_PROFILE`
+/// says so (`make bench` measures release builds).
+fn profile() -> String {
+    std::env::var("STREAMGATE_BIN_PROFILE").unwrap_or_else(|_| "debug".into())
+}
+
 /// Path to `bin` of workspace package `package`, built (or found up to date) first.
 pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
@@ -18,9 +24,15 @@ pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
         return Ok(path.clone());
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(&cargo)
+    let profile = profile();
+    let mut command = std::process::Command::new(&cargo);
+    command
         .current_dir(repo_root())
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if profile == "release" {
+        command.arg("--release");
+    }
+    let status = command
         .status()
         .with_context(|| format!("running {cargo} build -p {package}"))?;
     if !status.success() {
@@ -29,7 +41,7 @@ pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
-    let path = target.join("debug").join(bin);
+    let path = target.join(&profile).join(bin);
     if !path.exists() {
         bail!("{} was not built", path.display());
     }

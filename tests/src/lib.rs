@@ -16,8 +16,8 @@
 pub mod bins;
 pub mod components;
 pub mod consul_agent;
-pub mod pki;
 pub mod operator;
+pub mod pki;
 pub mod platform;
 pub mod ports;
 pub mod process;

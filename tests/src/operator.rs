@@ -29,12 +29,23 @@ pub fn install_crd_and_rbac(env: &TestEnv) -> Result<()> {
             let crd = repo_root().join("crds/streamgateservice.yaml");
             let rbac = repo_root().join("operator/rbac/clusterrole.yaml");
             let run = || -> Result<()> {
-                info.kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()], None)?;
                 info.kubectl(
-                    &["wait", "--for=condition=Established", "--timeout=60s", "crd/streamgateservices.streamgate.io"],
+                    &["apply", "--server-side", "-f", &crd.to_string_lossy()],
                     None,
                 )?;
-                info.kubectl(&["apply", "--server-side", "-f", &rbac.to_string_lossy()], None)?;
+                info.kubectl(
+                    &[
+                        "wait",
+                        "--for=condition=Established",
+                        "--timeout=60s",
+                        "crd/streamgateservices.streamgate.io",
+                    ],
+                    None,
+                )?;
+                info.kubectl(
+                    &["apply", "--server-side", "-f", &rbac.to_string_lossy()],
+                    None,
+                )?;
                 Ok(())
             };
             run().map_err(|e| format!("{e:#}"))
@@ -57,7 +68,9 @@ pub async fn operator_kubeconfig(env: &TestEnv) -> Result<PathBuf> {
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: streamgate-operator-leader-election}}\n\
          subjects: [{{kind: ServiceAccount, name: {OPERATOR_ACCOUNT}, namespace: {ns}}}]\n"
     );
-    env.platform.info.kubectl(&["apply", "-f", "-"], Some(&manifest))?;
+    env.platform
+        .info
+        .kubectl(&["apply", "-f", "-"], Some(&manifest))?;
     let accounts: Api<ServiceAccount> = Api::namespaced(env.client(), ns);
     let token = accounts
         .create_token_request(
@@ -132,9 +145,16 @@ impl Operator {
         let http = reqwest::Client::new();
         eventually("operator /readyz", Duration::from_secs(30), || async {
             if let Some(status) = operator.proc.exit_status() {
-                anyhow::bail!("operator exited ({status}):\n{}", operator.proc.log_tail(30));
+                anyhow::bail!(
+                    "operator exited ({status}):\n{}",
+                    operator.proc.log_tail(30)
+                );
             }
-            let ok = http.get(&readyz).send().await.is_ok_and(|r| r.status().is_success());
+            let ok = http
+                .get(&readyz)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
             Ok(ok.then_some(()))
         })
         .await?;
@@ -147,7 +167,8 @@ impl Operator {
             return false;
         };
         let text = resp.text().await.unwrap_or_default();
-        text.lines().any(|l| l.trim() == "streamgate_operator_leader 1")
+        text.lines()
+            .any(|l| l.trim() == "streamgate_operator_leader 1")
     }
 
     /// SIGTERM and wait (a clean shutdown releases the lease).
@@ -158,6 +179,10 @@ impl Operator {
     /// SIGKILL: no chance to release anything.
     pub fn kill(&self) {
         self.proc.kill();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     pub fn exited(&self) -> bool {
@@ -172,7 +197,11 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("----- operator {} -----\n{}", self.identity, self.proc.log_tail(40));
+            eprintln!(
+                "----- operator {} -----\n{}",
+                self.identity,
+                self.proc.log_tail(40)
+            );
         }
         self.proc.stop(Duration::from_secs(5));
     }

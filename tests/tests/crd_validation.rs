@@ -164,3 +164,30 @@ async fn api_server_rejects_invalid_specs_naming_the_field() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_nine_platform_samples_apply_cleanly() -> Result<()> {
+    let env = TestEnv::new("samples").await?;
+    install_crd_and_rbac(&env)?;
+    let dir = streamgate_tests::tools::repo_root().join("examples/platform");
+    let dir = dir.to_string_lossy();
+    env.kubectl(
+        &["apply", "--server-side", "--dry-run=server", "-f", &dir],
+        None,
+    )?;
+    env.kubectl(&["apply", "--server-side", "-f", &dir], None)?;
+    let names = env.kubectl(
+        &["get", "sgs", "-o", "jsonpath={.items[*].spec.port}"],
+        None,
+    )?;
+    let mut ports: Vec<u16> = names
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(
+        ports,
+        vec![9005, 9006, 9007, 9008, 9009, 9090, 9091, 9092, 9093]
+    );
+    Ok(())
+}

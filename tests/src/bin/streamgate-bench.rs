@@ -1,0 +1,198 @@
+//! `make bench`: each StreamGate figure beside a baseline measured in the same run on the
+//! same local platform, because these machines are shared and noisy.
+//!
+//! - `operator`: 1,000 StreamGateServices applied and reconciled (Deployment and Service
+//!   exist, status.observedGeneration current) against one client creating the same
+//!   1,000 Deployments directly; reconcile latency p50/p99; the operator's peak RSS.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use streamgate_crds::StreamGateService;
+use streamgate_tests::TestEnv;
+use streamgate_tests::operator::{Operator, operator_kubeconfig};
+use streamgate_tests::wait::eventually;
+
+#[derive(Parser)]
+#[command(
+    name = "streamgate-bench",
+    about = "StreamGate benchmarks, each beside its baseline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Operator throughput against direct API-server writes.
+    Operator {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().bench {
+        Bench::Operator { count } => operator_bench(count).await,
+    }
+}
+
+/// The Deployment the operator renders for `sgs` (app and sidecar), without an owner:
+/// the baseline writes the same objects the operator writes.
+fn deployment(sgs: &StreamGateService) -> Deployment {
+    let config = streamgate_operator::desired::sidecar_config(sgs);
+    let settings = streamgate_operator::settings::SidecarSettings::for_tests();
+    let mut d = streamgate_operator::desired::desired(sgs, &config, &settings).deployment;
+    d.metadata.owner_references = None;
+    d.metadata.namespace = None;
+    d
+}
+
+fn service(env: &TestEnv, name: &str) -> Result<StreamGateService> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "streamgate.io/v1alpha1", "kind": "StreamGateService",
+        "metadata": {"name": name},
+        // No pods: this measures the control plane's work, not the scheduler's.
+        "spec": {"image": "registry.example.com/app:1", "port": 9091, "replicas": 0,
+                 "serviceName": env.unique(name)}
+    }))?)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn operator_bench(count: usize) -> Result<()> {
+    // Baseline: one client creating the Deployments itself, authenticated as the
+    // operator's ServiceAccount so both go through the same API priority and fairness
+    // level (an administrator's requests are exempt from it).
+    let baseline_env = TestEnv::new("bench-direct").await?;
+    let sa_kubeconfig = operator_kubeconfig(&baseline_env).await?;
+    let sa_client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&sa_kubeconfig)?,
+            &Default::default(),
+        )
+        .await?,
+    )?;
+    let deployments: Api<Deployment> = Api::namespaced(sa_client, &baseline_env.namespace);
+    let rendered: Vec<Deployment> = (0..count)
+        .map(|i| Ok(deployment(&service(&baseline_env, &format!("svc-{i:04}"))?)))
+        .collect::<Result<_>>()?;
+    let start = Instant::now();
+    for d in &rendered {
+        deployments.create(&PostParams::default(), d).await?;
+    }
+    let direct = start.elapsed();
+
+    // StreamGate: the same client creates StreamGateServices; the operator does the rest.
+    let env = TestEnv::new("bench-operator").await?;
+    let kubeconfig = operator_kubeconfig(&env).await?;
+    let operator = Operator::start(&env, &kubeconfig, "bench").await?;
+    let api: Api<StreamGateService> = Api::namespaced(env.client(), &env.namespace);
+    let mut watch = api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .context("watching StreamGateServices")?
+        .boxed();
+    let start = Instant::now();
+    let mut created_at: HashMap<String, Instant> = HashMap::new();
+    let mut reconciled_at: HashMap<String, Instant> = HashMap::new();
+    let watcher = async {
+        while reconciled_at.len() < count {
+            let Some(event) = watch.next().await else {
+                break;
+            };
+            if let Ok(WatchEvent::Modified(s) | WatchEvent::Added(s)) = event {
+                let observed = s.status.as_ref().and_then(|st| st.observed_generation);
+                if observed.is_some() && observed == s.metadata.generation {
+                    let name = s.metadata.name.clone().unwrap_or_default();
+                    reconciled_at.entry(name).or_insert_with(Instant::now);
+                }
+            }
+        }
+    };
+    let creator = async {
+        for i in 0..count {
+            let name = format!("svc-{i:04}");
+            let sgs = service(&env, &name)?;
+            api.create(&PostParams::default(), &sgs).await?;
+            created_at.insert(name, Instant::now());
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    let (created, ()) = tokio::join!(creator, async {
+        tokio::time::timeout(Duration::from_secs(600), watcher)
+            .await
+            .ok();
+    });
+    created?;
+    // Every child exists too.
+    let ns_deployments: Api<Deployment> = Api::namespaced(env.client(), &env.namespace);
+    let ns_services: Api<Service> = Api::namespaced(env.client(), &env.namespace);
+    eventually("all children exist", Duration::from_secs(120), || async {
+        let d = ns_deployments
+            .list(&ListParams::default())
+            .await?
+            .items
+            .len();
+        let s = ns_services.list(&ListParams::default()).await?.items.len();
+        Ok((d >= count && s >= count).then_some(()))
+    })
+    .await?;
+    let with_operator = start.elapsed();
+    anyhow::ensure!(
+        reconciled_at.len() == count,
+        "only {} of {count} reconciled",
+        reconciled_at.len()
+    );
+
+    let mut latencies: Vec<Duration> = reconciled_at
+        .iter()
+        .filter_map(|(name, done)| Some(done.saturating_duration_since(*created_at.get(name)?)))
+        .collect();
+    latencies.sort_unstable();
+    let rss = peak_rss_kib(operator.pid()).map(|k| k as f64 / 1024.0);
+    let ratio = with_operator.as_secs_f64() / direct.as_secs_f64();
+    println!(
+        "operator benchmark ({count} resources, replicas 0, debug={})",
+        cfg!(debug_assertions)
+    );
+    println!(
+        "  baseline: the same {count} Deployments created directly by one client: {:.2}s",
+        direct.as_secs_f64()
+    );
+    println!(
+        "  streamgate: {count} StreamGateServices applied and reconciled:  {:.2}s",
+        with_operator.as_secs_f64()
+    );
+    println!("  ratio: {ratio:.2} (target <= 1.5)");
+    println!(
+        "  reconcile latency (create -> status observed): p50 {:.0} ms, p99 {:.0} ms",
+        percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0
+    );
+    match rss {
+        Some(mib) => println!("  operator peak RSS: {mib:.1} MiB (target <= 64 MiB)"),
+        None => println!("  operator peak RSS: unavailable"),
+    }
+    operator.stop();
+    Ok(())
+}
