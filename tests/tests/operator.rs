@@ -399,7 +399,9 @@ async fn ready_condition_counts_consul_instances_and_names_critical_ones() -> Re
         let s = f.sgs().get("upload").await?;
         let named = condition(&s, "Degraded")
             .is_some_and(|(st, _, msg)| st == "True" && msg.contains(&critical));
-        Ok(named.then_some(s))
+        // kwok marks the pods Ready; the Deployment's status follows a moment later.
+        let replicas_ready = s.status.as_ref().is_some_and(|st| st.ready_replicas == 2);
+        Ok((named && replicas_ready).then_some(s))
     })
     .await?;
     let (_, _, ready_message) = condition(&s, "Ready").context("no Ready")?;
