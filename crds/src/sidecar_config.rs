@@ -140,6 +140,81 @@ pub struct NatsConfig {
     /// Directory of a mounted credentials Secret (token, user/password, nkey or creds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_dir: Option<String>,
+    /// Tuning of the event relay; absent means every default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<EventRelayConfig>,
+}
+
+/// Tuning of the event relay (`nats.relay`: stream retention, spool size, in-flight
+/// windows). The operator does not render it; a person tuning a sidecar (or a test) does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventRelayConfig {
+    /// The JetStream stream over `streamgate.>`, created or updated at start.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// How long the stream keeps an event.
+    #[serde(default = "default_stream_max_age")]
+    pub stream_max_age: GoDuration,
+    /// JetStream drops a second publish with the same `Nats-Msg-Id` within this window;
+    /// the subscriber side drops an `id` it delivered within it too.
+    #[serde(default = "default_duplicate_window")]
+    pub duplicate_window: GoDuration,
+    /// Bytes of unsent events the on-disk spool may hold; beyond, publishes are refused.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: i64,
+    /// Publishes awaiting their JetStream ack at once.
+    #[serde(default = "default_publish_in_flight")]
+    pub publish_in_flight: i32,
+    /// How long a publish waits for its JetStream ack before the event is spooled.
+    #[serde(default = "default_publish_timeout")]
+    pub publish_timeout: GoDuration,
+    /// Events being delivered to the app at once, per subscription.
+    #[serde(default = "default_delivery_in_flight")]
+    pub delivery_in_flight: i32,
+    /// How long the app may take to answer one delivery.
+    #[serde(default = "default_delivery_timeout")]
+    pub delivery_timeout: GoDuration,
+}
+
+impl Default for EventRelayConfig {
+    fn default() -> Self {
+        EventRelayConfig {
+            stream: default_stream(),
+            stream_max_age: default_stream_max_age(),
+            duplicate_window: default_duplicate_window(),
+            spool_max_bytes: default_spool_max_bytes(),
+            publish_in_flight: default_publish_in_flight(),
+            publish_timeout: default_publish_timeout(),
+            delivery_in_flight: default_delivery_in_flight(),
+            delivery_timeout: default_delivery_timeout(),
+        }
+    }
+}
+
+fn default_stream() -> String {
+    "STREAMGATE".to_string()
+}
+fn default_stream_max_age() -> GoDuration {
+    GoDuration::from_millis(7 * 24 * 3_600_000)
+}
+fn default_duplicate_window() -> GoDuration {
+    GoDuration::from_millis(120_000)
+}
+fn default_spool_max_bytes() -> i64 {
+    256 << 20
+}
+fn default_publish_in_flight() -> i32 {
+    1024
+}
+fn default_publish_timeout() -> GoDuration {
+    GoDuration::from_millis(2_000)
+}
+fn default_delivery_in_flight() -> i32 {
+    32
+}
+fn default_delivery_timeout() -> GoDuration {
+    GoDuration::from_millis(10_000)
 }
 
 fn default_app_host() -> String {

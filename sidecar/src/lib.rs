@@ -1,5 +1,6 @@
 //! The StreamGate sidecar: runs beside each app container, knows whether the app is
-//! healthy, and keeps the pod's Consul registration true at every moment.
+//! healthy, keeps the pod's Consul registration true at every moment, and relays the
+//! app's events to and from NATS JetStream.
 //!
 //! How the modules fit together:
 //!
@@ -14,13 +15,17 @@
 //!   shutdown. Every retry waits with [`backoff`].
 //! - [`state`] holds readiness (app healthy AND registered AND not draining); [`admin`]
 //!   serves it with `/livez`, `/metrics` ([`metrics`]) and `/config`.
+//! - [`events`] relays events between the app and NATS JetStream (publish API, spool,
+//!   subscriptions); [`app_listener`] serves the app-facing port that carries its API.
 //! - [`shutdown`] turns SIGTERM into the drain sequence; [`run`] wires everything.
 
 pub mod admin;
+pub mod app_listener;
 pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod consul;
+pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod run;

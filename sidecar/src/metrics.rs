@@ -1,9 +1,10 @@
 //! Prometheus metrics served on `/metrics`: app health state and check latency,
-//! readiness, Consul operations and their errors.
+//! readiness, Consul operations and their errors, and the event relay's.
 //!
 //! prometheus-client keeps every metric in atomics owned by this struct (no global
 //! registry), so the hot paths only bump counters and `/metrics` encodes on demand.
 
+use crate::events::metrics::EventMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -11,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +42,8 @@ pub struct Metrics {
     pub health_transitions: Counter,
     pub consul_operations: Family<ConsulLabels, Counter>,
     pub consul_registrations: Counter,
+    /// The event relay's metrics (see [`crate::events::metrics`]).
+    pub events: Arc<EventMetrics>,
 }
 
 impl Default for Metrics {
@@ -63,7 +67,9 @@ impl Metrics {
             health_transitions: Counter::default(),
             consul_operations: Family::default(),
             consul_registrations: Counter::default(),
+            events: Arc::default(),
         };
+        metrics.events.register(registry);
         registry.register(
             "app_healthy",
             "Whether the app is healthy (1) by the health check thresholds",

@@ -1,12 +1,15 @@
 //! Wires the parts together and runs the shutdown sequence:
 //!
-//! 1. start: signal handlers, admin server, health checker, Consul registration;
+//! 1. start: signal handlers, admin server, health checker, event relay and the app
+//!    listener, Consul registration;
 //! 2. first SIGTERM/SIGINT: `/readyz` turns false, the registration stops, the check
-//!    goes critical and the instance is deregistered, in-flight work drains;
+//!    goes critical and the instance is deregistered, subscriptions stop pulling,
+//!    in-flight publishes and deliveries drain (spooled events stay on disk);
 //! 3. exit 0 when all that is done, or at once (exit 1) on a second signal or when
 //!    `drainTimeout` runs out.
 
 use crate::admin::{self, AdminState};
+use crate::app_listener;
 use crate::config::Settings;
 use crate::consul::{ConsulClient, Instance, Registrar};
 use crate::health::{self, AppHealth, probe::Probe};
@@ -59,6 +62,27 @@ async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, String> 
         metrics.clone(),
     ));
 
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let events = crate::events::start(
+        &settings,
+        health_rx.clone(),
+        metrics.events.clone(),
+        drain.clone(),
+        stop_rx.clone(),
+    )
+    .await?;
+    let app_listener = app_listener::bind(settings.listen.app).await.map_err(|e| {
+        format!(
+            "listen.app: cannot listen on {}: {}",
+            settings.listen.app,
+            error_chain(&e)
+        )
+    })?;
+    tokio::spawn(app_listener::serve(
+        app_listener,
+        app_listener::router(events),
+    ));
+
     let client = ConsulClient::new(&settings.consul, metrics.clone())?;
     let registrar = Arc::new(Registrar::new(
         client,
@@ -66,7 +90,6 @@ async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, String> 
         readiness.clone(),
         metrics.clone(),
     ));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let maintain = tokio::spawn({
         let registrar = registrar.clone();
         async move { registrar.maintain(health_rx, stop_rx).await }

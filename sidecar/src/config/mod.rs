@@ -5,6 +5,7 @@
 //! Every refusal is a [`FieldError`] naming the document's field, so one line tells
 //! the user what to fix whether the value came from the file, a flag or the environment.
 
+pub mod events;
 pub mod overrides;
 pub mod resolve;
 
@@ -27,6 +28,7 @@ pub struct Settings {
     pub listen: Listen,
     pub consul: ConsulSettings,
     pub health: HealthSettings,
+    pub events: events::EventSettings,
     pub drain_timeout: Duration,
     pub log_level: LogLevel,
 }
@@ -62,9 +64,14 @@ pub struct HealthSettings {
 impl HealthSettings {
     /// `host:port`, with IPv6 addresses in brackets as URLs and connect calls want them.
     pub fn authority(&self) -> String {
+        self.authority_for(self.port.into())
+    }
+
+    /// The app host with another port (the app's own, for event deliveries).
+    pub fn authority_for(&self, port: i32) -> String {
         match self.host.parse::<IpAddr>() {
-            Ok(IpAddr::V6(ip)) => format!("[{ip}]:{}", self.port),
-            _ => format!("{}:{}", self.host, self.port),
+            Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+            _ => format!("{}:{port}", self.host),
         }
     }
 }

@@ -93,6 +93,7 @@ pub fn resolve(mut doc: SidecarConfig, env: EnvLookup<'_>) -> Result<Settings, F
         ));
     }
 
+    let events = super::events::resolve(&mut doc, env)?;
     let h = &doc.service.health;
     let health = HealthSettings {
         kind: h.kind,
@@ -114,6 +115,7 @@ pub fn resolve(mut doc: SidecarConfig, env: EnvLookup<'_>) -> Result<Settings, F
             deregister_critical_after,
         },
         health,
+        events,
         drain_timeout: doc.drain_timeout.as_duration(),
         log_level: doc.log_level,
         document: doc,

@@ -1,0 +1,161 @@
+//! The app's publish API on `listen.app`: HTTP `POST /v1/events/{type}` (body: the
+//! event's `data` object; optional `Streamgate-Event-Id` header) and gRPC
+//! `streamgate.sidecar.v1.Events`. Both answer once the events are durable.
+//!
+//! | outcome | HTTP | gRPC |
+//! |---|---|---|
+//! | acked or spooled | 200 `{"id", "spooled"}` | OK |
+//! | type not in `events.publish` | 403 | PERMISSION_DENIED |
+//! | malformed type, data or id | 400 | INVALID_ARGUMENT |
+//! | spool full | 503 | RESOURCE_EXHAUSTED |
+//! | spool unwritable, relay off | 500 | UNAVAILABLE |
+
+use super::envelope::{self, Outgoing, Refused};
+use super::publisher::{Durable, Publisher};
+use super::spool::SpoolError;
+use crate::shutdown::Drain;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use streamgate_proto::sidecar::v1 as pb;
+use streamgate_proto::sidecar::v1::events_server::{Events, EventsServer};
+use tonic::{Request, Response, Status};
+
+/// What both APIs need; cheap to clone.
+#[derive(Clone)]
+pub struct EventsApi {
+    pub service: Arc<str>,
+    pub allowed: Arc<[String]>,
+    /// None when the service publishes nothing (every type is then forbidden).
+    pub publisher: Option<Arc<Publisher>>,
+    pub drain: Drain,
+}
+
+/// Why a publish failed, mapped to each protocol's code.
+enum Failure {
+    Refused(Refused),
+    Spool(SpoolError),
+    Off,
+}
+
+impl EventsApi {
+    pub fn grpc(&self) -> EventsServer<EventsApi> {
+        EventsServer::new(self.clone())
+    }
+
+    fn build(&self, event_type: &str, data: &[u8], id: &str) -> Result<Outgoing, Refused> {
+        envelope::build(&self.allowed, &self.service, event_type, data, id)
+    }
+
+    async fn publish(&self, events: Vec<Outgoing>) -> Result<Vec<Durable>, Failure> {
+        let _in_flight = self.drain.track();
+        let publisher = self.publisher.as_ref().ok_or(Failure::Off)?;
+        publisher.publish(events).await.map_err(Failure::Spool)
+    }
+}
+
+/// `POST /v1/events/{type}`.
+pub async fn http_publish(
+    State(api): State<EventsApi>,
+    Path(event_type): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, Json<Value>) {
+    let id = headers
+        .get("streamgate-event-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let result = match api.build(&event_type, &body, id) {
+        Ok(event) => {
+            let id = event.id.clone();
+            api.publish(vec![event]).await.map(|d| (id, d[0]))
+        }
+        Err(refused) => Err(Failure::Refused(refused)),
+    };
+    match result {
+        Ok((id, durable)) => (
+            StatusCode::OK,
+            Json(json!({"id": id, "spooled": durable == Durable::Spooled})),
+        ),
+        Err(failure) => {
+            let (status, message) = match failure {
+                Failure::Refused(Refused::Invalid(m)) => (StatusCode::BAD_REQUEST, m),
+                Failure::Refused(Refused::Forbidden(m)) => (StatusCode::FORBIDDEN, m),
+                Failure::Spool(e @ SpoolError::Full { .. }) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                }
+                Failure::Spool(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                Failure::Off => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the event relay is off".into(),
+                ),
+            };
+            (status, Json(json!({"error": message})))
+        }
+    }
+}
+
+fn status(failure: Failure) -> Status {
+    match failure {
+        Failure::Refused(Refused::Invalid(m)) => Status::invalid_argument(m),
+        Failure::Refused(Refused::Forbidden(m)) => Status::permission_denied(m),
+        Failure::Spool(e @ SpoolError::Full { .. }) => Status::resource_exhausted(e.to_string()),
+        Failure::Spool(e) => Status::unavailable(e.to_string()),
+        Failure::Off => Status::unavailable("the event relay is off"),
+    }
+}
+
+fn responses(ids: Vec<String>, durable: Vec<Durable>) -> Vec<pb::PublishResponse> {
+    ids.into_iter()
+        .zip(durable)
+        .map(|(id, d)| pb::PublishResponse {
+            id,
+            spooled: d == Durable::Spooled,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Events for EventsApi {
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let r = request.into_inner();
+        let event = self
+            .build(&r.r#type, r.data_json.as_bytes(), &r.id)
+            .map_err(|e| status(Failure::Refused(e)))?;
+        let id = event.id.clone();
+        let durable = EventsApi::publish(self, vec![event])
+            .await
+            .map_err(status)?;
+        Ok(Response::new(responses(vec![id], durable).remove(0)))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<pb::PublishBatchRequest>,
+    ) -> Result<Response<pb::PublishBatchResponse>, Status> {
+        let requests = request.into_inner().events;
+        // All or nothing at validation: one bad event refuses the batch, naming it.
+        let mut events = Vec::with_capacity(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            let event = self
+                .build(&r.r#type, r.data_json.as_bytes(), &r.id)
+                .map_err(|e| {
+                    let mut s = status(Failure::Refused(e));
+                    s = Status::new(s.code(), format!("events[{i}]: {}", s.message()));
+                    s
+                })?;
+            events.push(event);
+        }
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let durable = EventsApi::publish(self, events).await.map_err(status)?;
+        Ok(Response::new(pb::PublishBatchResponse {
+            results: responses(ids, durable),
+        }))
+    }
+}

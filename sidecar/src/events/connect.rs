@@ -1,0 +1,167 @@
+//! The NATS connection: credentials from a mounted Secret directory, TLS when the URL
+//! says `tls://`, a background (re)connect that never blocks start-up, and the stream
+//! over `streamgate.>` created or updated idempotently.
+//!
+//! Credentials directory, first match wins (the Secret's keys become file names):
+//! `creds` or `nats.creds` (a JWT creds file), `nkey` or `nkey.seed` (an nkey seed),
+//! `token`, `username` + `password`. `ca.crt`, when present, is trusted for TLS.
+
+use crate::config::events::EventSettings;
+use async_nats::jetstream::{self, stream};
+use async_nats::{ConnectOptions, Event};
+use std::path::Path;
+use tokio::sync::watch;
+
+/// How the sidecar proves itself to NATS (the secret itself never leaves this module).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Credentials {
+    None,
+    CredsFile(std::path::PathBuf),
+    Nkey,
+    Token,
+    UserPassword,
+}
+
+/// Reads the credentials directory into connect options.
+pub async fn options(dir: Option<&Path>) -> Result<(ConnectOptions, Credentials), String> {
+    let mut options = ConnectOptions::new();
+    let Some(dir) = dir else {
+        return Ok((options, Credentials::None));
+    };
+    let read = |name: &str| -> Option<String> {
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "nats.credentialsDir: {} is not a directory",
+            dir.display()
+        ));
+    }
+    if let Some(ca) = ["ca.crt", "ca.pem"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.exists())
+    {
+        options = options.add_root_certificates(ca);
+    }
+    let creds = ["creds", "nats.creds"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.exists());
+    let found = if let Some(path) = creds {
+        options = options
+            .credentials_file(&path)
+            .await
+            .map_err(|e| format!("nats.credentialsDir: {}: {e}", path.display()))?;
+        Credentials::CredsFile(path)
+    } else if let Some(seed) = read("nkey").or_else(|| read("nkey.seed")) {
+        options = options.nkey(seed);
+        Credentials::Nkey
+    } else if let Some(token) = read("token") {
+        options = options.token(token);
+        Credentials::Token
+    } else if let (Some(user), Some(password)) = (read("username"), read("password")) {
+        options = options.user_and_password(user, password);
+        Credentials::UserPassword
+    } else {
+        Credentials::None
+    };
+    Ok((options, found))
+}
+
+/// Connects in the background; the returned watch is true while connected.
+pub async fn connect(
+    settings: &EventSettings,
+    name: &str,
+) -> Result<(async_nats::Client, watch::Receiver<bool>), String> {
+    let (options, credentials) = options(settings.credentials_dir.as_deref()).await?;
+    let (tx, rx) = watch::channel(false);
+    let options = options
+        .name(name)
+        .require_tls(settings.url.starts_with("tls://"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        // Reconnect quickly: every second offline is a second of spooling.
+        .reconnect_delay_callback(|attempts| {
+            std::time::Duration::from_millis((100 * attempts as u64).min(2_000))
+        })
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        tracing::info!("connected to NATS");
+                        let _ = tx.send(true);
+                    }
+                    Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS");
+                        let _ = tx.send(false);
+                    }
+                    other => tracing::debug!(event = %other, "NATS"),
+                }
+            }
+        });
+    tracing::info!(url = %settings.url, credentials = ?credentials, "connecting to NATS");
+    let client = options
+        .connect(settings.url.as_str())
+        .await
+        .map_err(|e| format!("nats.url: {}: {e}", settings.url))?;
+    Ok((client, rx))
+}
+
+/// The JetStream context publishes go through: acks awaited for at most
+/// `publishTimeout`, and at most `publishInFlight` unacked publishes (further ones
+/// wait for room instead of failing).
+pub fn context(client: async_nats::Client, settings: &EventSettings) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(settings.publish_timeout)
+        .max_ack_inflight(settings.publish_in_flight)
+        .backpressure_on_inflight(true)
+        .build(client)
+}
+
+/// Creates the stream over `streamgate.>` or brings its retention up to date.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    settings: &EventSettings,
+) -> Result<(), String> {
+    let config = stream::Config {
+        name: settings.stream.clone(),
+        subjects: vec![format!("{}>", super::envelope::SUBJECT_PREFIX)],
+        max_age: settings.stream_max_age,
+        duplicate_window: settings.duplicate_window,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    js.create_or_update_stream(config)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("stream {}: {e}", settings.stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn credentials_directory_is_read_by_precedence() {
+        let dir = std::env::temp_dir().join(format!("sg-nats-creds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(options(Some(&dir)).await.unwrap().1, Credentials::None);
+        std::fs::write(dir.join("username"), "u\n").unwrap();
+        std::fs::write(dir.join("password"), "p\n").unwrap();
+        assert_eq!(
+            options(Some(&dir)).await.unwrap().1,
+            Credentials::UserPassword
+        );
+        std::fs::write(dir.join("token"), "t\n").unwrap();
+        assert_eq!(options(Some(&dir)).await.unwrap().1, Credentials::Token);
+        assert!(options(Some(&dir.join("missing"))).await.is_err());
+        assert_eq!(options(None).await.unwrap().1, Credentials::None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

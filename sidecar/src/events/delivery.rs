@@ -1,0 +1,177 @@
+//! One event to the app: POST the envelope to the subscription's path, then ack on 2xx,
+//! nak with a growing delay otherwise, and after `maxDeliver` attempts publish it to
+//! `streamgate.dlq.<service>.<type>` with the last error and stop its redelivery.
+
+use super::dedupe::Dedupe;
+use super::envelope::id_of;
+use super::metrics::EventMetrics;
+use crate::backoff::Backoff;
+use crate::health::AppHealth;
+use crate::health::thresholds::Health;
+use async_nats::jetstream::{self, AckKind, Message};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// What one subscription's deliveries share.
+pub struct Target {
+    pub service: String,
+    pub event_type: String,
+    pub url: String,
+    pub max_deliver: i64,
+    pub ack_wait: Duration,
+    pub http: reqwest::Client,
+    pub js: jetstream::Context,
+    pub health: watch::Receiver<AppHealth>,
+    pub dedupe: Mutex<Dedupe>,
+    pub metrics: Arc<EventMetrics>,
+}
+
+impl Target {
+    pub fn dlq_subject(&self) -> String {
+        format!("streamgate.dlq.{}.{}", self.service, self.event_type)
+    }
+}
+
+/// Delivers one message and settles it with JetStream.
+pub async fn deliver(target: &Target, message: Message) {
+    let (attempt, sequence) = match message.info() {
+        Ok(info) => (info.delivered, info.stream_sequence),
+        Err(_) => (1, 0),
+    };
+    // Seed-style events carry no id: the stream sequence still tells a redelivery apart.
+    let id = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .map(|v| v.as_str().to_string())
+        .or_else(|| id_of(&message.payload))
+        .unwrap_or_else(|| format!("seq-{sequence}"));
+    if lock(&target.dedupe).contains(&id, Instant::now()) {
+        target.metrics.duplicates.inc();
+        settle(&message, AckKind::Ack).await;
+        return;
+    }
+    wait_healthy(target, &message).await;
+
+    let started = Instant::now();
+    let result = post(target, &message, &id, attempt).await;
+    target
+        .metrics
+        .delivery_duration
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => {
+            lock(&target.dedupe).insert(id, Instant::now());
+            target.metrics.delivered.inc();
+            settle(&message, AckKind::Ack).await;
+        }
+        Err(error) if attempt >= target.max_deliver => {
+            tracing::warn!(%id, attempt, %error, subject = %target.dlq_subject(), "dead-lettering");
+            match dead_letter(target, &message, &id, attempt, &error).await {
+                Ok(()) => {
+                    target.metrics.dead_lettered.inc();
+                    settle(&message, AckKind::Term).await;
+                }
+                // Not lost: JetStream redelivers it and the dead-lettering is retried.
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "dead-letter publish failed");
+                    settle(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+        }
+        Err(error) => {
+            let delay = redelivery_delay(attempt);
+            tracing::debug!(%id, attempt, %error, ?delay, "delivery failed: redelivering");
+            target.metrics.redelivered.inc();
+            settle(&message, AckKind::Nak(Some(delay))).await;
+        }
+    }
+}
+
+/// 250 ms, 500 ms, 1 s, ... up to 30 s, with jitter.
+fn redelivery_delay(attempt: i64) -> Duration {
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    for _ in 1..attempt.clamp(1, 32) {
+        backoff.next_delay_with(1.0);
+    }
+    backoff.next_delay()
+}
+
+/// Holds the message while the app is unhealthy, telling JetStream it is still being
+/// worked on so it is not handed to another replica meanwhile.
+async fn wait_healthy(target: &Target, message: &Message) {
+    let mut health = target.health.clone();
+    while health.borrow_and_update().health != Health::Healthy {
+        let changed = tokio::time::timeout(target.ack_wait / 2, health.changed()).await;
+        match changed {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => settle(message, AckKind::Progress).await,
+        }
+    }
+}
+
+async fn post(target: &Target, message: &Message, id: &str, attempt: i64) -> Result<(), String> {
+    let response = target
+        .http
+        .post(&target.url)
+        .header("content-type", "application/json")
+        .header("streamgate-event-id", id)
+        .header("streamgate-delivery-attempt", attempt.to_string())
+        .body(message.payload.to_vec())
+        .send()
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response.text().await.unwrap_or_default();
+    let body: String = body.chars().take(200).collect();
+    Err(format!("the app answered {status}: {}", body.trim()))
+}
+
+async fn dead_letter(
+    target: &Target,
+    message: &Message,
+    id: &str,
+    attempts: i64,
+    error: &str,
+) -> Result<(), String> {
+    let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
+        String::from_utf8_lossy(&message.payload)
+            .into_owned()
+            .into()
+    });
+    let body = serde_json::json!({
+        "event": event,
+        "error": error,
+        "attempts": attempts,
+        "subject": message.subject.as_str(),
+        "service": target.service,
+    });
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(serde_json::to_vec(&body).unwrap_or_default().into())
+        .message_id(format!("dlq-{}-{id}", target.service))
+        .header("Streamgate-Error", error.replace(['\r', '\n'], " "));
+    target
+        .js
+        .send_publish(target.dlq_subject(), publish)
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+async fn settle(message: &Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        // JetStream redelivers after ackWait; the dedupe window catches a repeat.
+        tracing::debug!(error = %e, "ack failed");
+    }
+}
+
+fn lock(dedupe: &Mutex<Dedupe>) -> std::sync::MutexGuard<'_, Dedupe> {
+    dedupe.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,99 @@
+//! Empties the spool into JetStream, oldest first, whenever NATS is reachable.
+//!
+//! Each round reads a window of records, sends them all, and moves the spool's cursor
+//! past the longest prefix JetStream acked; the rest are retried next round (those
+//! stored already come back as duplicates, which JetStream drops by `Nats-Msg-Id`).
+
+use super::connect::ensure_stream;
+use super::metrics::EventMetrics;
+use super::publisher::send_all;
+use super::spool::Spool;
+use crate::backoff::Backoff;
+use crate::config::events::EventSettings;
+use async_nats::jetstream;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Records sent per round: large enough to fill the ack window, small enough to bound
+/// memory and the work redone after a failure.
+const ROUND: usize = 512;
+
+pub async fn run(
+    js: jetstream::Context,
+    mut connected: watch::Receiver<bool>,
+    spool: Arc<Spool>,
+    settings: EventSettings,
+    metrics: Arc<EventMetrics>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut stream_ready = false;
+    loop {
+        // Register interest before looking, so an append in between wakes us.
+        let appended = spool.appended.notified();
+        if spool.deactivate_if_empty() {
+            appended.await;
+            continue;
+        }
+        if !*connected.borrow_and_update() {
+            // Either the connection comes back or a timer fires (the callback can be
+            // missed for the very first connection).
+            let _ = tokio::time::timeout(Duration::from_secs(1), connected.changed()).await;
+            if js.client().connection_state() != async_nats::connection::State::Connected {
+                continue;
+            }
+        }
+        if !stream_ready {
+            match ensure_stream(&js, &settings).await {
+                Ok(()) => stream_ready = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the stream yet");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
+        }
+        match flush_round(&js, &spool, &metrics).await {
+            Ok(true) => backoff.reset(),
+            Ok(false) => {
+                // JetStream refused part of the round: maybe the stream went away.
+                stream_ready = false;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "spool read failed");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// One round; Ok(true) when every record read was acked.
+async fn flush_round(
+    js: &jetstream::Context,
+    spool: &Arc<Spool>,
+    metrics: &EventMetrics,
+) -> std::io::Result<bool> {
+    let reader = spool.clone();
+    let records = tokio::task::spawn_blocking(move || reader.read(ROUND))
+        .await
+        .map_err(std::io::Error::other)??;
+    if records.is_empty() {
+        return Ok(true);
+    }
+    let events: Vec<_> = records.iter().map(|r| r.event.clone()).collect();
+    let acks = send_all(js, &events).await;
+    let acked = acks.iter().take_while(|ok| **ok).count();
+    if acked > 0 {
+        let next = records[acked - 1].next;
+        let bytes = records[..acked].iter().map(|r| r.size).sum();
+        let committer = spool.clone();
+        tokio::task::spawn_blocking(move || committer.commit(next, bytes))
+            .await
+            .map_err(std::io::Error::other)??;
+        metrics.flushed.inc_by(acked as u64);
+        metrics.acked.inc_by(acked as u64);
+        tracing::debug!(count = acked, "flushed spooled events");
+    }
+    Ok(acked == records.len())
+}

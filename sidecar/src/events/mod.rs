@@ -1,0 +1,121 @@
+//! The event relay between the app and NATS JetStream (DESIGN.md, "NATS").
+//!
+//! Publishing, app → JetStream: [`api`] takes the app's events (HTTP and gRPC) and
+//! [`envelope`] checks and wraps them; [`publisher`] makes each durable, acked by
+//! JetStream or written to the bounded on-disk [`spool`]; [`flusher`] empties the spool
+//! in order when NATS is back.
+//!
+//! Subscribing, JetStream → app: [`subscriber`] pulls from one durable consumer per
+//! (service, type) shared by all replicas, while the app is healthy; [`delivery`] POSTs
+//! each event to the app and acks, naks with backoff or dead-letters it; [`dedupe`]
+//! keeps an id the app accepted from reaching it twice.
+//!
+//! [`connect`] owns the connection, credentials and the stream; [`metrics`] counts it all.
+
+pub mod api;
+pub mod connect;
+pub mod dedupe;
+pub mod delivery;
+pub mod envelope;
+pub mod flusher;
+pub mod metrics;
+pub mod publisher;
+pub mod spool;
+pub mod subscriber;
+
+use crate::config::Settings;
+use crate::health::AppHealth;
+use crate::shutdown::Drain;
+use api::EventsApi;
+use delivery::Target;
+use metrics::EventMetrics;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Most ids remembered per subscription for dedupe, whatever the window.
+const DEDUPE_ENTRIES: usize = 200_000;
+
+/// Connects (in the background), opens the spool, starts the flusher and one
+/// subscriber per subscription, and returns the publish API. With no events
+/// configured, nothing connects and every publish is refused as forbidden.
+pub async fn start(
+    settings: &Settings,
+    health: watch::Receiver<AppHealth>,
+    metrics: Arc<EventMetrics>,
+    drain: Drain,
+    stop: watch::Receiver<bool>,
+) -> Result<EventsApi, String> {
+    let service = &settings.document.service;
+    let mut api = EventsApi {
+        service: service.service_name.as_str().into(),
+        allowed: service.events.publish.clone().into(),
+        publisher: None,
+        drain,
+    };
+    let events = &settings.events;
+    if !events.enabled {
+        return Ok(api);
+    }
+    let name = format!(
+        "streamgate-sidecar {}/{}",
+        settings.document.pod.namespace, settings.document.pod.name
+    );
+    let (client, connected) = connect::connect(events, &name).await?;
+    let js = connect::context(client, events);
+    if connected.borrow().to_owned()
+        || js.client().connection_state() == async_nats::connection::State::Connected
+    {
+        // Best effort now; the flusher and subscribers retry until the stream exists.
+        if let Err(e) = connect::ensure_stream(&js, events).await {
+            tracing::warn!(error = %e, "cannot create the stream yet");
+        }
+    }
+
+    if !service.events.publish.is_empty() {
+        let spool = spool::Spool::open(&events.spool_dir, events.spool_max_bytes, metrics.clone())
+            .map_err(|e| format!("spoolDir: {}: {e}", events.spool_dir.display()))?;
+        tokio::spawn(flusher::run(
+            js.clone(),
+            connected.clone(),
+            spool.clone(),
+            events.clone(),
+            metrics.clone(),
+        ));
+        api.publisher = Some(Arc::new(publisher::Publisher::new(
+            js.clone(),
+            spool,
+            metrics.clone(),
+        )));
+    }
+
+    let http = crate::http_client()
+        .timeout(events.delivery_timeout)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    for subscription in &service.events.subscribe {
+        let target = Arc::new(Target {
+            service: service.service_name.clone(),
+            event_type: subscription.event_type.clone(),
+            url: format!(
+                "http://{}{}",
+                settings.health.authority_for(service.port),
+                subscription.path
+            ),
+            max_deliver: subscription.max_deliver.into(),
+            ack_wait: events.delivery_timeout + std::time::Duration::from_secs(20),
+            http: http.clone(),
+            js: js.clone(),
+            health: health.clone(),
+            dedupe: Mutex::new(dedupe::Dedupe::new(events.duplicate_window, DEDUPE_ENTRIES)),
+            metrics: metrics.clone(),
+        });
+        tokio::spawn(subscriber::run(
+            js.clone(),
+            events.stream.clone(),
+            target,
+            events.delivery_in_flight,
+            stop.clone(),
+        ));
+    }
+    Ok(api)
+}

@@ -1,0 +1,115 @@
+//! Getting accepted events durable: straight to JetStream when NATS is up and nothing is
+//! spooled, else (or when the ack does not come within `publishTimeout`) into the spool.
+//!
+//! A batch is sent as a whole before any ack is awaited, and concurrent callers share
+//! the JetStream context's ack window, so throughput is not one round trip per event.
+//! An event whose ack timed out may have been stored anyway; spooling it again is safe
+//! because it is resent with the same `Nats-Msg-Id`.
+
+use super::envelope::Outgoing;
+use super::metrics::EventMetrics;
+use super::spool::{Spool, SpoolError};
+use async_nats::connection::State;
+use async_nats::jetstream::{self, message::PublishMessage};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where an accepted event is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durable {
+    Acked,
+    Spooled,
+}
+
+pub struct Publisher {
+    js: jetstream::Context,
+    spool: Arc<Spool>,
+    metrics: Arc<EventMetrics>,
+}
+
+impl Publisher {
+    pub fn new(js: jetstream::Context, spool: Arc<Spool>, metrics: Arc<EventMetrics>) -> Self {
+        Publisher { js, spool, metrics }
+    }
+
+    /// Makes every event durable, in order, or fails (spool full or unwritable); on
+    /// failure some events may be durable already, and a retry with the same ids is safe.
+    pub async fn publish(&self, events: Vec<Outgoing>) -> Result<Vec<Durable>, SpoolError> {
+        let started = Instant::now();
+        let count = events.len() as u64;
+        let direct =
+            !self.spool.is_active() && self.js.client().connection_state() == State::Connected;
+        let outcome = if direct {
+            self.direct(events).await
+        } else {
+            self.to_spool(events).await
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        match &outcome {
+            Ok(_) => {
+                self.metrics.published.inc_by(count);
+                self.metrics.publish_duration.observe(elapsed);
+            }
+            Err(SpoolError::Full { .. }) => {
+                self.metrics.spool_full.inc();
+            }
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    async fn direct(&self, events: Vec<Outgoing>) -> Result<Vec<Durable>, SpoolError> {
+        let acks = send_all(&self.js, &events).await;
+        let mut results = Vec::with_capacity(events.len());
+        let mut failed = Vec::new();
+        for (event, acked) in events.into_iter().zip(acks) {
+            if acked {
+                results.push(Durable::Acked);
+            } else {
+                results.push(Durable::Spooled);
+                failed.push(event);
+            }
+        }
+        let acked = (results.len() - failed.len()) as u64;
+        self.metrics.acked.inc_by(acked);
+        if !failed.is_empty() {
+            tracing::debug!(count = failed.len(), "no JetStream ack: spooling");
+            self.spool.append(failed).await?;
+        }
+        Ok(results)
+    }
+
+    async fn to_spool(&self, events: Vec<Outgoing>) -> Result<Vec<Durable>, SpoolError> {
+        let count = events.len();
+        self.spool.append(events).await?;
+        Ok(vec![Durable::Spooled; count])
+    }
+}
+
+/// Sends every event, then awaits every ack; true where JetStream stored the event
+/// (or already had it: a duplicate id is as good as stored).
+pub async fn send_all(js: &jetstream::Context, events: &[Outgoing]) -> Vec<bool> {
+    let mut pending = Vec::with_capacity(events.len());
+    for event in events {
+        let message = PublishMessage::build()
+            .payload(event.payload.clone().into())
+            .message_id(event.id.as_str());
+        pending.push(js.send_publish(event.subject.clone(), message).await);
+    }
+    let acks = pending.into_iter().map(|sent| async move {
+        match sent {
+            Ok(ack) => match ack.await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "publish ack");
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "publish");
+                false
+            }
+        }
+    });
+    futures::future::join_all(acks).await
+}

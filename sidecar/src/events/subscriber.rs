@@ -1,0 +1,120 @@
+//! One durable pull consumer per (service, type), named `<service>--<type>` with dots as
+//! `_`, shared by every replica of the service: JetStream hands each event to one of
+//! them. Each replica pulls only as many events as it has free delivery slots, and pulls
+//! nothing while the app is unhealthy, so events wait in the stream for a healthy
+//! replica instead of piling up in one that cannot take them.
+
+use super::delivery::{self, Target};
+use crate::backoff::Backoff;
+use crate::health::thresholds::Health;
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+
+/// How long one pull request stays open waiting for events.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+pub fn consumer_name(service: &str, event_type: &str) -> String {
+    format!("{service}--{}", event_type.replace('.', "_"))
+}
+
+/// Pulls and delivers until `stop` turns true; recreates the consumer after errors.
+pub async fn run(
+    js: jetstream::Context,
+    stream: String,
+    target: Arc<Target>,
+    in_flight: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let name = consumer_name(&target.service, &target.event_type);
+    while !*stop.borrow() {
+        let consumer = match ensure_consumer(&js, &stream, &name, &target).await {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                tracing::debug!(consumer = %name, error = %e, "consumer not ready");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        tracing::info!(consumer = %name, url = %target.url, "delivering events");
+        backoff.reset();
+        let outcome = tokio::select! {
+            outcome = pull_loop(&consumer, &target, &slots) => outcome,
+            _ = stop.changed() => return,
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(consumer = %name, error = %e, "pulling stopped; starting over");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+async fn ensure_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    target: &Target,
+) -> Result<consumer::PullConsumer, String> {
+    let config = consumer::pull::Config {
+        durable_name: Some(name.to_string()),
+        filter_subject: format!("streamgate.{}", target.event_type),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: target.ack_wait,
+        // The sidecar counts attempts itself and dead-letters after the last one.
+        max_deliver: -1,
+        deliver_policy: consumer::DeliverPolicy::New,
+        ..Default::default()
+    };
+    js.create_consumer_on_stream(config, stream)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Pulls batches as long as slots are free and the app is healthy.
+async fn pull_loop(
+    consumer: &consumer::PullConsumer,
+    target: &Arc<Target>,
+    slots: &Arc<Semaphore>,
+) -> Result<(), String> {
+    let mut health = target.health.clone();
+    loop {
+        while health.borrow_and_update().health != Health::Healthy {
+            health
+                .changed()
+                .await
+                .map_err(|_| "health checker stopped")?;
+        }
+        // Wait for one free slot, then ask for as many events as there are free slots.
+        drop(slots.acquire().await.map_err(|e| e.to_string())?);
+        let want = slots.available_permits().max(1);
+        let mut batch = consumer
+            .batch()
+            .max_messages(want)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| e.to_string())?;
+            let slot = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| e.to_string())?;
+            let target = target.clone();
+            tokio::spawn(async move {
+                delivery::deliver(&target, message).await;
+                drop(slot);
+            });
+        }
+    }
+}
