@@ -42,27 +42,23 @@ pub fn validate(sgs: &StreamGateService) -> Result<SidecarConfig, FieldError> {
 /// downward API at run time).
 pub fn sidecar_config(sgs: &StreamGateService) -> SidecarConfig {
     let spec = &sgs.spec;
-    SidecarConfig {
-        service: ServiceConfig {
-            service_name: sgs.consul_name(),
-            port: spec.port,
-            protocol: spec.protocol,
-            tags: spec.tags.clone(),
-            meta: spec.meta.clone(),
-            health: spec.health.clone(),
-            events: spec.events.clone(),
-            upstreams: spec.upstreams.clone(),
-            allowed_callers: spec.allowed_callers.clone(),
-        },
-        pod: Default::default(),
-        app_host: "127.0.0.1".to_string(),
-        listen: Default::default(),
-        consul: Default::default(),
-        nats: Default::default(),
-        spool_dir: None,
-        log_level: spec.sidecar.log_level,
-        drain_timeout: streamgate_crds::GoDuration::from_millis(10_000),
-    }
+    let service = ServiceConfig {
+        service_name: sgs.consul_name(),
+        port: spec.port,
+        protocol: spec.protocol,
+        tags: spec.tags.clone(),
+        meta: spec.meta.clone(),
+        health: spec.health.clone(),
+        events: spec.events.clone(),
+        upstreams: spec.upstreams.clone(),
+        allowed_callers: spec.allowed_callers.clone(),
+    };
+    // Every other field takes the document's own defaults, whatever fields it grows.
+    let mut config: SidecarConfig =
+        serde_json::from_value(serde_json::json!({ "service": service }))
+            .expect("a service section with defaults is a valid sidecar config");
+    config.log_level = spec.sidecar.log_level;
+    config
 }
 
 /// Builds the desired objects. `sgs` must carry its name, namespace and uid.
@@ -154,6 +150,9 @@ pub fn desired(
             ..Default::default()
         },
         spec: Some(ServiceSpec {
+            // Headless: clients resolve the pods themselves, which is what gRPC's own
+            // balancing wants, and no cluster IP is allocated per service.
+            cluster_ip: Some("None".to_string()),
             selector: Some(selector),
             ports: Some(vec![
                 // Plain Kubernetes clients reach the app directly on its own port.
@@ -289,7 +288,9 @@ mod tests {
     #[test]
     fn service_exposes_app_port_and_mesh_port() {
         let d = build("{image: 'reg/upload:1', port: 9091, protocol: http}");
-        let ports = d.service.spec.unwrap().ports.unwrap();
+        let spec = d.service.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        let ports = spec.ports.unwrap();
         assert_eq!(ports[0].port, 9091);
         assert_eq!(ports[0].name.as_deref(), Some("http"));
         assert_eq!(ports[1].port, 15006);

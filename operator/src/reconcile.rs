@@ -164,6 +164,15 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
         publish(ctx, &reference, EventType::Normal, reason, &note).await;
     }
 
+    // A child created just now has no status yet and its watch event brings us back here
+    // within moments: writing a status now would only be overwritten.
+    if changes
+        .iter()
+        .any(|(action, _)| *action == Applied::Created)
+    {
+        return Ok(Action::requeue(ctx.resync_not_ready));
+    }
+
     // update status (from the cache: a Deployment created just now has no status yet, and
     // its watch event brings us back here when it does)
     let deployment = current_deployment;

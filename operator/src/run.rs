@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
@@ -225,17 +226,22 @@ async fn run_controller(
     ));
     // The owned objects are watched once: the same streams fill the reconciler's caches
     // and trigger reconciles of their owners.
+    // managedFields are most of an applied object's size and the reconciler never reads
+    // them: dropping them before caching keeps the operator's memory small.
     let deployment_events = watcher(deployments, owned.clone())
         .default_backoff()
+        .modify(|d| d.managed_fields_mut().clear())
         .reflect(caches.deployments)
         .touched_objects();
     let service_events = watcher(k8s_services, owned)
         .default_backoff()
+        .modify(|s| s.managed_fields_mut().clear())
         .reflect(caches.services)
         .touched_objects();
     let (resource_cache, resource_writer) = reflector::store::<StreamGateService>();
     let resource_events = watcher(services, watcher::Config::default())
         .default_backoff()
+        .modify(|s| s.managed_fields_mut().clear())
         .reflect(resource_writer)
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default());

@@ -107,7 +107,7 @@ pub fn kube_apiserver(tools: &Tools, l: &Layout, pki: &ClusterPki) -> Command {
             "--service-account-signing-key-file={}",
             pki.service_account_key.display()
         ))
-        .arg("--service-cluster-ip-range=10.0.0.0/24")
+        .arg("--service-cluster-ip-range=10.96.0.0/16")
         .arg("--authorization-mode=Node,RBAC")
         .arg(
             "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,\

@@ -103,6 +103,23 @@ pub async fn operator_kubeconfig(env: &TestEnv) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Short lease, sweep and resync periods so tests see effects quickly.
+pub const TEST_TIMINGS: &[&str] = &[
+    "--lease-duration",
+    "3s",
+    "--lease-renew",
+    "500ms",
+    "--sweep-interval",
+    "2s",
+    "--resync-ready",
+    "2s",
+    "--resync-not-ready",
+    "1s",
+];
+
+/// The operator's defaults, for measurements.
+pub const PRODUCTION_TIMINGS: &[&str] = &[];
+
 /// A running operator process.
 pub struct Operator {
     pub identity: String,
@@ -113,6 +130,16 @@ pub struct Operator {
 impl Operator {
     /// Starts an operator watching the test namespace, with short timings for tests.
     pub async fn start(env: &TestEnv, kubeconfig: &PathBuf, identity: &str) -> Result<Operator> {
+        Self::start_with(env, kubeconfig, identity, TEST_TIMINGS).await
+    }
+
+    /// Starts an operator with the given timing flags (see [`TEST_TIMINGS`]).
+    pub async fn start_with(
+        env: &TestEnv,
+        kubeconfig: &PathBuf,
+        identity: &str,
+        timings: &[&str],
+    ) -> Result<Operator> {
         let bin = binary("streamgate-operator", "streamgate-operator")?;
         let port = free_port()?;
         let mut cmd = Command::new(bin);
@@ -127,9 +154,7 @@ impl Operator {
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
             .args(["--consul-address", env.consul_addr()])
             .args(["--nats-url", env.nats_url()])
-            .args(["--lease-duration", "3s", "--lease-renew", "500ms"])
-            .args(["--sweep-interval", "2s"])
-            .args(["--resync-ready", "2s", "--resync-not-ready", "1s"]);
+            .args(timings);
         let log = env
             .platform
             .info

@@ -66,7 +66,7 @@ impl ClusterPki {
             "kubernetes.default".to_string(),
             "kubernetes.default.svc".to_string(),
             "kubernetes.default.svc.cluster.local".to_string(),
-            "10.0.0.1".to_string(),
+            "10.96.0.1".to_string(),
         ])?;
         serving
             .distinguished_name

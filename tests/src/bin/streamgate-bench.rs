@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use streamgate_crds::StreamGateService;
 use streamgate_tests::TestEnv;
-use streamgate_tests::operator::{Operator, operator_kubeconfig};
+use streamgate_tests::operator::{Operator, PRODUCTION_TIMINGS, operator_kubeconfig};
 use streamgate_tests::wait::eventually;
 
 #[derive(Parser)]
@@ -71,6 +71,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// User + system CPU seconds the process has used (from /proc/PID/stat).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -105,7 +113,7 @@ async fn operator_bench(count: usize) -> Result<()> {
     // StreamGate: the same client creates StreamGateServices; the operator does the rest.
     let env = TestEnv::new("bench-operator").await?;
     let kubeconfig = operator_kubeconfig(&env).await?;
-    let operator = Operator::start(&env, &kubeconfig, "bench").await?;
+    let operator = Operator::start_with(&env, &kubeconfig, "bench", PRODUCTION_TIMINGS).await?;
     let api: Api<StreamGateService> = Api::namespaced(env.client(), &env.namespace);
     let mut watch = api
         .watch(&WatchParams::default(), "0")
@@ -170,6 +178,7 @@ async fn operator_bench(count: usize) -> Result<()> {
         .collect();
     latencies.sort_unstable();
     let rss = peak_rss_kib(operator.pid()).map(|k| k as f64 / 1024.0);
+    let cpu = cpu_seconds(operator.pid()).unwrap_or(0.0);
     let ratio = with_operator.as_secs_f64() / direct.as_secs_f64();
     println!(
         "operator benchmark ({count} resources, replicas 0, debug={})",
@@ -189,6 +198,7 @@ async fn operator_bench(count: usize) -> Result<()> {
         percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
         percentile(&latencies, 0.99).as_secs_f64() * 1000.0
     );
+    println!("  operator CPU time: {cpu:.1}s");
     match rss {
         Some(mib) => println!("  operator peak RSS: {mib:.1} MiB (target <= 64 MiB)"),
         None => println!("  operator peak RSS: unavailable"),
