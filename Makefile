@@ -32,7 +32,7 @@ crds:
 
 ## bench: each figure beside its baseline, measured in the same run (release builds)
 bench: tools
-	STREAMGATE_BIN_PROFILE=release $(CARGO) run --release --quiet -p streamgate-tests --bin streamgate-bench -- operator
+	@bash scripts/bench.sh
 
 env-status: $(ENV_BIN)
 	@$(ENV_BIN) status

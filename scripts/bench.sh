@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark on release builds, each figure printed beside its baseline
+# measured in the same run. Runs all of them; exits non-zero if any failed or missed a
+# target it enforces.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/versions.sh
+TOOLS="${STREAMGATE_TOOLS:-$HOME/.cache/streamgate}"
+export STREAMGATE_CONSUL_BIN="${STREAMGATE_CONSUL_BIN:-$TOOLS/consul-$CONSUL_DEB_VERSION/bin/consul}"
+export STREAMGATE_BIN_PROFILE=release
+
+cargo build --release --quiet --workspace --bins || exit 1
+status=0
+run() {
+  echo
+  echo "== $1"
+  shift
+  "$@" 2> >(grep -v '^[EWI][0-9]\{4\} ' >&2) || status=1
+}
+run "sidecar: idle RSS and start to /readyz" target/release/sidecar-bench
+run "operator: 1,000 StreamGateServices vs direct Deployment writes" target/release/streamgate-bench operator
+exit $status
