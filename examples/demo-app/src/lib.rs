@@ -7,11 +7,14 @@
 //!   `grpc.health.v1.Health`; tests flip it with `POST /admin/health {"healthy": false}`.
 //! - [`upload`]: `streamgate.demo.v1.UploadService`, in memory, answering with the pod
 //!   name so tests can see which instance served a call.
-//! - [`http`]: the HTTP routes. Later features (event handlers, calls through
-//!   `STREAMGATE_SIDECAR_ADDR`) add modules beside these.
+//! - [`events`]: receives subscribed events by HTTP POST and records them for tests.
+//! - [`publish`]: publishes events through the sidecar's gRPC API.
+//! - [`http`]: the HTTP routes.
 
+pub mod events;
 pub mod health;
 pub mod http;
+pub mod publish;
 pub mod upload;
 
 use clap::Parser;
@@ -30,6 +33,17 @@ pub struct Cli {
     /// Start unhealthy (flip with POST /admin/health).
     #[arg(long, env = "DEMO_START_UNHEALTHY")]
     pub start_unhealthy: bool,
+    /// Paths that receive events (comma-separated).
+    #[arg(
+        long,
+        env = "DEMO_EVENT_PATHS",
+        value_delimiter = ',',
+        default_value = "/events"
+    )]
+    pub event_paths: Vec<String>,
+    /// The sidecar's app-facing address, for publishing.
+    #[arg(long, env = "STREAMGATE_SIDECAR_ADDR")]
+    pub sidecar_addr: Option<String>,
 }
 
 pub fn main() -> ExitCode {
@@ -63,7 +77,11 @@ pub async fn run(cli: Cli) -> std::io::Result<()> {
     let grpc = tonic::service::Routes::new(upload::server(cli.pod_name.clone()))
         .add_service(switch.grpc_server())
         .into_axum_router();
-    let app = grpc.merge(http::router(switch));
+    let log = std::sync::Arc::new(events::EventLog::default());
+    let app = grpc
+        .merge(http::router(switch))
+        .merge(events::router(&cli.event_paths, log))
+        .merge(publish::router(cli.sidecar_addr.clone()));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     tracing::info!(listen = %cli.listen, pod = %cli.pod_name, "demo app serving HTTP and gRPC");
     axum::serve(listener, app)

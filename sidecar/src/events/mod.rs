@@ -111,7 +111,7 @@ pub async fn start(
         });
         tokio::spawn(subscriber::run(
             js.clone(),
-            events.stream.clone(),
+            events.clone(),
             target,
             events.delivery_in_flight,
             stop.clone(),

@@ -4,7 +4,9 @@
 //! nothing while the app is unhealthy, so events wait in the stream for a healthy
 //! replica instead of piling up in one that cannot take them.
 
+use super::connect::ensure_stream;
 use super::delivery::{self, Target};
+use crate::config::events::EventSettings;
 use crate::backoff::Backoff;
 use crate::health::thresholds::Health;
 use async_nats::jetstream::{self, consumer};
@@ -23,7 +25,7 @@ pub fn consumer_name(service: &str, event_type: &str) -> String {
 /// Pulls and delivers until `stop` turns true; recreates the consumer after errors.
 pub async fn run(
     js: jetstream::Context,
-    stream: String,
+    settings: EventSettings,
     target: Arc<Target>,
     in_flight: usize,
     mut stop: watch::Receiver<bool>,
@@ -32,7 +34,12 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let name = consumer_name(&target.service, &target.event_type);
     while !*stop.borrow() {
-        let consumer = match ensure_consumer(&js, &stream, &name, &target).await {
+        // The stream first: a sidecar that only subscribes may be the first to connect.
+        let ensured = match ensure_stream(&js, &settings).await {
+            Ok(()) => ensure_consumer(&js, &settings.stream, &name, &target).await,
+            Err(e) => Err(e),
+        };
+        let consumer = match ensured {
             Ok(consumer) => consumer,
             Err(e) => {
                 tracing::debug!(consumer = %name, error = %e, "consumer not ready");

@@ -74,9 +74,19 @@ impl DemoApp {
 
     /// Starts on a given address (to bring an app back where it was).
     pub async fn start_at(dir: &Path, addr: SocketAddr, healthy: bool) -> Result<DemoApp> {
+        Self::start_with_env(dir, addr, healthy, &[]).await
+    }
+
+    /// Starts with extra environment (e.g. `STREAMGATE_SIDECAR_ADDR`, `DEMO_EVENT_PATHS`).
+    pub async fn start_with_env(
+        dir: &Path,
+        addr: SocketAddr,
+        healthy: bool,
+        env: &[(&str, &str)],
+    ) -> Result<DemoApp> {
         let mut command = Command::new(&binaries().demo_app);
+        command.env_clear().envs(env.iter().copied());
         command
-            .env_clear()
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--pod-name")
@@ -127,6 +137,14 @@ pub struct SidecarOptions {
     pub deregister_critical_after: String,
     pub drain_timeout: String,
     pub env: Vec<(String, String)>,
+    /// `listen.app`: the app-facing listener (events API).
+    pub app_listen: SocketAddr,
+    /// The `service.events` flow mapping, e.g. `{publish: [file.uploaded]}`.
+    pub events: String,
+    /// Further top-level document lines (`nats:`, `spoolDir:`), each ending in a newline.
+    pub extra: String,
+    /// The pod's name; replicas of one service need their own (default `<service>-pod`).
+    pub pod_name: Option<String>,
 }
 
 impl SidecarOptions {
@@ -140,6 +158,12 @@ impl SidecarOptions {
             deregister_critical_after: "1m".into(),
             drain_timeout: "5s".into(),
             env: Vec::new(),
+            app_listen: format!("127.0.0.1:{}", free_port().expect("a free port"))
+                .parse()
+                .expect("an address"),
+            events: "{}".into(),
+            extra: String::new(),
+            pod_name: None,
         }
     }
 }
@@ -150,6 +174,7 @@ pub const NAMESPACE: &str = "sgtest";
 /// renders it, with an environment of its own only.
 pub struct Sidecar {
     pub admin: SocketAddr,
+    pub app_listen: SocketAddr,
     pub inbound: SocketAddr,
     pub instance_id: String,
     pub pod_name: String,
@@ -160,15 +185,18 @@ impl Sidecar {
     pub fn start(dir: &Path, o: &SidecarOptions) -> Result<Sidecar> {
         let admin: SocketAddr = format!("{}:{}", o.pod_ip, free_port()?).parse()?;
         let inbound: SocketAddr = format!("{}:{}", o.pod_ip, free_port()?).parse()?;
-        let app_listen = format!("127.0.0.1:{}", free_port()?);
-        let pod_name = format!("{}-pod", o.service);
+        let app_listen = o.app_listen;
+        let pod_name = o
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-pod", o.service));
         let document = format!(
-            "service:\n  serviceName: {service}\n  port: {port}\n  tags: [v1]\n  meta: {{team: media}}\n  health: {health}\n\
+            "service:\n  serviceName: {service}\n  port: {port}\n  tags: [v1]\n  meta: {{team: media}}\n  health: {health}\n  events: {events}\n\
              pod: {{name: {pod_name}, namespace: {NAMESPACE}, uid: uid-{service}, ip: {ip}}}\n\
              appHost: {app_host}\n\
              listen: {{app: '{app_listen}', inbound: '{inbound}', admin: '{admin}'}}\n\
              consul: {{address: '{consul}', deregisterCriticalAfter: {dereg}}}\n\
-             drainTimeout: {drain}\n",
+             drainTimeout: {drain}\n{extra}",
             service = o.service,
             port = o.app.port(),
             health = o.health,
@@ -177,6 +205,8 @@ impl Sidecar {
             consul = o.consul,
             dereg = o.deregister_critical_after,
             drain = o.drain_timeout,
+            events = o.events,
+            extra = o.extra,
         );
         let mut command = Command::new(&binaries().sidecar);
         command
@@ -193,6 +223,7 @@ impl Sidecar {
         )?;
         Ok(Sidecar {
             admin,
+            app_listen,
             inbound,
             instance_id: format!("{}-{NAMESPACE}-{pod_name}", o.service),
             pod_name,

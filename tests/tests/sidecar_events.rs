@@ -1,0 +1,780 @@
+//! The event relay against real nats-server JetStream: publish → a subscribing
+//! service's app, replicas sharing one durable consumer, NATS outages with the spool,
+//! redelivery and dead letters, pausing for an unhealthy app, seed-style publishers,
+//! refusals and token auth. Sidecars and demo apps run as processes.
+
+mod sidecar_common;
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use sidecar_common::{DemoApp, Sidecar, SidecarOptions, log_dir, pod_ip};
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use streamgate_tests::TestEnv;
+use streamgate_tests::nats_server::NatsServer;
+use streamgate_tests::ports::free_port;
+use streamgate_tests::wait::eventually;
+
+const STREAM: &str = "STREAMGATE";
+
+/// One pod: the demo app and its sidecar, the app publishing through the sidecar.
+struct Pod {
+    app: DemoApp,
+    sidecar: Sidecar,
+    options: SidecarOptions,
+    dir: PathBuf,
+}
+
+struct PodSpec<'a> {
+    service: &'a str,
+    consul: &'a str,
+    /// `service.events`, e.g. `{publish: [a.b]}`.
+    events: String,
+    /// The `nats:` mapping.
+    nats: String,
+    pod_name: Option<String>,
+}
+
+impl Pod {
+    async fn start(dir: &Path, spec: PodSpec<'_>) -> Result<Pod> {
+        let ip = pod_ip();
+        let app_listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let app_addr: SocketAddr = format!("{ip}:{}", free_port()?).parse()?;
+        let sidecar_addr = app_listen.to_string();
+        let app = DemoApp::start_with_env(
+            dir,
+            app_addr,
+            true,
+            &[
+                ("STREAMGATE_SIDECAR_ADDR", &sidecar_addr),
+                ("DEMO_EVENT_PATHS", "/events"),
+            ],
+        )
+        .await?;
+        let mut options = SidecarOptions::new(spec.service, &ip, app.addr, spec.consul);
+        let pod_name = spec
+            .pod_name
+            .unwrap_or_else(|| format!("{}-pod", spec.service));
+        options.app_listen = app_listen;
+        options.events = spec.events;
+        options.extra = format!(
+            "nats: {}\nspoolDir: '{}'\n",
+            spec.nats,
+            dir.join(format!("spool-{pod_name}")).display()
+        );
+        options.pod_name = Some(pod_name);
+        let sidecar = Sidecar::start(dir, &options)?;
+        sidecar.wait_ready(Duration::from_secs(30)).await?;
+        Ok(Pod {
+            app,
+            sidecar,
+            options,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// SIGKILLs the sidecar and starts a new one with the same document (same spool).
+    async fn restart_sidecar_after_kill(&mut self) -> Result<()> {
+        self.sidecar.signal(Signal::SIGKILL);
+        self.sidecar.wait_exit(Duration::from_secs(10)).await?;
+        self.sidecar = Sidecar::start(&self.dir, &self.options)?;
+        self.sidecar.wait_ready(Duration::from_secs(30)).await
+    }
+
+    /// `POST /v1/events/{type}` on the sidecar: status and JSON body.
+    async fn publish_http(
+        &self,
+        event_type: &str,
+        body: &str,
+        id: Option<&str>,
+    ) -> Result<(u16, Value)> {
+        let mut request = http()
+            .post(format!(
+                "http://{}/v1/events/{event_type}",
+                self.sidecar.app_listen
+            ))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(id) = id {
+            request = request.header("streamgate-event-id", id);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    /// Publishes through the app's gRPC client (`/admin/publish`, see the demo app).
+    async fn publish_grpc(&self, body: Value) -> Result<Value> {
+        Ok(http()
+            .post(format!("http://{}/admin/publish", self.app.addr))
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// Every delivery the app recorded.
+    async fn received(&self) -> Result<Vec<Value>> {
+        let body: Value = http()
+            .get(format!("http://{}/admin/events", self.app.addr))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(body["events"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Ids of the deliveries the app accepted, with how often each was accepted.
+    async fn accepted(&self) -> Result<HashMap<String, usize>> {
+        let mut ids = HashMap::new();
+        for record in self.received().await? {
+            if record["accepted"] == true {
+                let id = record["event"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                *ids.entry(id).or_insert(0) += 1;
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn fail_deliveries(&self, status: u16) -> Result<()> {
+        http()
+            .post(format!("http://{}/admin/events/fail", self.app.addr))
+            .json(&json!({ "status": status }))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    async fn metric(&self, name: &str) -> Result<f64> {
+        self.sidecar
+            .metric(&format!("streamgate_sidecar_{name}"))
+            .await
+    }
+}
+
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(180))
+        .build()
+        .expect("HTTP client")
+}
+
+fn nats(url: &str) -> String {
+    format!("{{url: '{url}'}}")
+}
+
+/// A unique event type per test: the shared stream serves every test of the binary.
+fn event_type(env: &TestEnv, name: &str) -> String {
+    format!("{name}{}.happened", env.suffix)
+}
+
+fn subscribe(event_type: &str, max_deliver: u32) -> String {
+    format!("{{subscribe: [{{type: {event_type}, path: /events, maxDeliver: {max_deliver}}}]}}")
+}
+
+fn publish(event_type: &str) -> String {
+    format!("{{publish: [{event_type}]}}")
+}
+
+/// Waits until the subscriber's durable consumer exists: events published before it
+/// do not reach a brand-new consumer (it starts with new events).
+async fn wait_consumer(nats_url: &str, service: &str, event_type: &str) -> Result<()> {
+    let client = async_nats::connect(nats_url).await?;
+    let js = async_nats::jetstream::new(client);
+    let name = format!("{service}--{}", event_type.replace('.', "_"));
+    eventually(
+        &format!("consumer {name} exists"),
+        Duration::from_secs(30),
+        || async {
+            let stream = js.get_stream(STREAM).await?;
+            Ok(stream.consumer_info(&name).await.ok().map(|_| ()))
+        },
+    )
+    .await
+}
+
+/// Waits until the app has accepted `count` distinct ids; returns them with counts.
+async fn wait_accepted(
+    pod: &Pod,
+    count: usize,
+    timeout: Duration,
+) -> Result<HashMap<String, usize>> {
+    eventually(
+        &format!("the app accepted {count} events"),
+        timeout,
+        || async {
+            let ids = pod.accepted().await?;
+            Ok((ids.len() >= count).then_some(ids))
+        },
+    )
+    .await
+    .with_context(|| pod.sidecar.log_tail(30))
+}
+
+#[tokio::test]
+async fn published_event_reaches_the_subscriber_with_its_envelope_intact() -> Result<()> {
+    let env = TestEnv::new("events-envelope").await?;
+    let dir = log_dir("events-envelope");
+    let t = event_type(&env, "file");
+    let (upload, meta) = (env.unique("upload"), env.unique("meta"));
+    let spec = |service, events| PodSpec {
+        service,
+        consul: env.consul_addr(),
+        events,
+        nats: nats(env.nats_url()),
+        pod_name: None,
+    };
+    let subscriber = Pod::start(&dir, spec(&meta, subscribe(&t, 5))).await?;
+    wait_consumer(env.nats_url(), &meta, &t).await?;
+    let publisher = Pod::start(&dir, spec(&upload, publish(&t))).await?;
+
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let (status, body) = publisher
+        .publish_http(&t, r#"{"fileId":"f1","size":42}"#, None)
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["spooled"], false, "NATS is up: acked, not spooled");
+    let http_id = body["id"].as_str().context("an id")?.to_string();
+    let grpc = publisher
+        .publish_grpc(json!({"type": t, "data": {"n": 2}, "id": "grpc-one"}))
+        .await?;
+    assert_eq!(grpc["ok"], true, "{grpc}");
+    assert_eq!(grpc["ids"], json!(["grpc-one"]));
+
+    wait_accepted(&subscriber, 2, Duration::from_secs(30)).await?;
+    let received = subscriber.received().await?;
+    let first = received
+        .iter()
+        .find(|r| r["event"]["id"] == http_id.as_str())
+        .context("the HTTP-published event")?;
+    let event = &first["event"];
+    assert_eq!(event["type"], t.as_str());
+    assert_eq!(event["source"], upload.as_str());
+    assert_eq!(event["data"], json!({"fileId": "f1", "size": 42}));
+    let ts = event["timestamp"].as_u64().context("unix seconds")?;
+    assert!(
+        ts >= before && ts <= before + 60,
+        "timestamp {ts}, published at {before}"
+    );
+    assert_eq!(first["path"], "/events");
+    assert_eq!(first["eventId"], http_id.as_str());
+    let second = received
+        .iter()
+        .find(|r| r["event"]["id"] == "grpc-one")
+        .context("gRPC event")?;
+    assert_eq!(second["event"]["data"], json!({"n": 2}));
+    assert_eq!(publisher.metric("events_published_total").await?, 2.0);
+    assert_eq!(publisher.metric("events_acked_total").await?, 2.0);
+    assert_eq!(subscriber.metric("events_delivered_total").await?, 2.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn replicas_share_one_durable_consumer() -> Result<()> {
+    let env = TestEnv::new("events-replicas").await?;
+    let dir = log_dir("events-replicas");
+    let t = event_type(&env, "job");
+    let (publisher_name, worker) = (env.unique("jobs"), env.unique("worker"));
+    let spec = |service, events, pod_name: Option<String>| PodSpec {
+        service,
+        consul: env.consul_addr(),
+        events,
+        nats: nats(env.nats_url()),
+        pod_name,
+    };
+    let a = Pod::start(
+        &dir,
+        spec(&worker, subscribe(&t, 5), Some(format!("{worker}-a"))),
+    )
+    .await?;
+    let b = Pod::start(
+        &dir,
+        spec(&worker, subscribe(&t, 5), Some(format!("{worker}-b"))),
+    )
+    .await?;
+    wait_consumer(env.nats_url(), &worker, &t).await?;
+    let publisher = Pod::start(&dir, spec(&publisher_name, publish(&t), None)).await?;
+    for round in 0..10 {
+        let r = publisher
+            .publish_grpc(
+                json!({"type": t, "count": 20, "batch": 5, "idPrefix": format!("r{round}")}),
+            )
+            .await?;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let all = eventually(
+        "200 events reached the replicas",
+        Duration::from_secs(60),
+        || async {
+            let (ia, ib) = (a.accepted().await?, b.accepted().await?);
+            Ok((ia.len() + ib.len() >= 200).then_some((ia, ib)))
+        },
+    )
+    .await?;
+    let (ia, ib) = all;
+    let sa: BTreeSet<_> = ia.keys().cloned().collect();
+    let sb: BTreeSet<_> = ib.keys().cloned().collect();
+    assert!(
+        sa.is_disjoint(&sb),
+        "an event reached both replicas: {:?}",
+        sa.intersection(&sb).collect::<Vec<_>>()
+    );
+    assert_eq!(sa.len() + sb.len(), 200, "none lost, none extra");
+    assert!(
+        !sa.is_empty() && !sb.is_empty(),
+        "both replicas took a share: {} / {}",
+        sa.len(),
+        sb.len()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn nats_restart_during_10000_publishes_loses_nothing() -> Result<()> {
+    let env = TestEnv::new("events-outage").await?;
+    let dir = log_dir("events-outage");
+    let server = NatsServer::start_new(
+        &env.platform.info.tools.nats_server,
+        &dir.join("nats"),
+        None,
+    )
+    .await?;
+    let t = event_type(&env, "bulk");
+    let (producer, consumer) = (env.unique("producer"), env.unique("consumer"));
+    let spec = |service, events| PodSpec {
+        service,
+        consul: env.consul_addr(),
+        events,
+        nats: nats(&server.url()),
+        pod_name: None,
+    };
+    let subscriber = Pod::start(&dir, spec(&consumer, subscribe(&t, 5))).await?;
+    wait_consumer(&server.url(), &consumer, &t).await?;
+    let publisher = Pod::start(&dir, spec(&producer, publish(&t))).await?;
+
+    const TOTAL: usize = 10_000;
+    let publishing = tokio::spawn({
+        let url = format!("http://{}/admin/publish", publisher.app.addr);
+        let body = json!({"type": t, "count": TOTAL, "batch": 100, "idPrefix": "e"});
+        async move {
+            http()
+                .post(url)
+                .json(&body)
+                .send()
+                .await?
+                .json::<Value>()
+                .await
+        }
+    });
+    eventually(
+        "1,000 events acked before the outage",
+        Duration::from_secs(60),
+        || async { Ok((publisher.metric("events_acked_total").await? >= 1000.0).then_some(())) },
+    )
+    .await?;
+    server.stop();
+    eventually(
+        "events spooled while NATS is down",
+        Duration::from_secs(60),
+        || async { Ok((publisher.metric("events_spooled_total").await? > 0.0).then_some(())) },
+    )
+    .await
+    .with_context(|| publisher.sidecar.log_tail(20))?;
+    server.start().await?;
+
+    let result = publishing.await??;
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["ids"].as_array().map(Vec::len), Some(TOTAL));
+    let accepted = wait_accepted(&subscriber, TOTAL, Duration::from_secs(120)).await?;
+    let expected: BTreeSet<String> = (0..TOTAL).map(|n| format!("e-{n}")).collect();
+    let got: BTreeSet<String> = accepted.keys().cloned().collect();
+    assert_eq!(
+        got, expected,
+        "every published id arrived, and nothing else"
+    );
+    let repeated: Vec<_> = accepted.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "delivered more than once after dedupe: {repeated:?}"
+    );
+    assert!(publisher.metric("events_flushed_total").await? > 0.0);
+    Ok(())
+}
+
+/// NATS up while the subscriber creates its consumer, then down while publishing.
+async fn subscriber_then_outage(
+    env: &TestEnv,
+    dir: &Path,
+    t: &str,
+    relay: &str,
+) -> Result<(NatsServer, Pod, Pod)> {
+    let server = NatsServer::start_new(
+        &env.platform.info.tools.nats_server,
+        &dir.join("nats"),
+        None,
+    )
+    .await?;
+    let consumer = env.unique("sink");
+    let subscriber = Pod::start(
+        dir,
+        PodSpec {
+            service: &consumer,
+            consul: env.consul_addr(),
+            events: subscribe(t, 5),
+            nats: nats(&server.url()),
+            pod_name: None,
+        },
+    )
+    .await?;
+    wait_consumer(&server.url(), &consumer, t).await?;
+    server.stop();
+    let publisher = Pod::start(
+        dir,
+        PodSpec {
+            service: &env.unique("source"),
+            consul: env.consul_addr(),
+            events: publish(t),
+            nats: format!("{{url: '{}', relay: {relay}}}", server.url()),
+            pod_name: None,
+        },
+    )
+    .await?;
+    Ok((server, subscriber, publisher))
+}
+
+#[tokio::test]
+async fn full_spool_refuses_publishes_and_drops_nothing() -> Result<()> {
+    let env = TestEnv::new("events-spool-full").await?;
+    let dir = log_dir("events-spool-full");
+    let t = event_type(&env, "full");
+    let (server, subscriber, publisher) =
+        subscriber_then_outage(&env, &dir, &t, "{spoolMaxBytes: 4096}").await?;
+
+    let mut accepted = BTreeSet::new();
+    let refusal = loop {
+        let id = format!("s-{}", accepted.len());
+        let (status, body) = publisher
+            .publish_http(&t, r#"{"payload":"0123456789abcdef"}"#, Some(&id))
+            .await?;
+        if status != 200 {
+            break (status, body);
+        }
+        assert_eq!(body["spooled"], true, "NATS is down: {body}");
+        accepted.insert(id);
+        if accepted.len() > 100 {
+            bail!("4 KiB of spool took over 100 events");
+        }
+    };
+    assert_eq!(refusal.0, 503, "{}", refusal.1);
+    assert!(
+        refusal.1["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spool is full"),
+        "{}",
+        refusal.1
+    );
+    let grpc = publisher
+        .publish_grpc(json!({"type": t, "id": "refused-grpc"}))
+        .await?;
+    assert_eq!(grpc["code"], "ResourceExhausted", "{grpc}");
+    assert!(publisher.metric("events_spool_full_total").await? >= 2.0);
+
+    server.start().await?;
+    let got = wait_accepted(&subscriber, accepted.len(), Duration::from_secs(60)).await?;
+    let got: BTreeSet<String> = got.keys().cloned().collect();
+    assert_eq!(
+        got, accepted,
+        "every accepted event arrived; no refused one did"
+    );
+    // Room again once flushed.
+    eventually("the spool is empty", Duration::from_secs(30), || async {
+        Ok((publisher.metric("event_spool_bytes").await? == 0.0).then_some(()))
+    })
+    .await?;
+    let (status, body) = publisher.publish_http(&t, "{}", None).await?;
+    assert_eq!((status, &body["spooled"]), (200, &json!(false)), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn spooled_events_survive_a_killed_sidecar() -> Result<()> {
+    let env = TestEnv::new("events-spool-kill").await?;
+    let dir = log_dir("events-spool-kill");
+    let t = event_type(&env, "kept");
+    let (server, subscriber, mut publisher) = subscriber_then_outage(&env, &dir, &t, "{}").await?;
+    let r = publisher
+        .publish_grpc(json!({"type": t, "count": 50, "batch": 10, "idPrefix": "k"}))
+        .await?;
+    assert_eq!((&r["ok"], &r["spooled"]), (&json!(true), &json!(50)), "{r}");
+
+    publisher.restart_sidecar_after_kill().await?;
+    assert!(
+        publisher.metric("event_spool_bytes").await? > 0.0,
+        "the new sidecar found the spool"
+    );
+    server.start().await?;
+    let got = wait_accepted(&subscriber, 50, Duration::from_secs(60)).await?;
+    let expected: BTreeSet<String> = (0..50).map(|n| format!("k-{n}")).collect();
+    assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn failing_app_gets_redeliveries_then_the_event_is_dead_lettered() -> Result<()> {
+    let env = TestEnv::new("events-dlq").await?;
+    let dir = log_dir("events-dlq");
+    let t = event_type(&env, "poison");
+    let (source, sink) = (env.unique("source"), env.unique("sink"));
+    let spec = |service, events| PodSpec {
+        service,
+        consul: env.consul_addr(),
+        events,
+        nats: nats(env.nats_url()),
+        pod_name: None,
+    };
+    let subscriber = Pod::start(&dir, spec(&sink, subscribe(&t, 3))).await?;
+    subscriber.fail_deliveries(500).await?;
+    wait_consumer(env.nats_url(), &sink, &t).await?;
+    let publisher = Pod::start(&dir, spec(&source, publish(&t))).await?;
+    let (status, body) = publisher
+        .publish_http(&t, r#"{"bad":true}"#, Some("dead-1"))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+
+    let dlq = format!("streamgate.dlq.{sink}.{t}");
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats_url()).await?);
+    let letter = eventually(
+        "the dead letter is in the stream",
+        Duration::from_secs(30),
+        || async {
+            let stream = js.get_stream(STREAM).await?;
+            Ok(stream.get_last_raw_message_by_subject(&dlq).await.ok())
+        },
+    )
+    .await?;
+    let letter: Value = serde_json::from_slice(&letter.payload)?;
+    assert_eq!(letter["event"]["id"], "dead-1", "{letter}");
+    assert_eq!(letter["attempts"], 3, "{letter}");
+    assert!(
+        letter["error"].as_str().unwrap_or_default().contains("500"),
+        "{letter}"
+    );
+    let attempts: Vec<String> = subscriber
+        .received()
+        .await?
+        .iter()
+        .map(|r| r["attempt"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"], "three attempts, then no more");
+    assert_eq!(subscriber.metric("events_redelivered_total").await?, 2.0);
+    assert_eq!(subscriber.metric("events_dead_lettered_total").await?, 1.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn delivery_pauses_while_the_app_is_unhealthy() -> Result<()> {
+    let env = TestEnv::new("events-pause").await?;
+    let dir = log_dir("events-pause");
+    let t = event_type(&env, "held");
+    let (source, sink) = (env.unique("source"), env.unique("sink"));
+    let spec = |service, events| PodSpec {
+        service,
+        consul: env.consul_addr(),
+        events,
+        nats: nats(env.nats_url()),
+        pod_name: None,
+    };
+    let subscriber = Pod::start(&dir, spec(&sink, subscribe(&t, 2))).await?;
+    wait_consumer(env.nats_url(), &sink, &t).await?;
+    let publisher = Pod::start(&dir, spec(&source, publish(&t))).await?;
+    subscriber.app.set_healthy(false).await?;
+    eventually(
+        "the sidecar sees the app unhealthy",
+        Duration::from_secs(20),
+        || async { Ok((subscriber.metric("app_healthy").await? == 0.0).then_some(())) },
+    )
+    .await?;
+    let r = publisher
+        .publish_grpc(json!({"type": t, "count": 5, "batch": 5, "idPrefix": "p"}))
+        .await?;
+    assert_eq!(
+        (&r["ok"], &r["spooled"]),
+        (&json!(true), &json!(0)),
+        "acked by JetStream: {r}"
+    );
+    // Nothing to await here: the claim is that nothing happens for a while (two
+    // health periods), so the test watches for that long.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        subscriber.received().await?.is_empty(),
+        "delivered to an unhealthy app"
+    );
+    subscriber.app.set_healthy(true).await?;
+    let got = wait_accepted(&subscriber, 5, Duration::from_secs(30)).await?;
+    assert_eq!(got.len(), 5);
+    assert_eq!(
+        subscriber.metric("events_dead_lettered_total").await?,
+        0.0,
+        "pausing spent no attempts"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn seed_style_plain_nats_publish_is_delivered() -> Result<()> {
+    let env = TestEnv::new("events-seed").await?;
+    let dir = log_dir("events-seed");
+    let t = event_type(&env, "seed");
+    let sink = env.unique("sink");
+    let subscriber = Pod::start(
+        &dir,
+        PodSpec {
+            service: &sink,
+            consul: env.consul_addr(),
+            events: subscribe(&t, 5),
+            nats: nats(env.nats_url()),
+            pod_name: None,
+        },
+    )
+    .await?;
+    wait_consumer(env.nats_url(), &sink, &t).await?;
+    // What `nats pub streamgate.<type> '{"type":...,"source":"upload-service"}'` sends.
+    let client = async_nats::connect(env.nats_url()).await?;
+    let body = json!({"type": t, "source": "upload-service"}).to_string();
+    client
+        .publish(format!("streamgate.{t}"), body.into())
+        .await?;
+    client.flush().await?;
+    let received = eventually(
+        "the seed-style event arrives",
+        Duration::from_secs(30),
+        || async {
+            let r = subscriber.received().await?;
+            Ok((!r.is_empty()).then_some(r))
+        },
+    )
+    .await?;
+    assert_eq!(
+        received[0]["event"],
+        json!({"type": t, "source": "upload-service"})
+    );
+    assert_eq!(received[0]["accepted"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn forbidden_and_malformed_publishes_are_refused_with_their_codes() -> Result<()> {
+    let env = TestEnv::new("events-refused").await?;
+    let dir = log_dir("events-refused");
+    let t = event_type(&env, "ok");
+    let publisher = Pod::start(
+        &dir,
+        PodSpec {
+            service: &env.unique("source"),
+            consul: env.consul_addr(),
+            events: publish(&t),
+            nats: nats(env.nats_url()),
+            pod_name: None,
+        },
+    )
+    .await?;
+    let other = event_type(&env, "other");
+    let cases = [
+        (other.as_str(), "{}", 403, "events.publish"),
+        ("File.Uploaded", "{}", 400, "dotted lower-case"),
+        (t.as_str(), "[1,2]", 400, "JSON object"),
+        (t.as_str(), "{", 400, "not JSON"),
+    ];
+    for (event_type, body, code, reason) in cases {
+        let (status, answer) = publisher.publish_http(event_type, body, None).await?;
+        assert_eq!(status, code, "{event_type} {body}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(reason), "{event_type} {body}: {error}");
+    }
+    let (status, _) = publisher.publish_http(&t, "{}", Some("has space")).await?;
+    assert_eq!(status, 400, "an id with a space");
+    let denied = publisher.publish_grpc(json!({"type": other})).await?;
+    assert_eq!(denied["code"], "PermissionDenied", "{denied}");
+    let invalid = publisher
+        .publish_grpc(json!({"type": t, "data": [1]}))
+        .await?;
+    assert_eq!(invalid["code"], "InvalidArgument", "{invalid}");
+    let batch = publisher
+        .publish_grpc(json!({"type": "Bad.Type", "count": 2, "batch": 2}))
+        .await?;
+    assert_eq!(batch["code"], "InvalidArgument", "{batch}");
+    assert_eq!(
+        publisher.metric("events_published_total").await?,
+        0.0,
+        "nothing refused was published"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn token_authenticated_nats_works_with_a_credentials_directory() -> Result<()> {
+    let env = TestEnv::new("events-token").await?;
+    let dir = log_dir("events-token");
+    let token = "s3cret-token";
+    let server = NatsServer::start_new(
+        &env.platform.info.tools.nats_server,
+        &dir.join("nats"),
+        Some(token),
+    )
+    .await?;
+    let creds = dir.join("nats-credentials");
+    std::fs::create_dir_all(&creds)?;
+    std::fs::write(creds.join("token"), format!("{token}\n"))?;
+    let with_creds = format!(
+        "{{url: '{}', credentialsDir: '{}'}}",
+        server.url(),
+        creds.display()
+    );
+    let t = event_type(&env, "auth");
+    let (source, sink) = (env.unique("source"), env.unique("sink"));
+    let spec = |service, events, nats: &str| PodSpec {
+        service,
+        consul: env.consul_addr(),
+        events,
+        nats: nats.to_string(),
+        pod_name: None,
+    };
+    let subscriber = Pod::start(&dir, spec(&sink, subscribe(&t, 5), &with_creds)).await?;
+    let authed = format!(
+        "nats://{token}@{}",
+        server.url().trim_start_matches("nats://")
+    );
+    wait_consumer(&authed, &sink, &t).await?;
+    let publisher = Pod::start(&dir, spec(&source, publish(&t), &with_creds)).await?;
+    let (status, body) = publisher
+        .publish_http(&t, r#"{"secure":true}"#, Some("auth-1"))
+        .await?;
+    assert_eq!((status, &body["spooled"]), (200, &json!(false)), "{body}");
+    let got = wait_accepted(&subscriber, 1, Duration::from_secs(30)).await?;
+    assert!(got.contains_key("auth-1"));
+
+    // Without the token the server refuses the connection: events wait in the spool.
+    let anonymous = Pod::start(
+        &dir,
+        spec(&env.unique("anon"), publish(&t), &nats(&server.url())),
+    )
+    .await?;
+    let (status, body) = anonymous.publish_http(&t, "{}", None).await?;
+    assert_eq!((status, &body["spooled"]), (200, &json!(true)), "{body}");
+    Ok(())
+}
