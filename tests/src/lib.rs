@@ -16,6 +16,7 @@
 pub mod bins;
 pub mod components;
 pub mod consul_agent;
+pub mod nats_server;
 pub mod operator;
 pub mod pki;
 pub mod platform;
