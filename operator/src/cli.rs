@@ -45,6 +45,51 @@ pub struct RunArgs {
     pub leader: LeaderArgs,
     #[command(flatten)]
     pub timing: TimingArgs,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Injection webhook")]
+pub struct WebhookArgs {
+    /// Where the webhook's HTTPS server listens (no webhook when absent).
+    #[arg(long, env = "STREAMGATE_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<std::net::SocketAddr>,
+    /// Base URL the API server calls when the operator runs outside the cluster;
+    /// otherwise it calls --webhook-service in the operator's namespace on port 443.
+    #[arg(long, env = "STREAMGATE_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// The chart's Service in front of the webhook.
+    #[arg(
+        long,
+        env = "STREAMGATE_WEBHOOK_SERVICE",
+        default_value = "streamgate-operator-webhook"
+    )]
+    pub webhook_service: String,
+    /// Name of the MutatingWebhookConfiguration the operator maintains.
+    #[arg(
+        long,
+        env = "STREAMGATE_WEBHOOK_CONFIG_NAME",
+        default_value = "streamgate-sidecar-injector"
+    )]
+    pub webhook_config_name: String,
+    /// Secret (in the operator's namespace) holding the webhook's CA and certificate.
+    #[arg(
+        long,
+        env = "STREAMGATE_WEBHOOK_SECRET",
+        default_value = "streamgate-webhook-certs"
+    )]
+    pub webhook_secret: String,
+    /// What the API server does when the webhook cannot be reached: Fail (refuse the pod,
+    /// never start it without its sidecar) or Ignore.
+    #[arg(long, env = "STREAMGATE_WEBHOOK_FAILURE_POLICY", default_value = "Fail", value_parser = ["Fail", "Ignore"])]
+    pub webhook_failure_policy: String,
+    /// Seconds the API server waits for the webhook.
+    #[arg(long, env = "STREAMGATE_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=30))]
+    pub webhook_timeout_seconds: i32,
+    /// Validity of the serving certificate; it is reissued with a third left.
+    #[arg(long, env = "STREAMGATE_WEBHOOK_CERT_VALIDITY", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_cert_validity: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

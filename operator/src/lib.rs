@@ -22,3 +22,4 @@ pub mod server;
 pub mod settings;
 pub mod status;
 pub mod sweep;
+pub mod webhook;

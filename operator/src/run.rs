@@ -123,6 +123,18 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         resync_ready: args.timing.resync_ready,
         resync_not_ready: args.timing.resync_not_ready,
     });
+    // Every replica, leader or standby, serves the webhook.
+    if let Some(listen) = args.webhook.webhook_listen {
+        let config = webhook_config(&args, listen);
+        let client = client.clone();
+        let settings = ctx.settings.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::webhook::run(client, config, settings).await {
+                error!(error = format!("{e:#}"), "the injection webhook stopped");
+                std::process::exit(1);
+            }
+        });
+    }
     // Serving probes and metrics is this replica's readiness, leader or standby.
     let _ = ready_tx.send(true);
 
@@ -192,6 +204,29 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     }
     metrics.leader.set(0);
     Ok(code)
+}
+
+fn webhook_config(args: &RunArgs, listen: std::net::SocketAddr) -> crate::webhook::WebhookConfig {
+    use crate::webhook::registration::Endpoint;
+    let w = &args.webhook;
+    let operator_namespace = args.leader.lease_namespace.clone();
+    crate::webhook::WebhookConfig {
+        listen,
+        endpoint: match &w.webhook_url {
+            Some(url) => Endpoint::Url(url.clone()),
+            None => Endpoint::Service {
+                namespace: operator_namespace.clone(),
+                name: w.webhook_service.clone(),
+            },
+        },
+        registration_name: w.webhook_config_name.clone(),
+        secret_name: w.webhook_secret.clone(),
+        operator_namespace,
+        failure_policy: w.webhook_failure_policy.clone(),
+        timeout_seconds: w.webhook_timeout_seconds,
+        cert_validity: w.webhook_cert_validity,
+        only_namespace: args.namespace.clone(),
+    }
 }
 
 /// Writers of the owned-object caches the reconciler reads.

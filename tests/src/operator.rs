@@ -57,15 +57,27 @@ pub fn install_crd_and_rbac(env: &TestEnv) -> Result<()> {
 /// A kubeconfig authenticating as the operator's ServiceAccount in the test namespace,
 /// bound to the operator's ClusterRole (and its leader-election role in the namespace).
 pub async fn operator_kubeconfig(env: &TestEnv) -> Result<PathBuf> {
+    operator_kubeconfig_in(env, &env.namespace).await
+}
+
+/// Like [`operator_kubeconfig`], with the operator's own namespace (its Lease and webhook
+/// Secret) being `home` instead of the test namespace, which is then injectable.
+pub async fn operator_kubeconfig_in(env: &TestEnv, home: &str) -> Result<PathBuf> {
     install_crd_and_rbac(env)?;
     let ns = &env.namespace;
+    if home != ns {
+        let manifest = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {home}}}\n");
+        env.platform
+            .info
+            .kubectl(&["apply", "-f", "-"], Some(&manifest))?;
+    }
     let manifest = format!(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {OPERATOR_ACCOUNT}, namespace: {ns}}}\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: streamgate-operator-{ns}}}\n\
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: streamgate-operator}}\n\
          subjects: [{{kind: ServiceAccount, name: {OPERATOR_ACCOUNT}, namespace: {ns}}}]\n---\n\
-         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: streamgate-operator-leader-election, namespace: {ns}}}\n\
-         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: streamgate-operator-leader-election}}\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: streamgate-operator-namespaced, namespace: {home}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: streamgate-operator-namespaced}}\n\
          subjects: [{{kind: ServiceAccount, name: {OPERATOR_ACCOUNT}, namespace: {ns}}}]\n"
     );
     env.platform
@@ -133,12 +145,24 @@ impl Operator {
         Self::start_with(env, kubeconfig, identity, TEST_TIMINGS).await
     }
 
-    /// Starts an operator with the given timing flags (see [`TEST_TIMINGS`]).
-    pub async fn start_with(
+    /// Starts an operator with these extra flags (timings such as [`TEST_TIMINGS`], the
+    /// webhook's flags, ...).
+    pub async fn start_with<S: AsRef<std::ffi::OsStr>>(
         env: &TestEnv,
         kubeconfig: &PathBuf,
         identity: &str,
-        timings: &[&str],
+        extra: &[S],
+    ) -> Result<Operator> {
+        Self::start_in(env, kubeconfig, identity, &env.namespace, extra).await
+    }
+
+    /// Starts an operator whose own namespace (Lease, webhook Secret) is `home`.
+    pub async fn start_in<S: AsRef<std::ffi::OsStr>>(
+        env: &TestEnv,
+        kubeconfig: &PathBuf,
+        identity: &str,
+        home: &str,
+        extra: &[S],
     ) -> Result<Operator> {
         let bin = binary("streamgate-operator", "streamgate-operator")?;
         let port = free_port()?;
@@ -149,12 +173,12 @@ impl Operator {
             .env_remove("NATS_URL")
             .args(["run", "--log-format", "text"])
             .args(["--namespace", &env.namespace])
-            .args(["--lease-namespace", &env.namespace])
+            .args(["--lease-namespace", home])
             .args(["--identity", identity])
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
             .args(["--consul-address", env.consul_addr()])
             .args(["--nats-url", env.nats_url()])
-            .args(timings);
+            .args(extra);
         let log = env
             .platform
             .info

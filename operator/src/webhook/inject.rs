@@ -1,0 +1,212 @@
+//! The injection decision and the pod mutation, as pure functions of the pod: whether to
+//! inject, and the JSON patch that adds the sidecar rendered by the operator's own
+//! renderer ([`crate::render::render_sidecar`]).
+
+use super::annotations::{self, INJECT, INJECTED};
+use crate::labels::CONFIG_HASH_ANNOTATION;
+use crate::render::{SIDECAR_ADDR_ENV, SIDECAR_NAME, render_sidecar, sidecar_addr_env};
+use crate::settings::SidecarSettings;
+use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
+use streamgate_crds::FieldError;
+
+/// Namespace label that turns injection on for every pod in the namespace.
+pub const NAMESPACE_LABEL: &str = "streamgate.io/inject";
+pub const NAMESPACE_ENABLED: &str = "enabled";
+
+/// What the webhook does with one pod.
+#[derive(Debug)]
+pub enum Decision {
+    /// Leave the pod as it is, for this reason.
+    Skip(&'static str),
+    /// Add the sidecar with this patch.
+    Inject(json_patch::Patch),
+    /// Refuse the pod: an annotation is wrong.
+    Reject(FieldError),
+}
+
+/// Where the pod is being created.
+pub struct Target<'a> {
+    pub namespace: &'a str,
+    /// True when the namespace is labelled `streamgate.io/inject=enabled`.
+    pub namespace_enabled: bool,
+    /// The operator's own namespace, never injected.
+    pub operator_namespace: &'a str,
+}
+
+pub fn decide(pod: &Pod, target: &Target<'_>, settings: &SidecarSettings) -> Decision {
+    if target.namespace == "kube-system" || target.namespace == target.operator_namespace {
+        return Decision::Skip("system or operator namespace");
+    }
+    let empty = BTreeMap::new();
+    let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    match pod_annotations.get(INJECT).map(|v| v.trim()) {
+        Some("false") => return Decision::Skip("opted out"),
+        Some("true") => {}
+        Some(other) => {
+            return Decision::Reject(FieldError::new(
+                INJECT,
+                format!("{other:?} is not \"true\" or \"false\""),
+            ));
+        }
+        None if target.namespace_enabled => {}
+        None => return Decision::Skip("not requested"),
+    }
+    let spec = pod.spec.clone().unwrap_or_default();
+    let has_sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .any(|c| c.name == SIDECAR_NAME);
+    if has_sidecar || pod_annotations.contains_key(INJECTED) {
+        return Decision::Skip("already injected");
+    }
+
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let default_name = labels
+        .get("app.kubernetes.io/name")
+        .or_else(|| labels.get("app"))
+        .map(String::as_str);
+    let ports: Vec<i32> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten().map(|p| p.container_port))
+        .collect();
+    let wanted = match annotations::parse(pod_annotations, default_name, &ports) {
+        Ok(wanted) => wanted,
+        Err(e) => return Decision::Reject(e),
+    };
+    let rendered = render_sidecar(&wanted.config, &wanted.sidecar, settings);
+
+    let mut mutated = pod.clone();
+    let pod_spec = mutated.spec.get_or_insert_with(Default::default);
+    let volumes = pod_spec.volumes.get_or_insert_with(Vec::new);
+    for volume in &rendered.volumes {
+        if volumes.iter().any(|v| v.name == volume.name) {
+            return Decision::Reject(FieldError::new(
+                INJECT,
+                format!(
+                    "the pod already has a volume named {}, which the sidecar needs",
+                    volume.name
+                ),
+            ));
+        }
+        volumes.push(volume.clone());
+    }
+    // First among the init containers: up before anything else in the pod runs.
+    pod_spec
+        .init_containers
+        .get_or_insert_with(Vec::new)
+        .insert(0, rendered.container.clone());
+    for container in &mut pod_spec.containers {
+        let env = container.env.get_or_insert_with(Vec::new);
+        if !env.iter().any(|e| e.name == SIDECAR_ADDR_ENV) {
+            env.push(sidecar_addr_env());
+        }
+    }
+    let annotations = mutated
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new);
+    annotations.insert(INJECTED.to_string(), "true".to_string());
+    annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), rendered.config_hash);
+
+    let before = serde_json::to_value(pod).unwrap_or_default();
+    let after = serde_json::to_value(&mutated).unwrap_or_default();
+    Decision::Inject(json_patch::diff(&before, &after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(annotations: &[(&str, &str)]) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-1",
+                "labels": {"app": "web"},
+                "annotations": annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
+            },
+            "spec": {"containers": [{"name": "app", "image": "web:1", "ports": [{"containerPort": 8080}]}]}
+        }))
+        .unwrap()
+    }
+
+    fn target(namespace_enabled: bool) -> Target<'static> {
+        Target {
+            namespace: "apps",
+            namespace_enabled,
+            operator_namespace: "streamgate-system",
+        }
+    }
+
+    fn apply(pod: &Pod, patch: &json_patch::Patch) -> Pod {
+        let mut value = serde_json::to_value(pod).unwrap();
+        json_patch::patch(&mut value, patch).unwrap();
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn annotated_pod_gets_one_native_sidecar_first_and_the_app_its_address() {
+        let p = pod(&[(INJECT, "true")]);
+        let Decision::Inject(patch) = decide(&p, &target(false), &SidecarSettings::for_tests())
+        else {
+            panic!("not injected");
+        };
+        let injected = apply(&p, &patch);
+        let spec = injected.spec.as_ref().unwrap();
+        let init = spec.init_containers.as_ref().unwrap();
+        assert_eq!(init.len(), 1);
+        assert_eq!(init[0].name, SIDECAR_NAME);
+        assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
+        let env = spec.containers[0].env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == SIDECAR_ADDR_ENV));
+        // A second pass over the injected pod changes nothing.
+        assert!(matches!(
+            decide(&injected, &target(false), &SidecarSettings::for_tests()),
+            Decision::Skip("already injected")
+        ));
+    }
+
+    #[test]
+    fn namespace_label_injects_and_the_pod_can_opt_out() {
+        let settings = SidecarSettings::for_tests();
+        assert!(matches!(
+            decide(&pod(&[]), &target(true), &settings),
+            Decision::Inject(_)
+        ));
+        assert!(matches!(
+            decide(&pod(&[]), &target(false), &settings),
+            Decision::Skip(_)
+        ));
+        let opted_out = pod(&[(INJECT, "false")]);
+        assert!(matches!(
+            decide(&opted_out, &target(true), &settings),
+            Decision::Skip("opted out")
+        ));
+    }
+
+    #[test]
+    fn system_namespaces_are_never_injected() {
+        let system = Target {
+            namespace: "kube-system",
+            namespace_enabled: true,
+            operator_namespace: "streamgate-system",
+        };
+        let p = pod(&[(INJECT, "true")]);
+        assert!(matches!(
+            decide(&p, &system, &SidecarSettings::for_tests()),
+            Decision::Skip(_)
+        ));
+    }
+
+    #[test]
+    fn bad_inject_value_is_rejected_by_name() {
+        let p = pod(&[(INJECT, "yes")]);
+        let Decision::Reject(e) = decide(&p, &target(false), &SidecarSettings::for_tests()) else {
+            panic!("not rejected");
+        };
+        assert_eq!(e.field, INJECT);
+    }
+}
