@@ -191,7 +191,22 @@ fn publish(event_type: &str) -> String {
 /// Waits until the subscriber's durable consumer exists: events published before it
 /// do not reach a brand-new consumer (it starts with new events).
 async fn wait_consumer(nats_url: &str, service: &str, event_type: &str) -> Result<()> {
-    let client = async_nats::connect(nats_url).await?;
+    wait_consumer_with(
+        async_nats::ConnectOptions::new(),
+        nats_url,
+        service,
+        event_type,
+    )
+    .await
+}
+
+async fn wait_consumer_with(
+    options: async_nats::ConnectOptions,
+    nats_url: &str,
+    service: &str,
+    event_type: &str,
+) -> Result<()> {
+    let client = options.connect(nats_url).await?;
     let js = async_nats::jetstream::new(client);
     let name = format!("{service}--{}", event_type.replace('.', "_"));
     eventually(
@@ -489,7 +504,8 @@ async fn full_spool_refuses_publishes_and_drops_nothing() -> Result<()> {
         refusal.1
     );
     let grpc = publisher
-        .publish_grpc(json!({"type": t, "id": "refused-grpc"}))
+        .publish_grpc(json!({"type": t, "id": "refused-grpc",
+            "data": {"payload": "0123456789abcdef0123456789abcdef"}}))
         .await?;
     assert_eq!(grpc["code"], "ResourceExhausted", "{grpc}");
     assert!(publisher.metric("events_spool_full_total").await? >= 2.0);
@@ -755,11 +771,8 @@ async fn token_authenticated_nats_works_with_a_credentials_directory() -> Result
         pod_name: None,
     };
     let subscriber = Pod::start(&dir, spec(&sink, subscribe(&t, 5), &with_creds)).await?;
-    let authed = format!(
-        "nats://{token}@{}",
-        server.url().trim_start_matches("nats://")
-    );
-    wait_consumer(&authed, &sink, &t).await?;
+    let options = async_nats::ConnectOptions::with_token(token.into());
+    wait_consumer_with(options, &server.url(), &sink, &t).await?;
     let publisher = Pod::start(&dir, spec(&source, publish(&t), &with_creds)).await?;
     let (status, body) = publisher
         .publish_http(&t, r#"{"secure":true}"#, Some("auth-1"))
