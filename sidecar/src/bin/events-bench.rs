@@ -1,0 +1,357 @@
+//! `events-bench`: the event relay's figures for `make bench`, each beside a baseline
+//! measured in the same run: an app publishing straight to JetStream with async-nats.
+//!
+//! - throughput: 20,000 events through the sidecar (gRPC PublishBatch of 100, 4 calls
+//!   in flight) beside async-nats pipelined JetStream publishes (target >= 0.8x);
+//! - added latency at a fixed 1,000 events/s for 3 s: unary Publish through the sidecar
+//!   minus a direct publish-and-ack at the same rate, p50 and p99 (target p99 <= 1 ms).
+//!
+//! Run the release build: `cargo build --release -p streamgate-sidecar && target/release/events-bench`.
+//! NATS comes from `NATS_URL`, else a nats-server with JetStream is started from
+//! `STREAMGATE_NATS_BIN` or `nats-server` on the PATH. Exits 1 when a figure misses its target.
+
+use async_nats::jetstream;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use streamgate_proto::sidecar::v1::events_client::EventsClient;
+use streamgate_proto::sidecar::v1::{PublishBatchRequest, PublishRequest};
+
+const EVENTS: usize = 20_000;
+const BATCH: usize = 100;
+const CALLS_IN_FLIGHT: usize = 4;
+const RATE_SECONDS: u64 = 3;
+const THROUGHPUT_TARGET: f64 = 0.8;
+const P99_TARGET: Duration = Duration::from_millis(1);
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("events-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(bench()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("events-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn bench() -> Result<bool, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let work = std::env::temp_dir().join(format!("streamgate-events-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let (nats_url, _nats) = nats(&work).await?;
+    let event_type = format!("bench{}.event", std::process::id());
+    let subject = format!("streamgate.{event_type}");
+
+    let sidecar_bin = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("streamgate-sidecar")))
+        .filter(|p| p.exists())
+        .ok_or("streamgate-sidecar not found beside events-bench: cargo build --release -p streamgate-sidecar")?;
+    let app_listen = format!("127.0.0.1:{}", free_port()?);
+    let _sidecar = spawn_sidecar(&sidecar_bin, &nats_url, &app_listen, &event_type, &work)?;
+
+    let client = async_nats::connect(&nats_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = jetstream::new(client);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{app_listen}"))
+        .map_err(|e| e.to_string())?
+        .connect_lazy();
+    let grpc = EventsClient::new(channel);
+    wait_publish_works(&grpc, &event_type).await?;
+    let payload = envelope(&event_type);
+
+    let direct = direct_throughput(&js, &subject, &payload).await?;
+    let relayed = sidecar_throughput(&grpc, &event_type).await?;
+    let direct_lat = at_rate(|| {
+        let js = js.clone();
+        let (subject, payload) = (subject.clone(), payload.clone());
+        async move {
+            let ack = js
+                .send_publish(
+                    subject,
+                    jetstream::message::PublishMessage::build()
+                        .payload(payload.into())
+                        .message_id(new_id()),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            ack.await.map(|_| ()).map_err(|e| e.to_string())
+        }
+    })
+    .await?;
+    let relayed_lat = at_rate(|| {
+        let mut grpc = grpc.clone();
+        let event_type = event_type.clone();
+        async move {
+            grpc.publish(request(&event_type))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await?;
+
+    let ratio = relayed / direct;
+    let (d50, d99) = (percentile(&direct_lat, 0.50), percentile(&direct_lat, 0.99));
+    let (s50, s99) = (
+        percentile(&relayed_lat, 0.50),
+        percentile(&relayed_lat, 0.99),
+    );
+    let added50 = s50.saturating_sub(d50);
+    let added99 = s99.saturating_sub(d99);
+    let throughput_ok = ratio >= THROUGHPUT_TARGET;
+    let latency_ok = added99 <= P99_TARGET;
+    row("events", "value", "baseline (same run)", "target");
+    row(
+        "publish throughput, gRPC batched",
+        &format!("{relayed:.0}/s"),
+        &format!("async-nats JetStream direct {direct:.0}/s (ratio {ratio:.2})"),
+        &verdict(throughput_ok, ">= 0.8x"),
+    );
+    row(
+        "publish latency p50 at 1,000/s",
+        &micros(s50),
+        &format!("direct {} (added {})", micros(d50), micros(added50)),
+        "",
+    );
+    row(
+        "publish latency p99 at 1,000/s",
+        &micros(s99),
+        &format!("direct {} (added {})", micros(d99), micros(added99)),
+        &verdict(latency_ok, "added p99 <= 1 ms (Dapr: 1.87 ms)"),
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(throughput_ok && latency_ok)
+}
+
+/// A seed-shaped envelope of realistic size (~200 bytes).
+fn envelope(event_type: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": event_type, "source": "bench", "timestamp": 1_700_000_000u64,
+        "data": {"fileId": "f-0123456789", "size": 1048576, "path": "/uploads/2024/video.mp4"},
+        "id": new_id(),
+    }))
+    .unwrap_or_default()
+}
+
+fn request(event_type: &str) -> PublishRequest {
+    PublishRequest {
+        r#type: event_type.to_string(),
+        data_json: r#"{"fileId":"f-0123456789","size":1048576,"path":"/uploads/2024/video.mp4"}"#
+            .into(),
+        id: String::new(),
+    }
+}
+
+fn new_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// Pipelined publishes with the sidecar's own window (1,024 acks in flight).
+async fn direct_throughput(
+    js: &jetstream::Context,
+    subject: &str,
+    payload: &[u8],
+) -> Result<f64, String> {
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::with_capacity(1024);
+    for _ in 0..EVENTS {
+        if pending.len() >= 1024
+            && let Some(ack) = pending.pop_front()
+        {
+            let ack: jetstream::context::PublishAckFuture = ack;
+            ack.await.map_err(|e| e.to_string())?;
+        }
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload.to_vec().into())
+            .message_id(new_id());
+        pending.push_back(
+            js.send_publish(subject.to_string(), message)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for ack in pending {
+        ack.await.map_err(|e| e.to_string())?;
+    }
+    Ok(EVENTS as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn sidecar_throughput(
+    grpc: &EventsClient<tonic::transport::Channel>,
+    event_type: &str,
+) -> Result<f64, String> {
+    let started = Instant::now();
+    let calls = EVENTS / BATCH;
+    let mut tasks = Vec::new();
+    for worker in 0..CALLS_IN_FLIGHT {
+        let mut grpc = grpc.clone();
+        let event_type = event_type.to_string();
+        tasks.push(tokio::spawn(async move {
+            for _ in (worker..calls).step_by(CALLS_IN_FLIGHT) {
+                let events = (0..BATCH).map(|_| request(&event_type)).collect();
+                grpc.publish_batch(PublishBatchRequest { events })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(EVENTS as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Starts one call per millisecond for RATE_SECONDS; returns each call's latency.
+async fn at_rate<F, Fut>(call: F) -> Result<Vec<Duration>, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::new();
+    for _ in 0..RATE_SECONDS * 1000 {
+        tick.tick().await;
+        let fut = call();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            fut.await.map(|()| started.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        latencies.push(task.await.map_err(|e| e.to_string())??);
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1);
+    sorted.get(index).copied().unwrap_or_default()
+}
+
+async fn wait_publish_works(
+    grpc: &EventsClient<tonic::transport::Channel>,
+    event_type: &str,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match grpc.clone().publish(request(event_type)).await {
+            Ok(r) if !r.get_ref().spooled => return Ok(()),
+            Ok(_) => last = "spooled: NATS not connected yet".into(),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("the sidecar does not publish: {last}"))
+}
+
+fn row(name: &str, value: &str, baseline: &str, target: &str) {
+    println!("{name:<36} {value:>10}   {baseline:<52} {target}");
+}
+
+fn micros(d: Duration) -> String {
+    format!("{} µs", d.as_micros())
+}
+
+fn verdict(ok: bool, target: &str) -> String {
+    format!("{target} {}", if ok { "ok" } else { "MISSED" })
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn spawn(command: &mut Command, log: &Path) -> Result<Running, String> {
+    let out = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    command.stdin(Stdio::null()).stdout(out).stderr(err);
+    command
+        .spawn()
+        .map(Running)
+        .map_err(|e| format!("{command:?}: {e}"))
+}
+
+fn spawn_sidecar(
+    bin: &Path,
+    nats: &str,
+    app_listen: &str,
+    event_type: &str,
+    work: &Path,
+) -> Result<Running, String> {
+    // Consul at a port where nothing listens: registration retries in the background
+    // and does not touch the events path being measured.
+    let document = format!(
+        "service: {{serviceName: bench, port: {app_port}, events: {{publish: [{event_type}]}}}}\n\
+         pod: {{name: bench-0, namespace: bench, ip: 127.0.0.1}}\n\
+         listen: {{app: '{app_listen}', inbound: '127.0.0.1:{inbound}', admin: '127.0.0.1:{admin}'}}\n\
+         consul: {{address: 'http://127.0.0.1:{consul}'}}\n\
+         nats: {{url: '{nats}'}}\nspoolDir: '{spool}'\nlogLevel: warn\n",
+        app_port = free_port()?,
+        inbound = free_port()?,
+        admin = free_port()?,
+        consul = free_port()?,
+        spool = work.join("spool").display(),
+    );
+    spawn(
+        Command::new(bin)
+            .env_clear()
+            .env("STREAMGATE_CONFIG", document),
+        &work.join("sidecar.log"),
+    )
+}
+
+/// `NATS_URL`, else a nats-server with JetStream of our own.
+async fn nats(work: &Path) -> Result<(String, Option<Running>), String> {
+    if let Ok(url) = std::env::var("NATS_URL") {
+        return Ok((url, None));
+    }
+    let bin = std::env::var("STREAMGATE_NATS_BIN").unwrap_or_else(|_| "nats-server".into());
+    let port = free_port()?;
+    let store: PathBuf = work.join("jetstream");
+    let server = spawn(
+        Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&store),
+        &work.join("nats-server.log"),
+    )
+    .map_err(|e| format!("starting nats-server ({bin}): {e}"))?;
+    let url = format!("nats://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if async_nats::connect(&url).await.is_ok() {
+            return Ok((url, Some(server)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("nats-server at {url} did not come up"))
+}
