@@ -29,6 +29,7 @@ dev: tools
 ## crds: regenerate crds/streamgateservice.yaml from the Rust types
 crds:
 	$(CARGO) run --quiet -p streamgate-operator -- crd > crds/streamgateservice.yaml
+	cp crds/streamgateservice.yaml charts/streamgate/crds/streamgateservice.yaml
 
 ## bench: each figure beside its baseline, measured in the same run (release builds)
 bench: tools

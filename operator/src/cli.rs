@@ -128,6 +128,19 @@ pub struct SidecarArgs {
     /// Secret in each pod's namespace with NATS credentials, mounted into the sidecar.
     #[arg(long, env = "STREAMGATE_NATS_CREDENTIALS_SECRET")]
     pub nats_credentials_secret: Option<String>,
+    /// Default CPU request of the sidecar container.
+    #[arg(long, env = "STREAMGATE_SIDECAR_CPU_REQUEST", default_value = "10m")]
+    pub sidecar_cpu_request: String,
+    /// Default memory request of the sidecar container.
+    #[arg(
+        long,
+        env = "STREAMGATE_SIDECAR_MEMORY_REQUEST",
+        default_value = "16Mi"
+    )]
+    pub sidecar_memory_request: String,
+    /// Default memory limit of the sidecar container.
+    #[arg(long, env = "STREAMGATE_SIDECAR_MEMORY_LIMIT", default_value = "128Mi")]
+    pub sidecar_memory_limit: String,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -6,7 +6,7 @@ use crate::consul::Consul;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
-use crate::settings::{SidecarSettings, default_sidecar_resources};
+use crate::settings::SidecarSettings;
 use anyhow::{Context as _, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -94,7 +94,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let consul = Consul::new(&args.consul.consul_address, token)?;
     let settings = SidecarSettings {
         image: args.sidecar.sidecar_image.clone(),
-        resources: default_sidecar_resources(),
+        resources: sidecar_resources(&args.sidecar),
         consul_address: args
             .sidecar
             .sidecar_consul_address
@@ -204,6 +204,24 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     }
     metrics.leader.set(0);
     Ok(code)
+}
+
+fn sidecar_resources(
+    args: &crate::cli::SidecarArgs,
+) -> k8s_openapi::api::core::v1::ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let q = |s: &str| Quantity(s.to_string());
+    k8s_openapi::api::core::v1::ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_string(), q(&args.sidecar_cpu_request)),
+                ("memory".to_string(), q(&args.sidecar_memory_request)),
+            ]
+            .into(),
+        ),
+        limits: Some([("memory".to_string(), q(&args.sidecar_memory_limit))].into()),
+        ..Default::default()
+    }
 }
 
 fn webhook_config(args: &RunArgs, listen: std::net::SocketAddr) -> crate::webhook::WebhookConfig {

@@ -1,5 +1,5 @@
 //! Running the real `streamgate-operator` against the platform, the way a cluster runs
-//! it: CRD installed, least-privilege RBAC from `operator/rbac/clusterrole.yaml`, and the
+//! it: CRD installed, least-privilege RBAC from `charts/streamgate/files/operator-rbac.yaml`, and the
 //! operator authenticated as its own ServiceAccount (never as an administrator), watching
 //! the test's namespace only and electing its leader through a Lease there.
 
@@ -27,7 +27,7 @@ pub fn install_crd_and_rbac(env: &TestEnv) -> Result<()> {
         .get_or_init(|| {
             let info = &env.platform.info;
             let crd = repo_root().join("crds/streamgateservice.yaml");
-            let rbac = repo_root().join("operator/rbac/clusterrole.yaml");
+            let rbac = repo_root().join("charts/streamgate/files/operator-rbac.yaml");
             let run = || -> Result<()> {
                 info.kubectl(
                     &["apply", "--server-side", "-f", &crd.to_string_lossy()],
