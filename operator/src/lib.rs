@@ -12,6 +12,7 @@ pub mod consul;
 pub mod crdgen;
 pub mod desired;
 pub mod error;
+pub mod identity;
 pub mod labels;
 pub mod leader;
 pub mod metrics;

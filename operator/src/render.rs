@@ -23,6 +23,7 @@ pub const SIDECAR_ADDR_ENV: &str = "STREAMGATE_SIDECAR_ADDR";
 const SPOOL_VOLUME: &str = "streamgate-spool";
 const SPOOL_DIR: &str = "/var/lib/streamgate/spool";
 const NATS_CREDS_VOLUME: &str = "streamgate-nats-credentials";
+const MTLS_VOLUME: &str = "streamgate-mtls";
 const NATS_CREDS_DIR: &str = "/etc/streamgate/nats";
 /// Non-root user the sidecar runs as (PodSecurity `restricted`).
 const SIDECAR_UID: i64 = 65532;
@@ -100,6 +101,23 @@ pub fn render_sidecar(
         mount_path: SPOOL_DIR.to_string(),
         ..Default::default()
     }];
+    // The service's mTLS identity, issued by the operator (see `identity`). Optional: a
+    // pod never waits for it; the kubelet adds the files once the Secret exists.
+    volumes.push(Volume {
+        name: MTLS_VOLUME.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(crate::identity::secret_name(&config.service.service_name)),
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    mounts.push(VolumeMount {
+        name: MTLS_VOLUME.to_string(),
+        mount_path: crate::identity::MTLS_DIR.to_string(),
+        read_only: Some(true),
+        ..Default::default()
+    });
     if let Some(secret) = &settings.nats_credentials_secret {
         volumes.push(Volume {
             name: NATS_CREDS_VOLUME.to_string(),

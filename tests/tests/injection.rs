@@ -138,6 +138,52 @@ async fn annotated_workloads_get_exactly_one_native_sidecar() -> Result<()> {
         assert!(app_env.iter().any(|e| e.name == "STREAMGATE_SIDECAR_ADDR"));
     }
 
+    // The service gets its mTLS identity from the same CA as the webhook, mounted by the pods.
+    let info = &f.env.platform.info;
+    let ca_of = |ns: String, secret: &'static str| {
+        info.kubectl(
+            &[
+                "get",
+                "secret",
+                "-n",
+                &ns,
+                secret,
+                "-o",
+                "jsonpath={.data.ca\\.crt}",
+            ],
+            None,
+        )
+    };
+    let webhook_ca = ca_of(
+        format!("{}-sys", f.env.namespace),
+        "streamgate-webhook-certs",
+    )?;
+    eventually("workload identity issued", TIMEOUT, || async {
+        let ca = ca_of(f.env.namespace.clone(), "streamgate-mtls-web").unwrap_or_default();
+        Ok((!ca.is_empty()).then_some(ca))
+    })
+    .await
+    .and_then(|ca| {
+        anyhow::ensure!(
+            ca == webhook_ca,
+            "the workload certificate is not from the webhook's CA"
+        );
+        Ok(())
+    })?;
+    let volumes = pods[0]
+        .spec
+        .as_ref()
+        .context("spec")?
+        .volumes
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref())
+                == Some("streamgate-mtls-web"))
+    );
+
     // A bare Pod.
     let bare = f
         .create_pod(

@@ -96,6 +96,36 @@ pub fn issue_serving(
     Ok((cert.pem(), key.serialize_pem(), not_after))
 }
 
+/// A workload certificate for service `service` in `namespace`: client and server auth,
+/// named `<service>.<namespace>.streamgate` and `spiffe://streamgate/ns/<ns>/svc/<service>`
+/// so a peer sidecar can tell which service calls it.
+pub fn issue_workload(
+    ca_key: &str,
+    namespace: &str,
+    service: &str,
+    validity: Duration,
+) -> Result<(String, String, Timestamp), rcgen::Error> {
+    let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(ca_key)?);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![format!("{service}.{namespace}.streamgate")])?;
+    let uri = format!("spiffe://streamgate/ns/{namespace}/svc/{service}");
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::URI(uri.as_str().try_into()?));
+    params.distinguished_name.push(DnType::CommonName, service);
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = time_now();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::try_from(validity).unwrap_or(time::Duration::days(1));
+    let cert = params.signed_by(&key, &issuer)?;
+    let not_after = Timestamp::from_second(params.not_after.unix_timestamp())
+        .unwrap_or_else(|_| Timestamp::now());
+    Ok((cert.pem(), key.serialize_pem(), not_after))
+}
+
 /// Whether `material` must be reissued: it serves other hosts, or less than a third of
 /// `validity` is left.
 pub fn needs_renewal(

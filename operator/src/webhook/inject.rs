@@ -105,6 +105,15 @@ pub fn decide(pod: &Pod, target: &Target<'_>, settings: &SidecarSettings) -> Dec
             env.push(sidecar_addr_env());
         }
     }
+    // The label the identity issuer looks for (and that StreamGateService pods carry).
+    mutated
+        .metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(
+            crate::labels::SERVICE_LABEL.to_string(),
+            wanted.config.service.service_name.clone(),
+        );
     let annotations = mutated
         .metadata
         .annotations
@@ -162,6 +171,8 @@ mod tests {
         assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
         let env = spec.containers[0].env.as_ref().unwrap();
         assert!(env.iter().any(|e| e.name == SIDECAR_ADDR_ENV));
+        let labels = injected.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[crate::labels::SERVICE_LABEL], "web");
         // A second pass over the injected pod changes nothing.
         assert!(matches!(
             decide(&injected, &target(false), &SidecarSettings::for_tests()),

@@ -96,6 +96,19 @@ pub async fn run(
         .await
         .context("applying the MutatingWebhookConfiguration")?;
 
+    tokio::spawn(issue_identities(
+        client.clone(),
+        secrets.clone(),
+        config.secret_name.clone(),
+        hosts.clone(),
+        config.cert_validity,
+        config.only_namespace.clone(),
+    ));
+    let state = Arc::new(server::WebhookState {
+        settings,
+        operator_namespace: config.operator_namespace.clone(),
+    });
+    let listen = config.listen;
     let renewal = {
         let tls = tls.clone();
         let mut served = material.cert.clone();
@@ -138,16 +151,48 @@ pub async fn run(
     };
     tokio::spawn(renewal);
 
-    let state = Arc::new(server::WebhookState {
-        settings,
-        operator_namespace: config.operator_namespace.clone(),
-    });
-    info!(listen = %config.listen, "serving the injection webhook");
-    axum_server::bind_rustls(config.listen, tls)
+    info!(%listen, "serving the injection webhook");
+    axum_server::bind_rustls(listen, tls)
         .serve(server::router(state).into_make_service())
         .await
         .context("webhook server")?;
     Ok(())
+}
+
+/// Keeps every service's mTLS identity issued by the webhook's CA (see [`crate::identity`]).
+async fn issue_identities(
+    client: kube::Client,
+    secrets: Api<Secret>,
+    secret_name: String,
+    hosts: Vec<String>,
+    validity: Duration,
+    scope: Option<String>,
+) {
+    let period = (validity / 6).clamp(Duration::from_secs(1), Duration::from_secs(15));
+    loop {
+        match certs::ensure(&secrets, &secret_name, &hosts, validity).await {
+            Ok(ca) => {
+                if let Err(e) = crate::identity::issue_all(
+                    &client,
+                    scope.as_deref(),
+                    &ca.ca_cert,
+                    &ca.ca_key,
+                    validity,
+                )
+                .await
+                {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "issuing workload certificates failed; retrying"
+                    );
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "reading the CA for workload certificates failed; retrying")
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
 }
 
 #[cfg(test)]
