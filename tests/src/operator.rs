@@ -164,6 +164,29 @@ impl Operator {
         home: &str,
         extra: &[S],
     ) -> Result<Operator> {
+        Self::launch(env, kubeconfig, identity, home, Some(&env.namespace), extra).await
+    }
+
+    /// Starts an operator watching every namespace (as the chart runs it). Only for a
+    /// test binary of its own: its webhook sees every test's pods.
+    pub async fn start_cluster_wide<S: AsRef<std::ffi::OsStr>>(
+        env: &TestEnv,
+        kubeconfig: &PathBuf,
+        identity: &str,
+        home: &str,
+        extra: &[S],
+    ) -> Result<Operator> {
+        Self::launch(env, kubeconfig, identity, home, None, extra).await
+    }
+
+    async fn launch<S: AsRef<std::ffi::OsStr>>(
+        env: &TestEnv,
+        kubeconfig: &PathBuf,
+        identity: &str,
+        home: &str,
+        watch: Option<&str>,
+        extra: &[S],
+    ) -> Result<Operator> {
         let bin = binary("streamgate-operator", "streamgate-operator")?;
         let port = free_port()?;
         let mut cmd = Command::new(bin);
@@ -172,7 +195,7 @@ impl Operator {
             .env_remove("CONSUL_HTTP_ADDR")
             .env_remove("NATS_URL")
             .args(["run", "--log-format", "text"])
-            .args(["--namespace", &env.namespace])
+            .args(watch.map(|ns| ["--namespace", ns]).into_iter().flatten())
             .args(["--lease-namespace", home])
             .args(["--identity", identity])
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])

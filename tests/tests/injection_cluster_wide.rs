@@ -1,0 +1,105 @@
+//! An operator whose webhook covers the whole cluster (no --namespace), as the chart
+//! installs it: kube-system and the operator's own namespace are never injected. Its
+//! own test binary, so no other test's pods go through this webhook.
+
+use anyhow::Result;
+use streamgate_tests::TestEnv;
+use streamgate_tests::operator::{Operator, TEST_TIMINGS, operator_kubeconfig_in};
+use streamgate_tests::ports::free_port;
+
+fn annotated_pod(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\n  annotations: {{streamgate.io/inject: \"true\"}}\nspec:\n  containers: [{{name: app, image: registry.example.com/app:1, ports: [{{containerPort: 8080}}]}}]\n"
+    )
+}
+
+fn has_sidecar(env: &TestEnv, namespace: &str, pod: &str) -> Result<bool> {
+    let names = env.platform.info.kubectl(
+        &[
+            "get",
+            "pod",
+            pod,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.spec.initContainers[*].name}",
+        ],
+        None,
+    )?;
+    Ok(names.split_whitespace().any(|n| n == "streamgate-sidecar"))
+}
+
+#[tokio::test]
+async fn cluster_wide_webhook_never_injects_kube_system_or_its_own_namespace() -> Result<()> {
+    let env = TestEnv::new("inject-cluster").await?;
+    let home = format!("{}-sys", env.namespace);
+    let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
+    let port = free_port()?;
+    let mut args: Vec<String> = TEST_TIMINGS.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "--webhook-listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--webhook-url".into(),
+        format!("https://127.0.0.1:{port}"),
+    ]);
+    // Cluster-wide: the test namespace scope is lifted by watching all namespaces.
+    let operator = Operator::start_cluster_wide(&env, &kubeconfig, "cluster", &home, &args).await?;
+    let info = &env.platform.info;
+    streamgate_tests::wait::eventually(
+        "webhook registered",
+        std::time::Duration::from_secs(60),
+        || async {
+            Ok(info
+                .kubectl(
+                    &[
+                        "get",
+                        "mutatingwebhookconfiguration",
+                        "streamgate-sidecar-injector",
+                        "-o",
+                        "name",
+                    ],
+                    None,
+                )
+                .is_ok()
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    info.kubectl(
+        &["create", "-n", &env.namespace, "-f", "-"],
+        Some(&annotated_pod("app")),
+    )?;
+    assert!(
+        has_sidecar(&env, &env.namespace, "app")?,
+        "an annotated pod was not injected"
+    );
+    info.kubectl(
+        &["create", "-n", "kube-system", "-f", "-"],
+        Some(&annotated_pod(&env.unique("sys"))),
+    )?;
+    assert!(
+        !has_sidecar(&env, "kube-system", &env.unique("sys"))?,
+        "kube-system was injected"
+    );
+    info.kubectl(
+        &["create", "-n", &home, "-f", "-"],
+        Some(&annotated_pod("own")),
+    )?;
+    assert!(
+        !has_sidecar(&env, &home, "own")?,
+        "the operator's namespace was injected"
+    );
+
+    // Leave the cluster as found: no cluster-wide webhook without its server.
+    operator.stop();
+    info.kubectl(
+        &[
+            "delete",
+            "mutatingwebhookconfiguration",
+            "streamgate-sidecar-injector",
+        ],
+        None,
+    )?;
+    Ok(())
+}
