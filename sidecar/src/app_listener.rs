@@ -28,6 +28,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 pub async fn serve(listener: TcpListener, router: Router) {
+    use axum::serve::ListenerExt;
+    // Without TCP_NODELAY a small gRPC answer waits for the app's delayed ACK (~40 ms).
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     if let Err(e) = axum::serve(listener, router).await {
         tracing::error!(error = %e, "app listener stopped");
     }

@@ -8,7 +8,9 @@
 //!
 //! Run the release build: `cargo build --release -p streamgate-sidecar && target/release/events-bench`.
 //! NATS comes from `NATS_URL`, else a nats-server with JetStream is started from
-//! `STREAMGATE_NATS_BIN` or `nats-server` on the PATH. Exits 1 when a figure misses its target.
+//! `STREAMGATE_NATS_BIN` or `nats-server` on the PATH. `EB_BATCH` and `EB_INFLIGHT`
+//! change the batch size and calls in flight, to see where throughput saturates.
+//! Exits 1 when a figure misses its target.
 
 use async_nats::jetstream;
 use std::net::TcpListener;
@@ -20,6 +22,18 @@ use streamgate_proto::sidecar::v1::{PublishBatchRequest, PublishRequest};
 
 const EVENTS: usize = 20_000;
 const BATCH: usize = 100;
+fn batch() -> usize {
+    std::env::var("EB_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BATCH)
+}
+fn inflight() -> usize {
+    std::env::var("EB_INFLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CALLS_IN_FLIGHT)
+}
 const CALLS_IN_FLIGHT: usize = 4;
 const RATE_SECONDS: u64 = 3;
 const THROUGHPUT_TARGET: f64 = 0.8;
@@ -206,14 +220,14 @@ async fn sidecar_throughput(
     event_type: &str,
 ) -> Result<f64, String> {
     let started = Instant::now();
-    let calls = EVENTS / BATCH;
+    let calls = EVENTS / batch();
     let mut tasks = Vec::new();
-    for worker in 0..CALLS_IN_FLIGHT {
+    for worker in 0..inflight() {
         let mut grpc = grpc.clone();
         let event_type = event_type.to_string();
         tasks.push(tokio::spawn(async move {
-            for _ in (worker..calls).step_by(CALLS_IN_FLIGHT) {
-                let events = (0..BATCH).map(|_| request(&event_type)).collect();
+            for _ in (worker..calls).step_by(inflight()) {
+                let events = (0..batch()).map(|_| request(&event_type)).collect();
                 grpc.publish_batch(PublishBatchRequest { events })
                     .await
                     .map_err(|e| e.to_string())?;

@@ -113,12 +113,13 @@ pub async fn connect(
 }
 
 /// The JetStream context publishes go through: acks awaited for at most
-/// `publishTimeout`, and at most `publishInFlight` unacked publishes (further ones
-/// wait for room instead of failing).
+/// `publishTimeout`. The publishers' own [`super::publisher::Window`] bounds the acks
+/// outstanding; the context's limit sits above it (room for dead-letter publishes) and
+/// waits rather than fails if ever reached.
 pub fn context(client: async_nats::Client, settings: &EventSettings) -> jetstream::Context {
     jetstream::ContextBuilder::new()
         .timeout(settings.publish_timeout)
-        .max_ack_inflight(settings.publish_in_flight)
+        .max_ack_inflight(settings.publish_in_flight * 2 + 64)
         .backpressure_on_inflight(true)
         .build(client)
 }

@@ -6,7 +6,7 @@
 
 use super::connect::ensure_stream;
 use super::metrics::EventMetrics;
-use super::publisher::send_all;
+use super::publisher::{Window, send_all};
 use super::spool::Spool;
 use crate::backoff::Backoff;
 use crate::config::events::EventSettings;
@@ -23,6 +23,7 @@ pub async fn run(
     js: jetstream::Context,
     mut connected: watch::Receiver<bool>,
     spool: Arc<Spool>,
+    window: Window,
     settings: EventSettings,
     metrics: Arc<EventMetrics>,
 ) {
@@ -53,7 +54,7 @@ pub async fn run(
                 }
             }
         }
-        match flush_round(&js, &spool, &metrics).await {
+        match flush_round(&js, &window, &spool, &metrics).await {
             Ok(true) => backoff.reset(),
             Ok(false) => {
                 // JetStream refused part of the round: maybe the stream went away.
@@ -71,6 +72,7 @@ pub async fn run(
 /// One round; Ok(true) when every record read was acked.
 async fn flush_round(
     js: &jetstream::Context,
+    window: &Window,
     spool: &Arc<Spool>,
     metrics: &EventMetrics,
 ) -> std::io::Result<bool> {
@@ -82,7 +84,7 @@ async fn flush_round(
         return Ok(true);
     }
     let events: Vec<_> = records.iter().map(|r| r.event.clone()).collect();
-    let acks = send_all(js, &events).await;
+    let acks = send_all(js, window, &events).await;
     let acked = acks.iter().take_while(|ok| **ok).count();
     if acked > 0 {
         let next = records[acked - 1].next;

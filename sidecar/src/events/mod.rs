@@ -74,15 +74,18 @@ pub async fn start(
     if !service.events.publish.is_empty() {
         let spool = spool::Spool::open(&events.spool_dir, events.spool_max_bytes, metrics.clone())
             .map_err(|e| format!("spoolDir: {}: {e}", events.spool_dir.display()))?;
+        let window = publisher::Window::new(events.publish_in_flight);
         tokio::spawn(flusher::run(
             js.clone(),
             connected.clone(),
             spool.clone(),
+            window.clone(),
             events.clone(),
             metrics.clone(),
         ));
         api.publisher = Some(Arc::new(publisher::Publisher::new(
             js.clone(),
+            window,
             spool,
             metrics.clone(),
         )));

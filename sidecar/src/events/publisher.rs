@@ -2,7 +2,7 @@
 //! spooled, else (or when the ack does not come within `publishTimeout`) into the spool.
 //!
 //! A batch is sent as a whole before any ack is awaited, and concurrent callers share
-//! the JetStream context's ack window, so throughput is not one round trip per event.
+//! one [`Window`] of outstanding acks, so throughput is not one round trip per event.
 //! An event whose ack timed out may have been stored anyway; spooling it again is safe
 //! because it is resent with the same `Nats-Msg-Id`.
 
@@ -13,6 +13,7 @@ use async_nats::connection::State;
 use async_nats::jetstream::{self, message::PublishMessage};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Semaphore;
 
 /// Where an accepted event is now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,13 +24,24 @@ pub enum Durable {
 
 pub struct Publisher {
     js: jetstream::Context,
+    window: Window,
     spool: Arc<Spool>,
     metrics: Arc<EventMetrics>,
 }
 
 impl Publisher {
-    pub fn new(js: jetstream::Context, spool: Arc<Spool>, metrics: Arc<EventMetrics>) -> Self {
-        Publisher { js, spool, metrics }
+    pub fn new(
+        js: jetstream::Context,
+        window: Window,
+        spool: Arc<Spool>,
+        metrics: Arc<EventMetrics>,
+    ) -> Self {
+        Publisher {
+            js,
+            window,
+            spool,
+            metrics,
+        }
     }
 
     /// Makes every event durable, in order, or fails (spool full or unwritable); on
@@ -59,7 +71,7 @@ impl Publisher {
     }
 
     async fn direct(&self, events: Vec<Outgoing>) -> Result<Vec<Durable>, SpoolError> {
-        let acks = send_all(&self.js, &events).await;
+        let acks = send_all(&self.js, &self.window, &events).await;
         let mut results = Vec::with_capacity(events.len());
         let mut failed = Vec::new();
         for (event, acked) in events.into_iter().zip(acks) {
@@ -86,9 +98,43 @@ impl Publisher {
     }
 }
 
-/// Sends every event, then awaits every ack; true where JetStream stored the event
-/// (or already had it: a duplicate id is as good as stored).
-pub async fn send_all(js: &jetstream::Context, events: &[Outgoing]) -> Vec<bool> {
+/// The acks awaited at once, shared by every publisher and the flusher.
+///
+/// A batch takes its permits in one step before sending, and gives them back when its
+/// acks are in. Taking them one by one while sending (async-nats's own backpressure)
+/// deadlocks once concurrent batches hold the whole window between them, each waiting
+/// for room that only their own unawaited acks would free.
+#[derive(Clone)]
+pub struct Window {
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+impl Window {
+    pub fn new(size: usize) -> Self {
+        let size = size.clamp(1, Semaphore::MAX_PERMITS);
+        Window {
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+}
+
+/// Sends every event, then awaits every ack, a window's worth at a time; true where
+/// JetStream stored the event (or already had it: a duplicate id is as good as stored).
+pub async fn send_all(js: &jetstream::Context, window: &Window, events: &[Outgoing]) -> Vec<bool> {
+    let mut results = Vec::with_capacity(events.len());
+    for chunk in events.chunks(window.size) {
+        let Ok(_permits) = window.permits.acquire_many(chunk.len() as u32).await else {
+            results.extend(std::iter::repeat_n(false, chunk.len()));
+            continue;
+        };
+        results.extend(send_chunk(js, chunk).await);
+    }
+    results
+}
+
+async fn send_chunk(js: &jetstream::Context, events: &[Outgoing]) -> Vec<bool> {
     let mut pending = Vec::with_capacity(events.len());
     for event in events {
         let message = PublishMessage::build()

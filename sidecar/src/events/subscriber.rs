@@ -6,8 +6,8 @@
 
 use super::connect::ensure_stream;
 use super::delivery::{self, Target};
-use crate::config::events::EventSettings;
 use crate::backoff::Backoff;
+use crate::config::events::EventSettings;
 use crate::health::thresholds::Health;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
