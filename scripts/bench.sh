@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/versions.sh
 TOOLS="${STREAMGATE_TOOLS:-$HOME/.cache/streamgate}"
 export STREAMGATE_CONSUL_BIN="${STREAMGATE_CONSUL_BIN:-$TOOLS/consul-$CONSUL_DEB_VERSION/bin/consul}"
+export STREAMGATE_NATS_BIN="${STREAMGATE_NATS_BIN:-$TOOLS/nats-server-$NATS_DEB_VERSION/bin/nats-server}"
 export STREAMGATE_BIN_PROFILE=release
 
 cargo build --release --quiet --workspace --bins || exit 1
@@ -18,5 +19,6 @@ run() {
   "$@" 2> >(grep -v '^[EWI][0-9]\{4\} ' >&2) || status=1
 }
 run "sidecar: idle RSS and start to /readyz" target/release/sidecar-bench
+run "events: publish through the sidecar vs direct JetStream publish" target/release/events-bench
 run "operator: 1,000 StreamGateServices vs direct Deployment writes" target/release/streamgate-bench operator
 exit $status
