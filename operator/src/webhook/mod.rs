@@ -96,14 +96,6 @@ pub async fn run(
         .await
         .context("applying the MutatingWebhookConfiguration")?;
 
-    tokio::spawn(issue_identities(
-        client.clone(),
-        secrets.clone(),
-        config.secret_name.clone(),
-        hosts.clone(),
-        config.cert_validity,
-        config.only_namespace.clone(),
-    ));
     let state = Arc::new(server::WebhookState {
         settings,
         operator_namespace: config.operator_namespace.clone(),
@@ -112,11 +104,13 @@ pub async fn run(
     let renewal = {
         let tls = tls.clone();
         let mut served = material.cert.clone();
+        // One loop reads the Secret once a period: it renews the serving certificate and
+        // issues the services' identities from the same CA.
         let period =
-            (config.cert_validity / 6).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            (config.cert_validity / 6).clamp(Duration::from_secs(1), Duration::from_secs(15));
+        let scope = config.only_namespace.clone();
         async move {
             loop {
-                tokio::time::sleep(period).await;
                 match certs::ensure(&secrets, &config.secret_name, &hosts, config.cert_validity)
                     .await
                 {
@@ -143,9 +137,24 @@ pub async fn run(
                         {
                             warn!(error = %e, "could not apply the MutatingWebhookConfiguration");
                         }
+                        if let Err(e) = crate::identity::issue_all(
+                            &client,
+                            scope.as_deref(),
+                            &current.ca_cert,
+                            &current.ca_key,
+                            config.cert_validity,
+                        )
+                        .await
+                        {
+                            warn!(
+                                error = format!("{e:#}"),
+                                "issuing workload certificates failed; retrying"
+                            );
+                        }
                     }
                     Err(e) => warn!(error = %e, "webhook certificate check failed; retrying"),
                 }
+                tokio::time::sleep(period).await;
             }
         }
     };
@@ -157,42 +166,6 @@ pub async fn run(
         .await
         .context("webhook server")?;
     Ok(())
-}
-
-/// Keeps every service's mTLS identity issued by the webhook's CA (see [`crate::identity`]).
-async fn issue_identities(
-    client: kube::Client,
-    secrets: Api<Secret>,
-    secret_name: String,
-    hosts: Vec<String>,
-    validity: Duration,
-    scope: Option<String>,
-) {
-    let period = (validity / 6).clamp(Duration::from_secs(1), Duration::from_secs(15));
-    loop {
-        match certs::ensure(&secrets, &secret_name, &hosts, validity).await {
-            Ok(ca) => {
-                if let Err(e) = crate::identity::issue_all(
-                    &client,
-                    scope.as_deref(),
-                    &ca.ca_cert,
-                    &ca.ca_key,
-                    validity,
-                )
-                .await
-                {
-                    warn!(
-                        error = format!("{e:#}"),
-                        "issuing workload certificates failed; retrying"
-                    );
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "reading the CA for workload certificates failed; retrying")
-            }
-        }
-        tokio::time::sleep(period).await;
-    }
 }
 
 #[cfg(test)]
