@@ -1,0 +1,504 @@
+//! Passing instances of a service from Consul, followed with blocking queries.
+//!
+//! One background task per service asks the local agent for
+//! `/v1/health/service/<name>?passing=true`, then repeats the query as a blocking query
+//! (`index` = the last `X-Consul-Index`, `wait=30s`) so a change arrives as soon as
+//! Consul knows it. Subscribers get the sorted, deduplicated set on a watch channel,
+//! only when it changed. While Consul cannot be reached the last known set stays: the
+//! instances are most likely still there, and forgetting them would fail every call.
+
+use crate::backoff::Backoff;
+use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use streamgate_crds::upstreams::is_dns_label;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How long Consul holds a blocking query open when nothing changes.
+const BLOCKING_WAIT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The agent is local: any call slower than this on top of the wait is in trouble.
+const CALL_SLACK: Duration = Duration::from_secs(5);
+/// Consul's advice: never loop on blocking queries faster than this, in case the index
+/// misbehaves and every query returns at once.
+const MIN_QUERY_SPACING: Duration = Duration::from_millis(50);
+const RETRY_BASE: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Consul meta keys the sidecar registers (see the consul module).
+const META_NAMESPACE: &str = "k8s-namespace";
+const META_INBOUND: &str = "streamgate-inbound";
+
+/// One passing instance of a service: where its sidecar's inbound listener is.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    /// Consul's service instance ID.
+    pub id: String,
+    pub addr: SocketAddr,
+    /// The pod's namespace (meta `k8s-namespace`), when registered by a sidecar.
+    pub namespace: Option<String>,
+    /// Whether the instance's inbound listener requires mTLS (meta
+    /// `streamgate-inbound: mtls`).
+    pub mtls: bool,
+}
+
+/// What discovery knows of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Consul has not answered yet.
+    Pending,
+    /// Consul's answer: the passing instances, sorted; empty when there are none.
+    Known(Arc<[Endpoint]>),
+}
+
+/// The answer that was not used for an endpoint, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Skipped {
+    pub id: String,
+    pub address: String,
+}
+
+/// Passing instances in a `/v1/health/service` answer, sorted and deduplicated.
+pub fn parse_health(body: &[u8]) -> Result<Vec<Endpoint>, serde_json::Error> {
+    parse_health_entries(body).map(|(endpoints, _)| endpoints)
+}
+
+/// As [`parse_health`], also returning the entries whose address is not an IP and
+/// port (a hostname, or garbage), which cannot be dialled.
+pub fn parse_health_entries(
+    body: &[u8],
+) -> Result<(Vec<Endpoint>, Vec<Skipped>), serde_json::Error> {
+    let entries: Vec<HealthEntry> = serde_json::from_slice(body)?;
+    let mut endpoints = Vec::with_capacity(entries.len());
+    let mut skipped = Vec::new();
+    for entry in entries {
+        let service = entry.service;
+        // An instance registered without an address is reachable at its node's.
+        let address = if service.address.is_empty() {
+            entry.node.address
+        } else {
+            service.address
+        };
+        let ip = address.parse::<IpAddr>().ok().filter(|_| service.port != 0);
+        let Some(ip) = ip else {
+            skipped.push(Skipped {
+                id: service.id,
+                address: format!("{address}:{}", service.port),
+            });
+            continue;
+        };
+        let meta = service.meta.unwrap_or_default();
+        endpoints.push(Endpoint {
+            id: service.id,
+            addr: SocketAddr::new(ip, service.port),
+            namespace: meta.get(META_NAMESPACE).cloned(),
+            mtls: meta.get(META_INBOUND).is_some_and(|v| v == "mtls"),
+        });
+    }
+    endpoints.sort();
+    endpoints.dedup();
+    Ok((endpoints, skipped))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    #[serde(default)]
+    node: Node,
+    service: Service,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct Node {
+    #[serde(default)]
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Service {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: u16,
+    #[serde(default)]
+    meta: Option<HashMap<String, String>>,
+}
+
+/// Follows services in Consul; one background task per service, shared by every
+/// caller of [`Discovery::watch`]. Tasks run on the current tokio runtime.
+pub struct Discovery {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Base URL without a trailing slash.
+    base: String,
+    token: Option<String>,
+    /// Building a client fails only when TLS cannot be set up; then nothing resolves
+    /// and every watch says why in the log.
+    http: Result<reqwest::Client, String>,
+    /// The sender of each followed service: `watch` subscribes to it, its task ends
+    /// (and removes it) when the last receiver is gone.
+    watches: Mutex<HashMap<String, Arc<watch::Sender<Resolution>>>>,
+}
+
+impl Discovery {
+    /// `address` is Consul's base URL, e.g. `http://127.0.0.1:8500`.
+    pub fn new(address: String, token: Option<String>) -> Self {
+        let http = crate::http_client()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| format!("Consul HTTP client: {}", crate::error_chain(&e)));
+        Discovery {
+            shared: Arc::new(Shared {
+                base: address.trim_end_matches('/').to_string(),
+                token: token.filter(|t| !t.is_empty()),
+                http,
+                watches: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The passing instances of `service`, kept current. The first call for a service
+    /// starts following it (call from within a tokio runtime).
+    pub fn watch(&self, service: &str) -> watch::Receiver<Resolution> {
+        if !is_dns_label(service) {
+            // Not a name Consul can have for us: no instance, and no query to make.
+            return watch::channel(Resolution::Known(Arc::from(Vec::new()))).1;
+        }
+        let mut watches = self.shared.lock_watches();
+        if let Some(sender) = watches.get(service) {
+            return sender.subscribe();
+        }
+        let (sender, receiver) = watch::channel(Resolution::Pending);
+        let sender = Arc::new(sender);
+        watches.insert(service.to_string(), Arc::clone(&sender));
+        tokio::spawn(follow(
+            Arc::clone(&self.shared),
+            service.to_string(),
+            sender,
+        ));
+        receiver
+    }
+}
+
+impl Shared {
+    fn lock_watches(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<watch::Sender<Resolution>>>> {
+        // The map is never left half-updated: a poisoned lock is still sound.
+        self.watches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True (and the service forgotten) when nobody watches it any more. Decided under
+    /// the map's lock, so a `watch` racing with the end either subscribes before (and
+    /// the task goes on) or finds no entry (and starts a new task).
+    fn abandon_if_unwatched(&self, service: &str, sender: &watch::Sender<Resolution>) -> bool {
+        let mut watches = self.lock_watches();
+        if sender.receiver_count() > 0 {
+            return false;
+        }
+        watches.remove(service);
+        true
+    }
+
+    /// One health query; with `index`, a blocking one. Returns the new index (None when
+    /// Consul sent none) and the body.
+    async fn query(
+        &self,
+        service: &str,
+        index: Option<u64>,
+    ) -> Result<(Option<u64>, Vec<u8>), String> {
+        let http = self.http.as_ref().map_err(Clone::clone)?;
+        let mut url = format!("{}/v1/health/service/{service}?passing=true", self.base);
+        let mut timeout = CALL_SLACK;
+        if let Some(index) = index {
+            url.push_str(&format!("&index={index}&wait={}s", BLOCKING_WAIT.as_secs()));
+            // The agent adds up to wait/16 of jitter to a blocking query.
+            timeout += BLOCKING_WAIT + BLOCKING_WAIT / 16;
+        }
+        let mut request = http.get(&url).timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token);
+        }
+        let unreachable = |e: reqwest::Error| {
+            format!(
+                "Consul at {} is unreachable: {}",
+                self.base,
+                crate::error_chain(&e)
+            )
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let new_index = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = response.bytes().await.map_err(unreachable)?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)])
+                .trim()
+                .to_string();
+            return Err(format!("Consul answered {status}: {text}"));
+        }
+        Ok((new_index, body.to_vec()))
+    }
+}
+
+/// The index for the next blocking query, per Consul's advice on blocking queries:
+/// start over when the index went backwards (Consul restarted or the raft log was
+/// restored), and never block on 0, which would return at once forever.
+fn next_index(previous: Option<u64>, returned: Option<u64>) -> Option<u64> {
+    match (previous, returned) {
+        (_, None) => None,
+        (Some(previous), Some(returned)) if returned < previous => None,
+        (_, Some(returned)) => Some(returned.max(1)),
+    }
+}
+
+/// The task following one service until nobody watches it.
+async fn follow(shared: Arc<Shared>, service: String, sender: Arc<watch::Sender<Resolution>>) {
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+    let mut index: Option<u64> = None;
+    let mut warned_addresses: HashSet<Skipped> = HashSet::new();
+    let mut failing = false;
+    loop {
+        let started = Instant::now();
+        let answer = tokio::select! {
+            answer = shared.query(&service, index) => answer,
+            () = sender.closed() => {
+                if shared.abandon_if_unwatched(&service, &sender) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let parsed = answer.and_then(|(new_index, body)| {
+            parse_health_entries(&body)
+                .map(|parsed| (new_index, parsed))
+                .map_err(|e| format!("Consul's answer is not a health list: {e}"))
+        });
+        let pause = match parsed {
+            Ok((new_index, (endpoints, skipped))) => {
+                if failing {
+                    tracing::info!(%service, "Consul answers again");
+                    failing = false;
+                }
+                backoff.reset();
+                for entry in skipped {
+                    if !warned_addresses.contains(&entry) {
+                        tracing::warn!(%service, id = %entry.id, address = %entry.address,
+                            "skipping an instance whose address is not an IP and port");
+                        warned_addresses.insert(entry);
+                    }
+                }
+                publish(&sender, endpoints);
+                index = next_index(index, new_index);
+                match index {
+                    Some(_) => MIN_QUERY_SPACING.saturating_sub(started.elapsed()),
+                    // No index to block on: poll, but not in a tight loop.
+                    None => backoff.next_delay(),
+                }
+            }
+            Err(reason) => {
+                if failing {
+                    tracing::debug!(%service, %reason, "discovery still failing");
+                } else {
+                    tracing::warn!(%service, %reason, "discovery failed; keeping the last known instances");
+                    failing = true;
+                }
+                backoff.next_delay()
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = sender.closed() => {
+                    if shared.abandon_if_unwatched(&service, &sender) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends the set to subscribers only when it differs from what they have.
+fn publish(sender: &watch::Sender<Resolution>, endpoints: Vec<Endpoint>) {
+    sender.send_if_modified(|current| {
+        let unchanged = matches!(current, Resolution::Known(known) if **known == *endpoints);
+        if !unchanged {
+            *current = Resolution::Known(Arc::from(endpoints));
+        }
+        !unchanged
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(value: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
+
+    fn entry(
+        id: &str,
+        node_address: &str,
+        address: &str,
+        port: u16,
+        meta: serde_json::Value,
+    ) -> serde_json::Value {
+        json!({
+            "Node": {"Node": "node-1", "Address": node_address, "Datacenter": "dc1"},
+            "Service": {"ID": id, "Service": "upload", "Tags": ["v1"], "Address": address,
+                        "Port": port, "Meta": meta},
+            "Checks": [{"Status": "passing"}]
+        })
+    }
+
+    #[test]
+    fn parses_ipv4_and_ipv6_instances_with_their_meta() {
+        let answer = body(json!([
+            entry(
+                "b",
+                "10.0.0.1",
+                "127.0.0.3",
+                15006,
+                json!({"k8s-namespace": "media", "streamgate-inbound": "mtls"})
+            ),
+            entry(
+                "a",
+                "10.0.0.1",
+                "::1",
+                15007,
+                json!({"streamgate-inbound": "plain"})
+            ),
+        ]));
+        let endpoints = parse_health(&answer).expect("valid answer");
+        assert_eq!(
+            endpoints,
+            [
+                Endpoint {
+                    id: "a".into(),
+                    addr: "[::1]:15007".parse().expect("literal"),
+                    namespace: None,
+                    mtls: false,
+                },
+                Endpoint {
+                    id: "b".into(),
+                    addr: "127.0.0.3:15006".parse().expect("literal"),
+                    namespace: Some("media".into()),
+                    mtls: true,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_instance_without_address_is_at_its_node_address() {
+        let answer = body(json!([entry("a", "10.1.2.3", "", 9091, json!(null))]));
+        let endpoints = parse_health(&answer).expect("valid answer");
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].addr, "10.1.2.3:9091".parse().expect("literal"));
+        assert_eq!(endpoints[0].namespace, None);
+    }
+
+    #[test]
+    fn instances_that_cannot_be_dialled_are_skipped_and_named() {
+        let answer = body(json!([
+            entry("host", "10.0.0.1", "upload.example.com", 80, json!({})),
+            entry("no-port", "10.0.0.1", "127.0.0.2", 0, json!({})),
+            entry("ok", "10.0.0.1", "127.0.0.2", 80, json!({})),
+        ]));
+        let (endpoints, skipped) = parse_health_entries(&answer).expect("valid answer");
+        assert_eq!(
+            endpoints.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["ok"]
+        );
+        assert_eq!(
+            skipped,
+            [
+                Skipped {
+                    id: "host".into(),
+                    address: "upload.example.com:80".into()
+                },
+                Skipped {
+                    id: "no-port".into(),
+                    address: "127.0.0.2:0".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates_are_removed_and_an_empty_answer_is_no_instance() {
+        let one = entry("a", "10.0.0.1", "127.0.0.2", 80, json!({}));
+        let answer = body(json!([one.clone(), one]));
+        assert_eq!(parse_health(&answer).expect("valid").len(), 1);
+        assert_eq!(parse_health(b"[]").expect("valid"), []);
+    }
+
+    #[test]
+    fn malformed_answers_are_errors() {
+        assert!(parse_health(b"").is_err());
+        assert!(parse_health(b"{}").is_err());
+        assert!(
+            parse_health(br#"[{"Service": {"Port": 80}}]"#).is_err(),
+            "no ID"
+        );
+    }
+
+    #[test]
+    fn the_index_restarts_when_it_goes_backwards_and_is_never_zero() {
+        assert_eq!(next_index(None, Some(42)), Some(42));
+        assert_eq!(next_index(Some(42), Some(57)), Some(57));
+        assert_eq!(next_index(Some(42), Some(42)), Some(42));
+        assert_eq!(next_index(Some(42), Some(7)), None);
+        assert_eq!(next_index(Some(42), Some(0)), None);
+        assert_eq!(next_index(None, Some(0)), Some(1));
+        assert_eq!(next_index(Some(42), None), None);
+    }
+
+    #[test]
+    fn only_a_changed_set_is_published() {
+        let (sender, mut receiver) = watch::channel(Resolution::Pending);
+        let a = Endpoint {
+            id: "a".into(),
+            addr: "127.0.0.2:80".parse().expect("literal"),
+            namespace: None,
+            mtls: false,
+        };
+        publish(&sender, vec![a.clone()]);
+        assert!(receiver.has_changed().unwrap_or(false));
+        receiver.borrow_and_update();
+        publish(&sender, vec![a]);
+        assert!(!receiver.has_changed().unwrap_or(true));
+        publish(&sender, Vec::new());
+        assert!(receiver.has_changed().unwrap_or(false));
+        assert_eq!(*receiver.borrow(), Resolution::Known(Arc::from(Vec::new())));
+    }
+
+    #[tokio::test]
+    async fn later_watchers_share_the_first_channel_and_an_unreachable_consul_stays_pending() {
+        // Port 9 on loopback: nothing listens, the connection is refused at once.
+        let discovery = Discovery::new("http://127.0.0.1:9".into(), None);
+        let first = discovery.watch("upload");
+        let second = discovery.watch("upload");
+        assert!(first.same_channel(&second));
+        assert_eq!(discovery.shared.lock_watches().len(), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(*first.borrow(), Resolution::Pending);
+        let bad = discovery.watch("Not A Name");
+        assert_eq!(*bad.borrow(), Resolution::Known(Arc::from(Vec::new())));
+    }
+}
