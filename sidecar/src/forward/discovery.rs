@@ -501,4 +501,192 @@ mod tests {
         let bad = discovery.watch("Not A Name");
         assert_eq!(*bad.borrow(), Resolution::Known(Arc::from(Vec::new())));
     }
+
+    /// A stand-in for Consul's health endpoint: answers at once without `index` or
+    /// when the index is stale, else holds the query until the set changes.
+    mod fake_consul {
+        use axum::http::{HeaderMap, StatusCode, Uri};
+        use axum::response::IntoResponse;
+        use std::net::SocketAddr;
+        use std::sync::{Arc, Mutex};
+        use tokio::sync::Notify;
+
+        #[derive(Default)]
+        pub struct State {
+            pub index: u64,
+            pub body: String,
+            pub failing: bool,
+            pub queries: Vec<String>,
+            pub tokens: Vec<Option<String>>,
+        }
+
+        #[derive(Default, Clone)]
+        pub struct Consul {
+            pub state: Arc<Mutex<State>>,
+            changed: Arc<Notify>,
+        }
+
+        impl Consul {
+            pub fn set(&self, index: u64, body: &str, failing: bool) {
+                if let Ok(mut state) = self.state.lock() {
+                    state.index = index;
+                    state.body = body.to_string();
+                    state.failing = failing;
+                }
+                self.changed.notify_waiters();
+            }
+
+            pub fn queries(&self) -> Vec<String> {
+                self.state
+                    .lock()
+                    .map(|s| s.queries.clone())
+                    .unwrap_or_default()
+            }
+
+            pub async fn serve(&self) -> SocketAddr {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let addr = listener.local_addr().expect("local address");
+                let consul = self.clone();
+                let router = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+                    let consul = consul.clone();
+                    async move { consul.answer(uri, headers).await }
+                });
+                tokio::spawn(async move { axum::serve(listener, router).await });
+                addr
+            }
+
+            async fn answer(&self, uri: Uri, headers: HeaderMap) -> axum::response::Response {
+                let query = uri.query().unwrap_or_default().to_string();
+                let asked: Option<u64> = query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("index="))
+                    .and_then(|v| v.parse().ok());
+                let changed = self.changed.notified();
+                let token = headers
+                    .get("X-Consul-Token")
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
+                let current = {
+                    let mut state = self.state.lock().expect("state");
+                    state.queries.push(format!("{}?{query}", uri.path()));
+                    state.tokens.push(token);
+                    state.index
+                };
+                if asked == Some(current) {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), changed).await;
+                }
+                let state = self.state.lock().expect("state");
+                if state.failing {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, "no leader").into_response();
+                }
+                (
+                    [("X-Consul-Index", state.index.to_string())],
+                    state.body.clone(),
+                )
+                    .into_response()
+            }
+        }
+    }
+
+    async fn next_resolution(receiver: &mut watch::Receiver<Resolution>) -> Vec<String> {
+        tokio::time::timeout(Duration::from_secs(3), receiver.changed())
+            .await
+            .expect("a change within 3 s")
+            .expect("the task lives");
+        match &*receiver.borrow_and_update() {
+            Resolution::Known(endpoints) => endpoints.iter().map(|e| e.id.clone()).collect(),
+            Resolution::Pending => vec!["pending".into()],
+        }
+    }
+
+    fn answer_with(ids: &[&str]) -> String {
+        let entries: Vec<_> = ids
+            .iter()
+            .map(|id| entry(id, "10.0.0.1", "127.0.0.2", 15006, json!({})))
+            .collect();
+        serde_json::Value::Array(entries).to_string()
+    }
+
+    #[tokio::test]
+    async fn follows_changes_with_blocking_queries_and_keeps_the_set_through_errors() {
+        let consul = fake_consul::Consul::default();
+        consul.set(10, &answer_with(&["a"]), false);
+        let addr = consul.serve().await;
+        let discovery = Discovery::new(format!("http://{addr}/"), Some("secret".into()));
+        let mut receiver = discovery.watch("upload");
+        assert_eq!(next_resolution(&mut receiver).await, ["a"]);
+
+        consul.set(11, &answer_with(&["b", "a"]), false);
+        assert_eq!(next_resolution(&mut receiver).await, ["a", "b"]);
+
+        // Consul fails: nothing is published, the set stays.
+        consul.set(12, "", true);
+        let quiet = tokio::time::timeout(Duration::from_millis(400), receiver.changed()).await;
+        assert!(quiet.is_err(), "an error published something");
+        assert_eq!(
+            *receiver.borrow(),
+            Resolution::Known(Arc::from(
+                parse_health(answer_with(&["a", "b"]).as_bytes()).unwrap_or_default()
+            ))
+        );
+
+        // Consul restarted with a lower index and another set: the index starts over.
+        consul.set(3, &answer_with(&["c"]), false);
+        assert_eq!(next_resolution(&mut receiver).await, ["c"]);
+
+        // After the reset: one query without index, then blocking on Consul's new index.
+        let blocking_again = "/v1/health/service/upload?passing=true&index=3&wait=30s";
+        for _ in 0..200 {
+            if consul.queries().iter().any(|q| q == blocking_again) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let queries = consul.queries();
+        assert_eq!(queries[0], "/v1/health/service/upload?passing=true");
+        assert_eq!(
+            queries[1],
+            "/v1/health/service/upload?passing=true&index=10&wait=30s"
+        );
+        let reblocked = queries.iter().position(|q| q == blocking_again);
+        let restarted = reblocked.and_then(|i| queries.get(i.checked_sub(1)?));
+        assert_eq!(
+            restarted.map(String::as_str),
+            Some("/v1/health/service/upload?passing=true"),
+            "{queries:?}"
+        );
+        let tokens = consul
+            .state
+            .lock()
+            .map(|s| s.tokens.clone())
+            .unwrap_or_default();
+        assert!(tokens.iter().all(|t| t.as_deref() == Some("secret")));
+    }
+
+    #[tokio::test]
+    async fn the_task_ends_when_nobody_watches_and_a_new_watch_starts_again() {
+        let consul = fake_consul::Consul::default();
+        consul.set(5, &answer_with(&["a"]), false);
+        let addr = consul.serve().await;
+        let discovery = Discovery::new(format!("http://{addr}"), None);
+        let mut receiver = discovery.watch("upload");
+        assert_eq!(next_resolution(&mut receiver).await, ["a"]);
+        drop(receiver);
+        // The blocking query is cut short by the last receiver going away.
+        for _ in 0..100 {
+            if discovery.shared.lock_watches().is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            discovery.shared.lock_watches().is_empty(),
+            "the task still runs"
+        );
+        let mut again = discovery.watch("upload");
+        assert_eq!(next_resolution(&mut again).await, ["a"]);
+    }
 }
