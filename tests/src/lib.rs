@@ -8,6 +8,8 @@
 //!   sure it cannot outlive us.
 //! - [`components`] knows each component's command line and readiness check.
 //! - [`platform`] starts them in order, writes `.streamgate/env`, and stops them.
+//! - [`pod_runner`] plays the kubelet of a node of its own: pods bound to it run as
+//!   local processes (the workspace's binaries standing in for images) on 127.0.0.N.
 //! - [`shared`] gives each integration test a ready platform shared per test binary, with
 //!   a namespace and name prefix of its own, and prints component log tails on failure.
 //!
@@ -20,6 +22,7 @@ pub mod nats_server;
 pub mod operator;
 pub mod pki;
 pub mod platform;
+pub mod pod_runner;
 pub mod ports;
 pub mod process;
 pub mod shared;

@@ -171,11 +171,16 @@ impl Drop for TestEnv {
 
 /// A kube client with the platform's admin credentials.
 pub async fn kube_client(platform: &Platform) -> Result<kube::Client> {
+    Ok(kube::Client::try_from(kube_config(platform).await?)?)
+}
+
+/// The platform's admin client configuration (for a client on another runtime, such as
+/// the [`crate::pod_runner`]'s).
+pub async fn kube_config(platform: &Platform) -> Result<kube::Config> {
     let kubeconfig = Kubeconfig::read_from(&platform.info.kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .context("loading the platform kubeconfig")?;
-    Ok(kube::Client::try_from(config)?)
+        .context("loading the platform kubeconfig")
 }
 
 #[cfg(test)]
