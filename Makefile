@@ -5,7 +5,7 @@ ENV_BIN := target/debug/streamgate-env
 
 .PHONY: tools env-up env-down env-status test lint fmt crds bench dev
 
-## tools: install or build etcd, nats-server, Consul, Kubernetes, kwok and helm (cached)
+## tools: install or build etcd, nats-server, Consul, Kubernetes, kwok, helm, and ghz + nginx for make bench (cached)
 tools:
 	@bash scripts/tools.sh
 

@@ -102,6 +102,37 @@ install_consul() {
   say consul "installed in $dir"
 }
 
+# nginx, the reference gRPC proxy of forward-bench (`grpc_pass` is ngx_http_grpc_module,
+# built in by default; it needs --with-http_v2_module, which Debian's build has). Since
+# bookworm the `nginx` package itself carries the binary; its libraries are the base
+# system's. Should one be missing (ldd says "not found"), the packages providing them are
+# unpacked beside it and bin/nginx becomes a wrapper setting LD_LIBRARY_PATH.
+install_nginx() {
+  local dir="$TOOLS/nginx-$NGINX_DEB_VERSION"
+  if [ -f "$dir/.done" ]; then say nginx "cached in $dir"; return; fi
+  rm -rf "$dir"
+  apt_fetch nginx bookworm "$dir" "nginx=$NGINX_DEB_VERSION"
+  link_bin nginx "$dir" nginx
+  local real
+  real="$(readlink -f "$dir/bin/nginx")"
+  if ldd "$real" | grep -q 'not found'; then
+    say nginx "missing libraries: $(ldd "$real" | awk '/not found/{print $1}' | xargs)"
+    apt_fetch nginx bookworm "$dir" libpcre2-8-0 libssl3 zlib1g libcrypt1
+    local libs
+    libs="$(find "$dir/root" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)"
+    rm -f "$dir/bin/nginx"
+    printf '#!/bin/sh\nLD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s" "$@"\n' "$libs" "$real" >"$dir/bin/nginx"
+    chmod +x "$dir/bin/nginx"
+  fi
+  local built
+  built="$("$dir/bin/nginx" -V 2>&1)" || die nginx "unpacked nginx does not run: $built" "rm -rf $dir && make tools"
+  grep -q -- '--with-http_v2_module' <<<"$built" ||
+    die nginx "nginx $NGINX_DEB_VERSION lacks --with-http_v2_module (grpc_pass needs HTTP/2)" \
+      "pin a Debian nginx build with HTTP/2 in scripts/versions.sh"
+  touch "$dir/.done"
+  say nginx "installed in $dir"
+}
+
 # --- Go-built components ----------------------------------------------------------------
 
 # The k8s.io/kubernetes module points every k8s.io/* staging module at ./staging, so it
@@ -214,7 +245,7 @@ install_kwok_stages() {
   say kwok "stages written to $dir/stages-fast.yaml"
 }
 
-components="${*:-etcd nats consul kwok helm kube}"
+components="${*:-etcd nats consul kwok helm kube ghz nginx}"
 for c in $components; do
   case "$c" in
     etcd) install_etcd ;;
@@ -233,7 +264,11 @@ for c in $components; do
       ;;
     helm) go_install helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
     kube) install_kube ;;
-    *) die "$c" "unknown component" "use one of: etcd nats consul kwok helm kube" ;;
+    # forward-bench (make bench): ghz, the gRPC load generator, and nginx as the
+    # reference gRPC proxy.
+    ghz) go_install ghz github.com/bojand/ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION" ;;
+    nginx) install_nginx ;;
+    *) die "$c" "unknown component" "use one of: etcd nats consul kwok helm kube ghz nginx" ;;
   esac
 done
 say tools "all components ready in $TOOLS"
