@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "streamgate/sidecar/v1/events.proto",
         "streamgate/demo/v1/upload.proto",
+        "streamgate/testing/v1/echo.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -2,25 +2,27 @@
 //!
 //! One axum router carries the sidecar's own APIs: gRPC `streamgate.sidecar.v1.*`
 //! (routed by path, `/streamgate.sidecar.v1.Events/...`) and HTTP `/v1/events/{type}`.
-//! Whatever matches none of them reaches the fallback: today a clear "not here", and the
-//! place where gRPC forwarding to other services (any other gRPC path, target in
-//! `:authority`) plugs in as one more layer.
+//! Every other gRPC call is forwarded to the service it names ([`crate::forward`]);
+//! anything else gets a 404.
 
 use crate::events::api::{self, EventsApi};
+use crate::forward::outbound::Forwarder;
 use axum::Router;
-use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::http::{Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// The sidecar's own routes; `fallback` handles everything else.
-pub fn router(events: EventsApi) -> Router {
+/// The sidecar's own routes; every other gRPC call goes to `forwarder`.
+pub fn router(events: EventsApi, forwarder: Arc<Forwarder>) -> Router {
     let grpc = tonic::service::Routes::new(events.grpc()).into_axum_router();
     let http = Router::new()
         .route("/v1/events/{type}", post(api::http_publish))
         .with_state(events);
-    grpc.merge(http).fallback(fallback)
+    grpc.merge(http)
+        .fallback(move |request: Request<axum::body::Body>| fallback(forwarder, request))
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -38,25 +40,14 @@ pub async fn serve(listener: TcpListener, router: Router) {
     }
 }
 
-/// gRPC callers get UNIMPLEMENTED in gRPC's own framing; HTTP callers a 404.
-async fn fallback(request: Request<axum::body::Body>) -> Response {
+/// gRPC calls are forwarded; HTTP callers get a 404.
+async fn fallback(forwarder: Arc<Forwarder>, request: Request<axum::body::Body>) -> Response {
     let is_grpc = request
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if is_grpc {
-        let mut response = StatusCode::OK.into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from_static("12"));
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_static("no such method on the sidecar"),
-        );
-        response
+        forwarder.forward(request).await
     } else {
         (StatusCode::NOT_FOUND, "no such route on the sidecar\n").into_response()
     }

@@ -22,6 +22,16 @@ pub struct Cli {
     #[arg(long, env = "STREAMGATE_CONFIG_FILE", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Directory of the workload certificate for mTLS between sidecars (ca.crt, tls.crt,
+    /// tls.key), as the operator mounts it; no tls.crt there means mTLS off.
+    #[arg(
+        long,
+        env = "STREAMGATE_MTLS_DIR",
+        value_name = "DIR",
+        default_value = "/etc/streamgate/mtls"
+    )]
+    pub mtls_dir: PathBuf,
+
     #[command(flatten)]
     pub overrides: Overrides,
 }

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod consul;
 pub mod events;
+pub mod forward;
 pub mod health;
 pub mod metrics;
 pub mod run;

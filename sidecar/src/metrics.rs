@@ -5,6 +5,7 @@
 //! registry), so the hot paths only bump counters and `/metrics` encodes on demand.
 
 use crate::events::metrics::EventMetrics;
+use crate::forward::metrics::ForwardMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +45,8 @@ pub struct Metrics {
     pub consul_registrations: Counter,
     /// The event relay's metrics (see [`crate::events::metrics`]).
     pub events: Arc<EventMetrics>,
+    /// gRPC forwarding's metrics (see [`crate::forward::metrics`]).
+    pub forward: Arc<ForwardMetrics>,
 }
 
 impl Default for Metrics {
@@ -68,8 +71,10 @@ impl Metrics {
             consul_operations: Family::default(),
             consul_registrations: Counter::default(),
             events: Arc::default(),
+            forward: Arc::default(),
         };
         metrics.events.register(registry);
+        metrics.forward.register(registry);
         registry.register(
             "app_healthy",
             "Whether the app is healthy (1) by the health check thresholds",

@@ -18,6 +18,7 @@ use crate::shutdown::{Drain, Signals};
 use crate::state::Readiness;
 use crate::{EXIT_FAILURE, error_chain};
 use std::sync::Arc;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Runs the sidecar until it is told to stop; returns the process exit code.
@@ -36,7 +37,7 @@ async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, String> 
     let mut signals = Signals::listen().map_err(|e| format!("cannot listen for signals: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::new(metrics.clone()));
-    let instance = Instance::from_settings(&settings);
+    let mut instance = Instance::from_settings(&settings);
 
     let listener = admin::bind(settings.listen.admin).await.map_err(|e| {
         format!(
@@ -71,6 +72,23 @@ async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, String> 
         stop_rx.clone(),
     )
     .await?;
+    let forwarding = crate::forward::start(&settings, metrics.forward.clone()).await?;
+    if forwarding.mtls {
+        instance.meta.insert(
+            crate::forward::tls::INBOUND_META.to_string(),
+            crate::forward::tls::INBOUND_MTLS.to_string(),
+        );
+    }
+    let inbound_listener = TcpListener::bind(settings.listen.inbound)
+        .await
+        .map_err(|e| {
+            format!(
+                "listen.inbound: cannot listen on {}: {}",
+                settings.listen.inbound,
+                error_chain(&e)
+            )
+        })?;
+    tokio::spawn(forwarding.inbound.clone().serve(inbound_listener));
     let app_listener = app_listener::bind(settings.listen.app).await.map_err(|e| {
         format!(
             "listen.app: cannot listen on {}: {}",
@@ -80,7 +98,7 @@ async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, String> 
     })?;
     tokio::spawn(app_listener::serve(
         app_listener,
-        app_listener::router(events),
+        app_listener::router(events, forwarding.outbound.clone()),
     ));
 
     let client = ConsulClient::new(&settings.consul, metrics.clone())?;

@@ -18,6 +18,7 @@
 pub mod bins;
 pub mod components;
 pub mod consul_agent;
+pub mod echo;
 pub mod nats_server;
 pub mod operator;
 pub mod pki;

@@ -31,6 +31,8 @@ pub struct Settings {
     pub events: events::EventSettings,
     pub drain_timeout: Duration,
     pub log_level: LogLevel,
+    /// Where the workload certificate for mTLS is mounted (see [`crate::forward::tls`]).
+    pub mtls_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +92,9 @@ impl std::fmt::Debug for Secret {
 pub fn load(cli: &Cli, env: EnvLookup<'_>) -> Result<Settings, FieldError> {
     let mut document = read_document(cli, env)?;
     overrides::apply(&mut document, &cli.overrides)?;
-    resolve::resolve(document, env)
+    let mut settings = resolve::resolve(document, env)?;
+    settings.mtls_dir = cli.mtls_dir.clone();
+    Ok(settings)
 }
 
 /// The document from `--config`, else from `STREAMGATE_CONFIG`, else a skeleton that

@@ -145,6 +145,9 @@ pub struct SidecarOptions {
     pub extra: String,
     /// The pod's name; replicas of one service need their own (default `<service>-pod`).
     pub pod_name: Option<String>,
+    /// Further `service:` lines (`upstreams:`, `allowedCallers:`), each indented by two
+    /// spaces and ending in a newline.
+    pub service_extra: String,
 }
 
 impl SidecarOptions {
@@ -164,6 +167,7 @@ impl SidecarOptions {
             events: "{}".into(),
             extra: String::new(),
             pod_name: None,
+            service_extra: String::new(),
         }
     }
 }
@@ -191,7 +195,7 @@ impl Sidecar {
             .clone()
             .unwrap_or_else(|| format!("{}-pod", o.service));
         let document = format!(
-            "service:\n  serviceName: {service}\n  port: {port}\n  tags: [v1]\n  meta: {{team: media}}\n  health: {health}\n  events: {events}\n\
+            "service:\n  serviceName: {service}\n  port: {port}\n  tags: [v1]\n  meta: {{team: media}}\n  health: {health}\n  events: {events}\n{service_extra}\
              pod: {{name: {pod_name}, namespace: {NAMESPACE}, uid: uid-{service}, ip: {ip}}}\n\
              appHost: {app_host}\n\
              listen: {{app: '{app_listen}', inbound: '{inbound}', admin: '{admin}'}}\n\
@@ -207,6 +211,7 @@ impl Sidecar {
             drain = o.drain_timeout,
             events = o.events,
             extra = o.extra,
+            service_extra = o.service_extra,
         );
         let mut command = Command::new(&binaries().sidecar);
         command
@@ -229,6 +234,10 @@ impl Sidecar {
             pod_name,
             proc,
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     /// `/readyz`'s status code, or an error while the server is not up.

@@ -1,0 +1,199 @@
+//! Inbound: calls from other sidecars on the pod IP's port 15006, forwarded to the app.
+//!
+//! The caller's identity: with a workload certificate mounted, the listener speaks only
+//! TLS and requires a client certificate from the same CA (a plaintext or wrong-CA peer
+//! fails the handshake); the caller is the service its certificate names. Without
+//! certificates (mTLS off) the caller is what the calling sidecar wrote in
+//! `streamgate-caller`: good for routing and metrics, not a security boundary, which
+//! is why `allowedCallers` should go with mTLS. A caller outside a non-empty
+//! `allowedCallers` gets PERMISSION_DENIED and never reaches the app.
+
+use super::body::Observed;
+use super::discovery::Endpoint;
+use super::metrics::ForwardMetrics;
+use super::outbound::CALLER_HEADER;
+use super::pool::{Dialer, Pool, PoolLimits};
+use super::status::{grpc_error, grpc_status};
+use super::tls::{self, Identity};
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tonic::Code;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The caller recorded when nobody says who calls.
+const ANONYMOUS: &str = "unknown";
+
+pub struct Inbound {
+    service: String,
+    allowed_callers: Vec<String>,
+    identity: Option<Arc<Identity>>,
+    app: Endpoint,
+    app_pool: Pool,
+    dialer: Dialer,
+    metrics: Arc<ForwardMetrics>,
+}
+
+impl Inbound {
+    pub fn new(
+        service: &str,
+        allowed_callers: Vec<String>,
+        identity: Option<Arc<Identity>>,
+        app: SocketAddr,
+        metrics: Arc<ForwardMetrics>,
+    ) -> Arc<Self> {
+        let app = Endpoint {
+            id: "app".into(),
+            addr: app,
+            namespace: None,
+            mtls: false,
+        };
+        Arc::new(Inbound {
+            service: service.to_string(),
+            allowed_callers,
+            identity,
+            app,
+            app_pool: Pool::new(PoolLimits::default(), Gauge::default()),
+            dialer: Dialer::new(None, String::new()),
+            metrics,
+        })
+    }
+
+    /// Accepts connections until the listener fails; each one is served on its own task.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let inbound = self.clone();
+            tokio::spawn(async move {
+                match &inbound.identity {
+                    None => inbound.serve_connection(tcp, None).await,
+                    Some(identity) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server.clone());
+                        let accepted =
+                            tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                        let stream = match accepted {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::info!(%peer, error = %e, "inbound TLS handshake refused");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::info!(%peer, "inbound TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let caller = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(tls::spiffe_service);
+                        if caller.is_none() {
+                            tracing::info!(%peer, "inbound peer certificate names no service");
+                            return;
+                        }
+                        inbound.serve_connection(stream, caller).await
+                    }
+                }
+            });
+        }
+    }
+
+    async fn serve_connection<IO>(self: Arc<Self>, io: IO, verified: Option<String>)
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let verified: Option<Arc<str>> = verified.map(Arc::from);
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let inbound = self.clone();
+            let verified = verified.clone();
+            async move { Ok::<_, Infallible>(inbound.handle(request, verified).await) }
+        });
+        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(io), service)
+            .await;
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "inbound connection closed");
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        verified: Option<Arc<str>>,
+    ) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let caller: String = match &verified {
+            Some(service) => service.to_string(),
+            None if self.identity.is_none() => parts
+                .headers
+                .get(CALLER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(ANONYMOUS)
+                .to_string(),
+            None => ANONYMOUS.to_string(),
+        };
+        if !self.allowed_callers.is_empty() && !self.allowed_callers.contains(&caller) {
+            self.metrics.inbound_denied(&caller);
+            let message = format!(
+                "caller {caller} is not in the allowedCallers of {}",
+                self.service
+            );
+            return grpc_error(Code::PermissionDenied, &message);
+        }
+        // The app sees who calls, as verified here.
+        if let Ok(value) = HeaderValue::from_str(&caller) {
+            parts.headers.insert(CALLER_HEADER, value);
+        }
+        let request = Request::from_parts(parts, Body::new(body));
+        let lease = match self
+            .app_pool
+            .lease(|| self.dialer.dial(&self.service, &self.app))
+            .await
+        {
+            Ok(lease) => lease,
+            Err(e) => {
+                self.metrics.inbound(&caller, Code::Unavailable);
+                return grpc_error(Code::Unavailable, &format!("the app is unreachable: {e}"));
+            }
+        };
+        let mut sender = lease.sender.clone();
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                self.metrics.inbound(&caller, Code::Unavailable);
+                let message = format!("the app failed the call: {}", crate::error_chain(&e));
+                return grpc_error(Code::Unavailable, &message);
+            }
+        };
+        let (parts, incoming) = response.into_parts();
+        if let Some(code) = grpc_status(&parts.headers) {
+            self.metrics.inbound(&caller, code);
+            return Response::from_parts(parts, Body::new(incoming));
+        }
+        let metrics = self.metrics.clone();
+        let on_end = Box::new(move |code: Code| {
+            drop(lease);
+            metrics.inbound(&caller, code);
+        });
+        let body = Observed::new(Body::new(incoming), None, None, on_end);
+        Response::from_parts(parts, Body::new(body))
+    }
+}

@@ -1,0 +1,215 @@
+//! Per-upstream forwarding metrics (requests by status code, latency, retries,
+//! ejections, open connections) and inbound ones (calls by caller and status, refusals).
+//!
+//! The hot path never hashes a label set: each upstream keeps its own series handles,
+//! created on first use (a status code nobody returned stays out of `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub upstream: String,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboundLabels {
+    pub caller: String,
+    pub code: &'static str,
+}
+
+type LatencyFamily = Family<UpstreamLabels, Histogram, fn() -> Histogram>;
+
+/// Every forwarding metric family, registered once.
+pub struct ForwardMetrics {
+    requests: Family<CodeLabels, Counter>,
+    duration: LatencyFamily,
+    retries: Family<UpstreamLabels, Counter>,
+    ejections: Family<UpstreamLabels, Counter>,
+    connections: Family<UpstreamLabels, Gauge>,
+    inbound: Family<InboundLabels, Counter>,
+    inbound_denied: Family<InboundLabels, Counter>,
+}
+
+impl Default for ForwardMetrics {
+    fn default() -> Self {
+        ForwardMetrics {
+            requests: Family::default(),
+            // 50 µs .. ~13 s: a loopback hop is tens of microseconds, timeouts seconds.
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.00005, 2.0, 18))
+            }),
+            retries: Family::default(),
+            ejections: Family::default(),
+            connections: Family::default(),
+            inbound: Family::default(),
+            inbound_denied: Family::default(),
+        }
+    }
+}
+
+impl ForwardMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "forward_requests",
+            "Calls forwarded to an upstream, by final gRPC status code",
+            self.requests.clone(),
+        );
+        registry.register(
+            "forward_request_duration_seconds",
+            "Time from the app's call to the upstream's response headers",
+            self.duration.clone(),
+        );
+        registry.register(
+            "forward_retries",
+            "Attempts sent again to another instance",
+            self.retries.clone(),
+        );
+        registry.register(
+            "forward_ejections",
+            "Instances ejected by the circuit breaker",
+            self.ejections.clone(),
+        );
+        registry.register(
+            "forward_open_connections",
+            "HTTP/2 connections open to the upstream's instances",
+            self.connections.clone(),
+        );
+        registry.register(
+            "inbound_requests",
+            "Calls received from other sidecars, by caller and gRPC status code",
+            self.inbound.clone(),
+        );
+        registry.register(
+            "inbound_denied",
+            "Calls refused because the caller is not in allowedCallers",
+            self.inbound_denied.clone(),
+        );
+    }
+
+    /// The series of one upstream.
+    pub fn upstream(&self, name: &str) -> UpstreamMetrics {
+        let labels = UpstreamLabels {
+            upstream: name.to_string(),
+        };
+        UpstreamMetrics {
+            name: name.to_string(),
+            family: self.requests.clone(),
+            by_code: std::array::from_fn(|_| OnceLock::new()),
+            duration: self.duration.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            ejections: self.ejections.get_or_create(&labels).clone(),
+            connections: self.connections.get_or_create(&labels).clone(),
+        }
+    }
+
+    pub fn inbound(&self, caller: &str, code: tonic::Code) {
+        let labels = InboundLabels {
+            caller: caller.to_string(),
+            code: code_name(code),
+        };
+        self.inbound.get_or_create(&labels).inc();
+    }
+
+    pub fn inbound_denied(&self, caller: &str) {
+        let labels = InboundLabels {
+            caller: caller.to_string(),
+            code: code_name(tonic::Code::PermissionDenied),
+        };
+        self.inbound_denied.get_or_create(&labels).inc();
+    }
+}
+
+/// One upstream's series, cheap to bump.
+pub struct UpstreamMetrics {
+    name: String,
+    family: Family<CodeLabels, Counter>,
+    by_code: [OnceLock<Counter>; 17],
+    pub duration: Histogram,
+    pub retries: Counter,
+    pub ejections: Counter,
+    pub connections: Gauge,
+}
+
+impl UpstreamMetrics {
+    pub fn finished(&self, code: tonic::Code) {
+        let index = (code as usize).min(16);
+        self.by_code[index]
+            .get_or_init(|| {
+                self.family
+                    .get_or_create(&CodeLabels {
+                        upstream: self.name.clone(),
+                        code: code_name(code),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    pub fn observe_latency(&self, took: Duration) {
+        self.duration.observe(took.as_secs_f64());
+    }
+}
+
+/// The canonical upper-case name of a gRPC status code, as gRPC tooling prints it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_counts_calls_by_code() {
+        let metrics = ForwardMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let upload = metrics.upstream("upload");
+        upload.finished(tonic::Code::Ok);
+        upload.finished(tonic::Code::Ok);
+        upload.finished(tonic::Code::Unavailable);
+        upload.retries.inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for needle in [
+            "forward_requests_total{upstream=\"upload\",code=\"OK\"} 2",
+            "forward_requests_total{upstream=\"upload\",code=\"UNAVAILABLE\"} 1",
+            "forward_retries_total{upstream=\"upload\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        assert!(!text.contains("NOT_FOUND"), "unused codes stay out");
+    }
+}

@@ -1,0 +1,104 @@
+//! gRPC forwarding: the app's calls to other services (outbound, on the app listener)
+//! and other sidecars' calls to this app (inbound, on the pod IP's port 15006).
+//!
+//! The data path is a stack of small layers, each in its own module and tested alone:
+//!
+//! - [`target`]: which service a request names (`:authority` or `streamgate-service`);
+//! - [`discovery`]: passing instances from Consul, followed with blocking queries;
+//! - [`balance`]: power of two choices over peak-EWMA cost;
+//! - [`breaker`]: per-instance circuit breaking with ejection backoff and one probe;
+//! - [`retry`]: which failures are retried, backoff with jitter, and a retry budget;
+//! - [`deadline`]: `grpc-timeout` parsed, capped by the upstream's timeout, re-encoded;
+//! - [`pool`]: persistent HTTP/2 connections per instance, plaintext or mTLS ([`tls`]);
+//! - [`upstream`]: one service's settings, instances and the choice of one;
+//! - [`body`]: the request copy kept for retries and the watched response stream;
+//! - [`outbound`]: the app's calls, through all of the above; [`inbound`]: other
+//!   sidecars' calls to this app, with the caller's identity and `allowedCallers`;
+//! - [`metrics`] and [`status`]: per-upstream metrics, and the answers the sidecar
+//!   makes itself.
+//!
+//! Decisions a user may want to know (see docs/forwarding.md): a service that the
+//! spec's `upstreams` does not list can still be called, with the CRD's defaults; the
+//! upstream timeout bounds the whole call, streams included; retries happen only
+//! before a response started (connection failures, or a trailers-only status in
+//! `retryOn`) and only with a request body of at most 64 KiB.
+
+pub mod balance;
+pub mod body;
+pub mod breaker;
+pub mod deadline;
+pub mod discovery;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod pool;
+pub mod retry;
+pub mod status;
+pub mod target;
+pub mod tls;
+pub mod upstream;
+
+use crate::config::Settings;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The outbound forwarder (for the app listener) and the inbound listener's handler.
+pub struct Forwarding {
+    pub outbound: Arc<outbound::Forwarder>,
+    pub inbound: Arc<inbound::Inbound>,
+    /// Whether the inbound listener requires mTLS (advertised in Consul meta).
+    pub mtls: bool,
+}
+
+/// Builds forwarding from the settings: loads the workload identity (if mounted),
+/// starts discovery of the declared upstreams.
+pub async fn start(
+    settings: &Settings,
+    metrics: Arc<metrics::ForwardMetrics>,
+) -> Result<Forwarding, String> {
+    let identity = tls::load(&settings.mtls_dir)
+        .map_err(|e| format!("mTLS identity: {e}"))?
+        .map(Arc::new);
+    if let Some(identity) = &identity {
+        tracing::info!(service = %identity.service, dir = %settings.mtls_dir.display(), "mTLS on");
+    }
+    let doc = &settings.document;
+    let service = &doc.service;
+    let discovery = discovery::Discovery::new(
+        settings.consul.address.clone(),
+        settings.consul.token.as_ref().map(|t| t.0.clone()),
+    );
+    let dialer = pool::Dialer::new(identity.clone(), doc.pod.namespace.clone());
+    let outbound = outbound::Forwarder::new(
+        &service.service_name,
+        &service.upstreams,
+        discovery,
+        dialer,
+        metrics.clone(),
+    );
+    outbound.spawn_idle_closer();
+    let app = app_address(&settings.health.authority_for(service.port)).await?;
+    let inbound = inbound::Inbound::new(
+        &service.service_name,
+        service.allowed_callers.clone(),
+        identity.clone(),
+        app,
+        metrics,
+    );
+    Ok(Forwarding {
+        outbound,
+        inbound,
+        mtls: identity.is_some(),
+    })
+}
+
+async fn app_address(authority: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = authority.parse() {
+        return Ok(addr);
+    }
+    tokio::net::lookup_host(authority)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("appHost: cannot resolve {authority}"))
+}

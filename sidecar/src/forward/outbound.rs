@@ -1,0 +1,416 @@
+//! Outbound: the app's gRPC calls to other services, forwarded from the app listener.
+//!
+//! One call goes through the layers in order: [`target`](super::target) names the
+//! service; [`deadline`](super::deadline) caps the call by the upstream's timeout;
+//! [`Upstream`] gives the instances (discovery) and picks one (breaker + balancer);
+//! the [`Pool`](super::pool::Pool) leases a stream; the response is relayed as it comes
+//! and watched ([`Observed`]) for its final status, which feeds the breaker and the
+//! metrics. A failure that may be retried (a connection that could not be opened, or
+//! a trailers-only status in `retryOn`) is sent again to another instance after a
+//! backoff, while the attempts, the body copy, the retry budget and the deadline allow.
+
+use super::body::{Observed, Replay};
+use super::breaker::Admission;
+use super::deadline::{effective_timeout, format_grpc_timeout, parse_grpc_timeout};
+use super::discovery::Discovery;
+use super::metrics::ForwardMetrics;
+use super::pool::{Dialer, PoolLimits};
+use super::retry::MAX_RETRY_BODY;
+use super::status::{grpc_error, grpc_status};
+use super::target::{SERVICE_METADATA, target_service};
+use super::upstream::{Instance, NoInstance, Upstream, UpstreamSettings};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use streamgate_crds::Upstream as UpstreamSpec;
+use tokio::time::Instant as Deadline;
+use tonic::Code;
+
+/// The header that tells the server's sidecar (and app) who calls. Under mTLS the
+/// server takes the caller from the certificate instead and overwrites it.
+pub const CALLER_HEADER: &str = "streamgate-caller";
+/// How long a call waits for discovery's first answer about a service.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(3);
+/// Connections unused this long are closed.
+const IDLE_CONNECTION: Duration = Duration::from_secs(90);
+/// Attempts for a failure to connect, which sent nothing and so is always safe to retry.
+const CONNECT_ATTEMPTS: u32 = 3;
+
+/// Forwards the app's calls to the instances of other services.
+pub struct Forwarder {
+    own_service: HeaderValue,
+    specs: HashMap<String, UpstreamSpec>,
+    upstreams: Mutex<HashMap<String, Arc<Upstream>>>,
+    discovery: Discovery,
+    dialer: Dialer,
+    metrics: Arc<ForwardMetrics>,
+    limits: PoolLimits,
+}
+
+impl Forwarder {
+    pub fn new(
+        own_service: &str,
+        specs: &[UpstreamSpec],
+        discovery: Discovery,
+        dialer: Dialer,
+        metrics: Arc<ForwardMetrics>,
+    ) -> Arc<Self> {
+        let forwarder = Arc::new(Forwarder {
+            own_service: HeaderValue::from_str(own_service)
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            specs: specs
+                .iter()
+                .map(|s| (s.service.clone(), s.clone()))
+                .collect(),
+            upstreams: Mutex::new(HashMap::new()),
+            discovery,
+            dialer,
+            metrics,
+            limits: PoolLimits::default(),
+        });
+        // Follow the declared upstreams from the start, so the first call finds them.
+        for spec in specs {
+            forwarder.upstream(&spec.service);
+        }
+        forwarder
+    }
+
+    /// Closes idle connections every half idle period, for as long as the forwarder lives.
+    pub fn spawn_idle_closer(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(IDLE_CONNECTION / 2);
+            loop {
+                tick.tick().await;
+                let Some(forwarder) = weak.upgrade() else {
+                    return;
+                };
+                let upstreams: Vec<_> = forwarder.lock().values().cloned().collect();
+                for upstream in upstreams {
+                    upstream.close_idle(IDLE_CONNECTION);
+                }
+            }
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Upstream>>> {
+        self.upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn upstream(&self, service: &str) -> Arc<Upstream> {
+        let mut upstreams = self.lock();
+        if let Some(upstream) = upstreams.get(service) {
+            return upstream.clone();
+        }
+        let settings = UpstreamSettings::from_spec(self.specs.get(service));
+        let upstream = Arc::new(Upstream::new(
+            service.to_string(),
+            settings,
+            self.discovery.watch(service),
+            self.metrics.upstream(service),
+            self.limits,
+        ));
+        upstreams.insert(service.to_string(), upstream.clone());
+        upstream
+    }
+
+    /// Forwards one call; every failure is answered as a gRPC status.
+    pub async fn forward(&self, request: Request<Body>) -> Response<Body> {
+        let started = Deadline::now();
+        let (parts, body) = request.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| parts.headers.get(header::HOST)?.to_str().ok());
+        let service = match target_service(authority, &parts.headers) {
+            Ok(service) => service,
+            Err(e) => return grpc_error(Code::InvalidArgument, &e.to_string()),
+        };
+        let upstream = self.upstream(&service);
+        let caller_timeout = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let deadline = started + effective_timeout(caller_timeout, upstream.settings.timeout);
+
+        let instances = match upstream
+            .instances(deadline.min(started + DISCOVERY_WAIT))
+            .await
+        {
+            Ok(instances) => instances,
+            Err(reason) => return self.unavailable(&upstream, reason),
+        };
+        let head = RequestHead::new(parts, &service, &self.own_service);
+        let call = Call {
+            forwarder: self,
+            upstream: &upstream,
+            instances: &instances,
+            head: &head,
+            deadline,
+        };
+        call.run(body).await
+    }
+
+    fn unavailable(&self, upstream: &Upstream, reason: NoInstance) -> Response<Body> {
+        let name = &upstream.name;
+        let message = match reason {
+            NoInstance::NonePassing => {
+                format!("unknown service {name}: no passing instance of it in Consul")
+            }
+            NoInstance::AllEjected(n) => {
+                format!("service {name}: all {n} instances are ejected by the circuit breaker")
+            }
+            NoInstance::NotResolved => {
+                format!("service {name}: Consul has not answered about its instances yet")
+            }
+        };
+        upstream.metrics.finished(Code::Unavailable);
+        grpc_error(Code::Unavailable, &message)
+    }
+}
+
+/// What is sent again on every attempt: the request without its body.
+struct RequestHead {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl RequestHead {
+    fn new(parts: axum::http::request::Parts, service: &str, caller: &HeaderValue) -> Self {
+        let mut headers = parts.headers;
+        for name in [
+            header::CONNECTION,
+            header::HOST,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+            header::HeaderName::from_static("keep-alive"),
+            header::HeaderName::from_static("proxy-connection"),
+            header::HeaderName::from_static(SERVICE_METADATA),
+        ] {
+            headers.remove(name);
+        }
+        // The app may not claim to be someone else.
+        headers.insert(CALLER_HEADER, caller.clone());
+        let uri = if parts.uri.scheme().is_some() && parts.uri.authority().is_some() {
+            parts.uri
+        } else {
+            let path = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            Uri::builder()
+                .scheme("http")
+                .authority(service)
+                .path_and_query(path)
+                .build()
+                .unwrap_or(parts.uri)
+        };
+        RequestHead {
+            method: parts.method,
+            uri,
+            headers,
+        }
+    }
+
+    fn build(&self, body: Body, remaining: Duration) -> Request<Body> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = Version::HTTP_2;
+        let mut headers = self.headers.clone();
+        if let Ok(value) = HeaderValue::from_str(&format_grpc_timeout(remaining)) {
+            headers.insert("grpc-timeout", value);
+        }
+        *request.headers_mut() = headers;
+        request
+    }
+}
+
+/// One call's attempts.
+struct Call<'a> {
+    forwarder: &'a Forwarder,
+    upstream: &'a Arc<Upstream>,
+    instances: &'a [Arc<Instance>],
+    head: &'a RequestHead,
+    deadline: Deadline,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// A response whose body (and final status) is still to come.
+    Streaming(Response<Body>),
+    /// A trailers-only answer: the call's status is known already.
+    Status(Code, Response<Body>),
+    /// Nothing was sent: the connection could not be opened.
+    NotSent(String),
+    /// Sent, and the exchange failed before a response (reset, GOAWAY, connection lost).
+    Failed(String),
+    TimedOut,
+}
+
+impl Call<'_> {
+    async fn run(self, body: Body) -> Response<Body> {
+        let upstream = self.upstream;
+        let policy = &upstream.settings.retry;
+        upstream.budget.deposit(Instant::now());
+        let (replay, mut body) = if policy.attempts > 1 {
+            (Some(Replay::new(body, MAX_RETRY_BODY)), None)
+        } else {
+            (None, Some(body))
+        };
+        let mut tried: Vec<usize> = Vec::new();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let (index, admission) = match upstream.pick(self.instances, &tried, Instant::now()) {
+                Ok(chosen) => chosen,
+                Err(reason) => return self.forwarder.unavailable(upstream, reason),
+            };
+            tried.push(index);
+            let outcome = self
+                .attempt(&self.instances[index], admission, || match &replay {
+                    Some(replay) => replay.attempt(),
+                    None => body.take().unwrap_or_default(),
+                })
+                .await;
+            // What a retry would answer if it is not made.
+            let (code, last, nothing_sent) = match outcome {
+                Attempt::Streaming(response) => return response,
+                Attempt::Status(code, response) if policy.retries(code) => {
+                    (code, Ok(response), false)
+                }
+                Attempt::Status(code, response) => {
+                    upstream.metrics.finished(code);
+                    return response;
+                }
+                Attempt::NotSent(reason) => (Code::Unavailable, Err(reason), true),
+                Attempt::Failed(reason) => (Code::Unavailable, Err(reason), false),
+                Attempt::TimedOut => {
+                    upstream.metrics.finished(Code::DeadlineExceeded);
+                    let name = &upstream.name;
+                    let message = format!("{name}: no response before the deadline");
+                    return grpc_error(Code::DeadlineExceeded, &message);
+                }
+            };
+            // A connection that could not be opened sent nothing: always safe to retry.
+            let (max_attempts, retryable) = if nothing_sent {
+                (policy.attempts.max(CONNECT_ATTEMPTS), true)
+            } else {
+                (policy.attempts, policy.retries(code))
+            };
+            let body_intact = body.is_some() || replay.as_ref().is_some_and(Replay::replayable);
+            let delay = policy.backoff(attempts, fastrand::f64());
+            let may_retry = retryable
+                && attempts < max_attempts
+                && body_intact
+                && Deadline::now() + delay < self.deadline
+                && upstream.budget.try_withdraw(Instant::now());
+            if !may_retry {
+                upstream.metrics.finished(code);
+                return match last {
+                    Ok(response) => response,
+                    Err(reason) => grpc_error(code, &format!("{}: {reason}", upstream.name)),
+                };
+            }
+            upstream.metrics.retries.inc();
+            tracing::debug!(upstream = %upstream.name, attempts, "retrying on another instance");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        instance: &Arc<Instance>,
+        admission: Admission,
+        body: impl FnOnce() -> Body,
+    ) -> Attempt {
+        let upstream = self.upstream;
+        let dialer = &self.forwarder.dialer;
+        let leased = tokio::time::timeout_at(
+            self.deadline,
+            instance
+                .pool
+                .lease(|| dialer.dial(&upstream.name, &instance.endpoint)),
+        )
+        .await;
+        let lease = match leased {
+            Err(_) => return Attempt::TimedOut,
+            Ok(Err(e)) => {
+                record(upstream, instance, false);
+                return Attempt::NotSent(e.to_string());
+            }
+            Ok(Ok(lease)) => lease,
+        };
+        let started = Instant::now();
+        let pending = instance.load.start();
+        let remaining = self.deadline.saturating_duration_since(Deadline::now());
+        let request = self.head.build(body(), remaining);
+        let mut sender = lease.sender.clone();
+        let sent = tokio::time::timeout_at(self.deadline, sender.send_request(request)).await;
+        let response = match sent {
+            Err(_) => {
+                record(upstream, instance, false);
+                return Attempt::TimedOut;
+            }
+            Ok(Err(e)) => {
+                record(upstream, instance, false);
+                return Attempt::Failed(crate::error_chain(&e));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let took = started.elapsed();
+        pending.complete(took, Instant::now());
+        upstream.metrics.observe_latency(took);
+
+        let (parts, incoming) = response.into_parts();
+        if let Some(code) = grpc_status(&parts.headers) {
+            record(upstream, instance, !is_instance_failure(code));
+            return Attempt::Status(code, Response::from_parts(parts, Body::new(incoming)));
+        }
+        let on_end = {
+            let instance = instance.clone();
+            let upstream = upstream.clone();
+            Box::new(move |code: Code| {
+                // The stream's slot on the connection is free once the body is done.
+                drop(lease);
+                upstream.metrics.finished(code);
+                if code != Code::Cancelled {
+                    record(&upstream, &instance, !is_instance_failure(code));
+                } else if let (Some(breaker), Admission::Probe) = (&instance.breaker, admission) {
+                    breaker.release_probe();
+                }
+            })
+        };
+        let body = Observed::new(Body::new(incoming), None, Some(self.deadline), on_end);
+        Attempt::Streaming(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+/// Statuses that say the instance (not the request) is in trouble.
+fn is_instance_failure(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Internal | Code::Unknown)
+}
+
+/// Tells the instance's breaker how a call went, counting an ejection it causes.
+fn record(upstream: &Upstream, instance: &Instance, success: bool) {
+    if let Some(breaker) = &instance.breaker {
+        let before = breaker.ejections();
+        breaker.record(success, Instant::now());
+        if breaker.ejections() > before {
+            upstream.metrics.ejections.inc();
+            tracing::warn!(
+                upstream = %upstream.name,
+                instance = %instance.endpoint.id,
+                "instance ejected by the circuit breaker"
+            );
+        }
+    }
+}
