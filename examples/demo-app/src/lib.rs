@@ -9,8 +9,10 @@
 //!   name so tests can see which instance served a call.
 //! - [`events`]: receives subscribed events by HTTP POST and records them for tests.
 //! - [`publish`]: publishes events through the sidecar's gRPC API.
+//! - [`call`]: calls another service's UploadService through the sidecar.
 //! - [`http`]: the HTTP routes.
 
+pub mod call;
 pub mod events;
 pub mod health;
 pub mod http;
@@ -81,7 +83,8 @@ pub async fn run(cli: Cli) -> std::io::Result<()> {
     let app = grpc
         .merge(http::router(switch))
         .merge(events::router(&cli.event_paths, log))
-        .merge(publish::router(cli.sidecar_addr.clone()));
+        .merge(publish::router(cli.sidecar_addr.clone()))
+        .merge(call::router(cli.sidecar_addr.clone()));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     tracing::info!(listen = %cli.listen, pod = %cli.pod_name, "demo app serving HTTP and gRPC");
     axum::serve(listener, app)
