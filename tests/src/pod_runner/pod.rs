@@ -152,6 +152,7 @@ pub struct PodWorker {
     start_time: Time,
     conditions: Conditions,
     last_written: Option<serde_json::Value>,
+    last_error: Option<String>,
     message: Option<String>,
     http: reqwest::Client,
 }
@@ -187,6 +188,7 @@ impl PodWorker {
             start_time: Time(Timestamp::now()),
             conditions: Conditions::default(),
             last_written: None,
+            last_error: None,
             message: None,
             http,
         }
@@ -637,8 +639,21 @@ impl PodWorker {
             )
             .await
         {
-            Ok(_) => self.last_written = Some(value),
-            Err(e) => log(&self.opts, &format!("{}: writing status: {e}", self.key())),
+            Ok(_) => {
+                self.last_written = Some(value);
+                self.last_error = None;
+            }
+            Err(e) => {
+                // Retried every tick; logged once per distinct error.
+                let text = e.to_string();
+                if self.last_error.as_ref() != Some(&text) {
+                    log(
+                        &self.opts,
+                        &format!("{}: writing status: {text}", self.key()),
+                    );
+                    self.last_error = Some(text);
+                }
+            }
         }
     }
 }

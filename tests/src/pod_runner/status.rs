@@ -103,7 +103,6 @@ pub fn pod_status(input: &StatusInput<'_>, conditions: &mut Conditions) -> PodSt
         ]),
         init_container_statuses: Some(init_statuses),
         container_statuses: Some(statuses),
-        qos_class: Some("BestEffort".into()),
         ..Default::default()
     }
 }
