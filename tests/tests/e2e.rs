@@ -1,0 +1,273 @@
+//! The whole chain on one machine: `kubectl apply` → operator and webhook → Deployments
+//! → Pods → the pod runner's sidecar and demo-app processes → instances passing in
+//! Consul → a gRPC call from one service to another through both sidecars → an event
+//! from one to the other through NATS JetStream → `kubectl scale` adds an instance that
+//! receives traffic → `kubectl delete` leaves no process, no Consul instance and no
+//! StreamGate object behind.
+//!
+//! A test binary of its own: it cordons kwok's nodes so that every pod lands on the pod
+//! runner's node, where it really runs.
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use streamgate_tests::TestEnv;
+use streamgate_tests::bins::binary;
+use streamgate_tests::operator::{Operator, TEST_TIMINGS, operator_kubeconfig_in};
+use streamgate_tests::pod_runner::{Options, PodRunner};
+use streamgate_tests::ports::free_port;
+use streamgate_tests::shared::kube_config;
+use streamgate_tests::wait::eventually;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn services(namespace: &str) -> String {
+    format!(
+        "apiVersion: streamgate.io/v1alpha1\nkind: StreamGateService\nmetadata: {{name: upload, namespace: {namespace}}}\n\
+         spec:\n  image: streamgate/demo-app:latest\n  port: 9091\n  replicas: 1\n  protocol: grpc\n\
+         \x20 health: {{type: http, path: /health, periodSeconds: 2, timeoutSeconds: 1}}\n\
+         \x20 events: {{publish: [file.uploaded]}}\n\
+         \x20 upstreams: [{{service: transcoder, timeout: 5s, retries: {{attempts: 3}}}}]\n\
+         ---\n\
+         apiVersion: streamgate.io/v1alpha1\nkind: StreamGateService\nmetadata: {{name: transcoder, namespace: {namespace}}}\n\
+         spec:\n  image: streamgate/demo-app:latest\n  port: 9093\n  replicas: 1\n  protocol: grpc\n\
+         \x20 health: {{type: http, path: /health, periodSeconds: 2, timeoutSeconds: 1}}\n\
+         \x20 events: {{subscribe: [{{type: file.uploaded, path: /events}}]}}\n\
+         \x20 allowedCallers: [upload]\n"
+    )
+}
+
+/// A plain Deployment that asks for the sidecar by annotation.
+fn annotated_deployment(namespace: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: worker, namespace: {namespace}}}\n\
+         spec:\n  replicas: 1\n  selector: {{matchLabels: {{app: worker}}}}\n  template:\n    metadata:\n\
+         \x20     labels: {{app: worker}}\n\
+         \x20     annotations: {{streamgate.io/inject: \"true\", streamgate.io/service-name: worker, streamgate.io/app-port: \"9094\"}}\n\
+         \x20   spec:\n      containers: [{{name: app, image: streamgate/demo-app:latest, ports: [{{containerPort: 9094}}]}}]\n"
+    )
+}
+
+async fn passing(consul: &str, service: &str) -> Result<Vec<Value>> {
+    let url = format!("{consul}/v1/health/service/{service}?passing=true");
+    Ok(reqwest::get(url).await?.error_for_status()?.json().await?)
+}
+
+async fn registered(consul: &str, service: &str) -> Result<usize> {
+    let url = format!("{consul}/v1/health/service/{service}");
+    let all: Vec<Value> = reqwest::get(url).await?.error_for_status()?.json().await?;
+    Ok(all.len())
+}
+
+async fn wait_passing(consul: &str, service: &str, count: usize) -> Result<Vec<Value>> {
+    eventually(
+        &format!("{count} passing instance(s) of {service} in Consul"),
+        TIMEOUT,
+        || async {
+            let instances = passing(consul, service).await?;
+            Ok((instances.len() == count).then_some(instances))
+        },
+    )
+    .await
+}
+
+/// The pod IP of a passing instance.
+fn address(instance: &Value) -> String {
+    instance["Service"]["Address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"))
+}
+
+/// Cordons kwok's simulated nodes: pods must land where they really run.
+async fn cordon_kwok_nodes(env: &TestEnv) -> Result<()> {
+    let nodes: Api<Node> = Api::all(env.client());
+    for node in nodes.list(&ListParams::default()).await? {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let fake = node
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.get("kwok.x-k8s.io/node").is_some_and(|v| v == "fake"));
+        if fake {
+            env.kubectl(&["cordon", &name], None)?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_whole_chain_runs_on_one_machine() -> Result<()> {
+    let env = TestEnv::new("e2e").await?;
+    let ns = env.namespace.clone();
+    let consul = env.consul_addr().to_string();
+    cordon_kwok_nodes(&env).await?;
+
+    // The programs that stand in for the images.
+    let sidecar = binary("streamgate-sidecar", "streamgate-sidecar")?;
+    binary("streamgate-demo-app", "streamgate-demo-app")?;
+    let bin_dir = sidecar.parent().context("binary directory")?.to_path_buf();
+    let log_dir = env.platform.info.logs.join("pods");
+    let mut options = Options::new("streamgate-runner-e2e", &bin_dir, &log_dir);
+    options.backoff_max = Duration::from_secs(2);
+    // Away from the addresses a `make dev` runner on this machine hands out (from .10).
+    options.first_ip = 150;
+    let runner = PodRunner::start(kube_config(env.platform).await?, options).await?;
+
+    // The operator with its webhook, its own namespace beside the test's.
+    let home = format!("{ns}-sys");
+    let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
+    let port = free_port()?;
+    let mut args: Vec<String> = TEST_TIMINGS.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "--webhook-listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--webhook-url".into(),
+        format!("https://127.0.0.1:{port}"),
+        "--webhook-config-name".into(),
+        format!("streamgate-injector-{ns}"),
+    ]);
+    let operator = Operator::start_in(&env, &kubeconfig, "e2e", &home, &args).await?;
+    eventually("webhook registered", TIMEOUT, || async {
+        let name = format!("mutatingwebhookconfiguration/streamgate-injector-{ns}");
+        Ok(env
+            .kubectl(&["get", &name, "-o", "name"], None)
+            .is_ok()
+            .then_some(()))
+    })
+    .await?;
+
+    let result = chain(&env, &consul, &runner).await;
+    if result.is_err() {
+        eprintln!("operator log:\n{}", operator.log_tail(40));
+        eprintln!("pods:\n{}", runner.log_tails(30));
+    }
+    result
+}
+
+async fn chain(env: &TestEnv, consul: &str, runner: &PodRunner) -> Result<()> {
+    let ns = &env.namespace;
+    env.kubectl(&["apply", "-f", "-"], Some(&services(ns)))?;
+    env.kubectl(&["apply", "-f", "-"], Some(&annotated_deployment(ns)))?;
+    for name in ["upload", "transcoder"] {
+        env.kubectl(
+            &[
+                "wait",
+                "--for=condition=Ready",
+                &format!("sgs/{name}"),
+                "--timeout=120s",
+            ],
+            None,
+        )?;
+    }
+    let upload = wait_passing(consul, "upload", 1).await?;
+    let transcoder = wait_passing(consul, "transcoder", 1).await?;
+    wait_passing(consul, "worker", 1).await?;
+    let upload_app = format!("http://{}:9091", address(&upload[0]));
+    let http = reqwest::Client::builder().no_proxy().build()?;
+
+    // upload's app → upload's sidecar → transcoder's sidecar → transcoder's app.
+    let call = || async {
+        let reply: Value = http
+            .post(format!("{upload_app}/admin/call"))
+            .json(&json!({"service": "transcoder"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(reply["ok"] == true, "call through the sidecars: {reply}");
+        Ok(reply["servedBy"].as_str().unwrap_or_default().to_string())
+    };
+    let first = eventually("a call from upload to transcoder", TIMEOUT, || async {
+        Ok(call().await.ok())
+    })
+    .await?;
+    ensure!(first.starts_with("transcoder-"), "served by {first}");
+
+    // upload publishes file.uploaded; transcoder's app receives it through JetStream.
+    let published: Value = http
+        .post(format!("{upload_app}/admin/publish"))
+        .json(&json!({"type": "file.uploaded", "id": "e2e-1", "data": {"fileId": "f-1"}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(published["ok"] == true, "publish: {published}");
+    let transcoder_app = format!("http://{}:9093", address(&transcoder[0]));
+    eventually("transcoder received the event", TIMEOUT, || async {
+        let events: Value = http
+            .get(format!("{transcoder_app}/admin/events"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(events.to_string().contains("e2e-1").then_some(()))
+    })
+    .await?;
+
+    // kubectl scale: the new instance passes in Consul and receives calls.
+    env.kubectl(&["scale", "sgs/transcoder", "--replicas=2"], None)?;
+    wait_passing(consul, "transcoder", 2).await?;
+    let served = eventually("both transcoders serve calls", TIMEOUT, || async {
+        let mut seen = BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(call().await?);
+        }
+        Ok((seen.len() == 2).then_some(seen))
+    })
+    .await?;
+    ensure!(served.iter().all(|s| s.starts_with("transcoder-")));
+
+    // Processes of every pod, to see them gone after the delete.
+    let pods: Api<Pod> = Api::namespaced(env.client(), ns);
+    let mut pids = Vec::new();
+    for pod in pods.list(&ListParams::default()).await? {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        for container in ["streamgate-sidecar", "app"] {
+            if let Some(pid) = runner.pid(ns, &name, container) {
+                pids.push(pid);
+            }
+        }
+    }
+    ensure!(
+        pids.len() >= 8,
+        "sidecar and app processes of 4 pods: {pids:?}"
+    );
+
+    // kubectl delete: no process, no Consul instance, no StreamGate object left.
+    env.kubectl(&["delete", "sgs", "--all", "--wait=true"], None)?;
+    env.kubectl(&["delete", "deployment", "worker", "--wait=true"], None)?;
+    eventually("every pod is gone", TIMEOUT, || async {
+        Ok(pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    eventually("every process is gone", TIMEOUT, || async {
+        Ok(pids.iter().all(|pid| !alive(*pid)).then_some(()))
+    })
+    .await?;
+    for service in ["upload", "transcoder", "worker"] {
+        eventually(&format!("{service} gone from Consul"), TIMEOUT, || async {
+            Ok((registered(consul, service).await? == 0).then_some(()))
+        })
+        .await?;
+    }
+    let left = env.kubectl(
+        &["get", "sgs,deployments,services,replicasets", "-o", "name"],
+        None,
+    )?;
+    ensure!(left.trim().is_empty(), "objects left behind:\n{left}");
+    Ok(())
+}
