@@ -49,13 +49,17 @@ pub fn needs_issue(
     !same_ca || not_after.is_none_or(|t| t.duration_since(now) < threshold)
 }
 
-/// Ensures the identity Secret of every (namespace, service) that has pods.
+/// Ensures the identity Secret of every (namespace, service) that has pods, and removes
+/// the Secret of a service whose last pod went since the previous pass (`known`). A
+/// Secret orphaned while no operator ran stays (finding it would take list rights on
+/// every Secret in the cluster, which the operator does not ask for).
 pub async fn issue_all(
     client: &kube::Client,
     scope: Option<&str>,
     ca_cert: &str,
     ca_key: &str,
     validity: Duration,
+    known: &mut BTreeSet<(String, String)>,
 ) -> anyhow::Result<usize> {
     let pods: Api<Pod> = match scope {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -73,6 +77,10 @@ pub async fn issue_all(
             Some((ns, svc))
         })
         .collect();
+    for (namespace, service) in known.difference(&services) {
+        remove(client, namespace, service).await;
+    }
+    known.clone_from(&services);
     let mut issued = 0;
     for (namespace, service) in services {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -129,6 +137,35 @@ pub async fn issue_all(
         }
     }
     Ok(issued)
+}
+
+/// Deletes the identity Secret of a service that has no pod left, if we made it.
+async fn remove(client: &kube::Client, namespace: &str, service: &str) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = secret_name(service);
+    let ours = match secrets.get_opt(&name).await {
+        Ok(Some(secret)) => secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+            .is_some_and(|v| v == "streamgate"),
+        Ok(None) => return,
+        Err(e) => {
+            warn!(%namespace, %service, error = %e, "could not read the workload certificate");
+            return;
+        }
+    };
+    if !ours {
+        return;
+    }
+    match secrets.delete(&name, &Default::default()).await {
+        Ok(_) => info!(%namespace, %service, "removed the workload certificate: no pod left"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => {
+            warn!(%namespace, %service, error = %e, "could not remove the workload certificate")
+        }
+    }
 }
 
 #[cfg(test)]

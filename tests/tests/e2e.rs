@@ -264,10 +264,26 @@ async fn chain(env: &TestEnv, consul: &str, runner: &PodRunner) -> Result<()> {
         })
         .await?;
     }
-    let left = env.kubectl(
-        &["get", "sgs,deployments,services,replicasets", "-o", "name"],
-        None,
-    )?;
-    ensure!(left.trim().is_empty(), "objects left behind:\n{left}");
+    let left = eventually("no StreamGate object left", TIMEOUT, || async {
+        let left = env.kubectl(
+            &[
+                "get",
+                "sgs,deployments,services,replicasets,secrets",
+                "-l",
+                "app.kubernetes.io/managed-by=streamgate",
+                "-o",
+                "name",
+            ],
+            None,
+        )?;
+        Ok(left.trim().is_empty().then_some(()))
+    })
+    .await;
+    let everything = env.kubectl(&["get", "sgs,deployments,services", "-o", "name"], None)?;
+    ensure!(
+        everything.trim().is_empty(),
+        "objects left behind:\n{everything}"
+    );
+    left?;
     Ok(())
 }

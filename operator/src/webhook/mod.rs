@@ -109,6 +109,8 @@ pub async fn run(
         let period =
             (config.cert_validity / 6).clamp(Duration::from_secs(1), Duration::from_secs(15));
         let scope = config.only_namespace.clone();
+        // The services with pods at the last pass: one gone since gets its Secret removed.
+        let mut identities = std::collections::BTreeSet::new();
         async move {
             loop {
                 match certs::ensure(&secrets, &config.secret_name, &hosts, config.cert_validity)
@@ -143,6 +145,7 @@ pub async fn run(
                             &current.ca_cert,
                             &current.ca_key,
                             config.cert_validity,
+                            &mut identities,
                         )
                         .await
                         {
