@@ -2,8 +2,8 @@
 //! → Pods → the pod runner's sidecar and demo-app processes → instances passing in
 //! Consul → a gRPC call from one service to another through both sidecars → an event
 //! from one to the other through NATS JetStream → `kubectl scale` adds an instance that
-//! receives traffic → `kubectl delete` leaves no process, no Consul instance and no
-//! StreamGate object behind.
+//! receives traffic, over mTLS with the identity the operator issued → `kubectl delete`
+//! leaves no process, no Consul instance and no StreamGate object behind.
 //!
 //! A test binary of its own: it cordons kwok's nodes so that every pod lands on the pod
 //! runner's node, where it really runs.
@@ -213,9 +213,28 @@ async fn chain(env: &TestEnv, consul: &str, runner: &PodRunner) -> Result<()> {
     })
     .await?;
 
+    // The operator issues each service's identity; a pod started after that serves
+    // mTLS only, and callers pick their own certificate up as it appears.
+    for service in ["upload", "transcoder"] {
+        eventually(&format!("{service}'s identity issued"), TIMEOUT, || async {
+            let secret = format!("secret/streamgate-mtls-{service}");
+            Ok(env
+                .kubectl(&["get", &secret, "-o", "name"], None)
+                .is_ok()
+                .then_some(()))
+        })
+        .await?;
+    }
+
     // kubectl scale: the new instance passes in Consul and receives calls.
     env.kubectl(&["scale", "sgs/transcoder", "--replicas=2"], None)?;
-    wait_passing(consul, "transcoder", 2).await?;
+    let transcoders = wait_passing(consul, "transcoder", 2).await?;
+    ensure!(
+        transcoders
+            .iter()
+            .any(|i| i["Service"]["Meta"]["streamgate-inbound"] == "mtls"),
+        "the new transcoder serves mTLS: {transcoders:?}"
+    );
     let served = eventually("both transcoders serve calls", TIMEOUT, || async {
         let mut seen = BTreeSet::new();
         for _ in 0..20 {

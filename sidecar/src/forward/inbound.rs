@@ -14,7 +14,7 @@ use super::metrics::ForwardMetrics;
 use super::outbound::CALLER_HEADER;
 use super::pool::{Dialer, Pool, PoolLimits};
 use super::status::{grpc_error, grpc_status};
-use super::tls::{self, Identity};
+use super::tls::{self, IdentityStore};
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -35,7 +35,8 @@ const ANONYMOUS: &str = "unknown";
 pub struct Inbound {
     service: String,
     allowed_callers: Vec<String>,
-    identity: Option<Arc<Identity>>,
+    /// Present when inbound requires mTLS (decided at start, as advertised in Consul).
+    identity: Option<Arc<IdentityStore>>,
     app: Endpoint,
     app_pool: Pool,
     dialer: Dialer,
@@ -46,7 +47,7 @@ impl Inbound {
     pub fn new(
         service: &str,
         allowed_callers: Vec<String>,
-        identity: Option<Arc<Identity>>,
+        identity: Option<Arc<IdentityStore>>,
         app: SocketAddr,
         metrics: Arc<ForwardMetrics>,
     ) -> Arc<Self> {
@@ -81,9 +82,11 @@ impl Inbound {
             let _ = tcp.set_nodelay(true);
             let inbound = self.clone();
             tokio::spawn(async move {
-                match &inbound.identity {
+                match inbound.identity.as_ref().map(|store| store.current()) {
                     None => inbound.serve_connection(tcp, None).await,
-                    Some(identity) => {
+                    // The certificate went away after start: refuse rather than go plaintext.
+                    Some(None) => tracing::warn!(%peer, "inbound refused: no mTLS identity"),
+                    Some(Some(identity)) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(identity.server.clone());
                         let accepted =
                             tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;

@@ -56,10 +56,11 @@ pub async fn start(
     settings: &Settings,
     metrics: Arc<metrics::ForwardMetrics>,
 ) -> Result<Forwarding, String> {
-    let identity = tls::load(&settings.mtls_dir)
-        .map_err(|e| format!("mTLS identity: {e}"))?
-        .map(Arc::new);
-    if let Some(identity) = &identity {
+    let store =
+        tls::IdentityStore::open(&settings.mtls_dir).map_err(|e| format!("mTLS identity: {e}"))?;
+    store.spawn_reload();
+    let mtls = store.current().is_some();
+    if let Some(identity) = store.current() {
         tracing::info!(service = %identity.service, dir = %settings.mtls_dir.display(), "mTLS on");
     }
     let doc = &settings.document;
@@ -68,7 +69,7 @@ pub async fn start(
         settings.consul.address.clone(),
         settings.consul.token.as_ref().map(|t| t.0.clone()),
     );
-    let dialer = pool::Dialer::new(identity.clone(), doc.pod.namespace.clone());
+    let dialer = pool::Dialer::new(Some(store.clone()), doc.pod.namespace.clone());
     let outbound = outbound::Forwarder::new(
         &service.service_name,
         &service.upstreams,
@@ -81,14 +82,17 @@ pub async fn start(
     let inbound = inbound::Inbound::new(
         &service.service_name,
         service.allowed_callers.clone(),
-        identity.clone(),
+        // Inbound is TLS-only when a certificate was there at start: a pod whose
+        // certificate appears later keeps plaintext inbound (as registered in Consul)
+        // and uses the certificate for its own calls.
+        mtls.then(|| store.clone()),
         app,
         metrics,
     );
     Ok(Forwarding {
         outbound,
         inbound,
-        mtls: identity.is_some(),
+        mtls,
     })
 }
 

@@ -8,7 +8,7 @@
 //! without a FIN) within seconds.
 
 use super::discovery::Endpoint;
-use super::tls::{self, Identity};
+use super::tls::{self, IdentityStore};
 use axum::body::Body;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -51,13 +51,13 @@ pub struct DialError {
 
 /// Opens connections: plaintext HTTP/2, or mTLS to instances that advertise it.
 pub struct Dialer {
-    identity: Option<Arc<Identity>>,
+    identity: Option<Arc<IdentityStore>>,
     /// The namespace assumed for an instance whose registration does not name one.
     namespace: String,
 }
 
 impl Dialer {
-    pub fn new(identity: Option<Arc<Identity>>, namespace: String) -> Self {
+    pub fn new(identity: Option<Arc<IdentityStore>>, namespace: String) -> Self {
         Dialer {
             identity,
             namespace,
@@ -78,9 +78,13 @@ impl Dialer {
         if !endpoint.mtls {
             return handshake(tcp).await.map_err(failed);
         }
-        let identity = self.identity.as_ref().ok_or_else(|| {
-            failed("the instance requires mTLS and this sidecar has no identity mounted".into())
-        })?;
+        let identity = self
+            .identity
+            .as_ref()
+            .and_then(|s| s.current())
+            .ok_or_else(|| {
+                failed("the instance requires mTLS and this sidecar has no identity mounted".into())
+            })?;
         let namespace = endpoint.namespace.as_deref().unwrap_or(&self.namespace);
         let name = tls::server_name(service, namespace)
             .ok_or_else(|| failed(format!("{service}.{namespace} is not a valid TLS name")))?;

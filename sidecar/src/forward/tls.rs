@@ -99,6 +99,79 @@ pub fn load(dir: &Path) -> Result<Option<Identity>, String> {
     }))
 }
 
+/// The identity as currently mounted. The operator reissues certificates well before
+/// they expire and the kubelet rewrites the mounted files in place, so the store reads
+/// them again when they change ([`IdentityStore::spawn_reload`]); a pod started before
+/// its Secret existed gets its identity once the files appear. Connections opened
+/// after a reload use the new certificate.
+pub struct IdentityStore {
+    dir: std::path::PathBuf,
+    current: std::sync::RwLock<Option<Arc<Identity>>>,
+    /// The certificate file's contents at the last load, to notice a change.
+    loaded: std::sync::Mutex<Vec<u8>>,
+}
+
+/// How often the mounted files are checked for a renewed certificate.
+const RELOAD_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl IdentityStore {
+    /// Loads the identity from `dir` (`Ok` with none when no certificate is mounted).
+    pub fn open(dir: &Path) -> Result<Arc<Self>, String> {
+        let store = Arc::new(IdentityStore {
+            dir: dir.to_path_buf(),
+            current: std::sync::RwLock::new(None),
+            loaded: std::sync::Mutex::new(Vec::new()),
+        });
+        store.reload()?;
+        Ok(store)
+    }
+
+    pub fn current(&self) -> Option<Arc<Identity>> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the files again if the certificate changed; a broken new set keeps the
+    /// old identity (and is reported), so a half-written update never drops mTLS.
+    fn reload(&self) -> Result<bool, String> {
+        let cert = std::fs::read(self.dir.join("tls.crt")).unwrap_or_default();
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cert == *loaded {
+            return Ok(false);
+        }
+        let identity = load(&self.dir)?;
+        *loaded = cert;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = identity.map(Arc::new);
+        Ok(true)
+    }
+
+    /// Checks the files every few seconds for as long as the store is in use.
+    pub fn spawn_reload(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RELOAD_PERIOD).await;
+                let Some(store) = weak.upgrade() else { return };
+                match store.reload() {
+                    Ok(true) => {
+                        tracing::info!(dir = %store.dir.display(), "mTLS identity reloaded")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "mTLS identity not reloaded"),
+                }
+            }
+        });
+    }
+}
+
 /// The server name a caller checks: `<service>.<namespace>.streamgate`.
 pub fn server_name(service: &str, namespace: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(format!("{service}.{namespace}.streamgate")).ok()
@@ -143,6 +216,52 @@ mod tests {
     fn a_directory_without_certificates_means_mtls_off() {
         let dir = std::env::temp_dir().join(format!("sg-no-mtls-{}", std::process::id()));
         assert!(load(&dir).unwrap().is_none());
+    }
+
+    /// A CA and a workload certificate for `service`, as PEM files in `dir`.
+    fn write_identity(dir: &Path, service: &str) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec![format!("{service}.ns.streamgate")]).unwrap();
+        let uri = format!("spiffe://streamgate/ns/ns/svc/{service}");
+        leaf.subject_alt_names
+            .push(SanType::URI(uri.as_str().try_into().unwrap()));
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    }
+
+    #[test]
+    fn the_store_picks_up_a_certificate_that_appears_or_changes() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = std::env::temp_dir().join(format!("sg-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = IdentityStore::open(&dir).unwrap();
+        assert!(store.current().is_none(), "nothing mounted yet");
+
+        write_identity(&dir, "upload");
+        assert!(store.reload().unwrap());
+        assert_eq!(store.current().unwrap().service, "upload");
+        assert!(
+            !store.reload().unwrap(),
+            "unchanged files are not read again"
+        );
+
+        // A half-written update keeps the identity in use.
+        std::fs::write(dir.join("tls.crt"), "-----BEGIN CERT").unwrap();
+        assert!(store.reload().is_err());
+        assert_eq!(store.current().unwrap().service, "upload");
+
+        write_identity(&dir, "upload-v2");
+        assert!(store.reload().unwrap());
+        assert_eq!(store.current().unwrap().service, "upload-v2");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Sidecar listeners the runner moves onto the pod IP (DESIGN.md's ports).
+/// Where the operator mounts a service's mTLS identity in the sidecar.
+const MTLS_DIR: &str = "/etc/streamgate/mtls";
 const SIDECAR_LISTENERS: &[(&str, u16)] = &[
     ("STREAMGATE_APP_LISTEN", 15001),
     ("STREAMGATE_INBOUND_LISTEN", 15006),
@@ -282,6 +284,16 @@ impl PodContext {
                 }
                 // The app listens on the pod IP too (below).
                 set(env, "STREAMGATE_APP_HOST", ip.clone());
+                // The identity volume's path is the sidecar's default, not in its
+                // environment: name it so the rewrite below points it at the volume.
+                let mtls_mounted = container
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.mount_path.trim_end_matches('/') == MTLS_DIR);
+                if mtls_mounted {
+                    set(env, "STREAMGATE_MTLS_DIR", MTLS_DIR.to_string());
+                }
             }
             Program::DemoApp(_) => {
                 let port = container

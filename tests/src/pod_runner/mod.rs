@@ -21,11 +21,12 @@
 //!   `configMapKeyRef`, `envFrom`, plus `PATH`, `HOME` and `HOSTNAME`; nothing else of
 //!   the runner's environment leaks in.
 //! - **Volumes.** `emptyDir`, `secret` and `configMap` become directories under the
-//!   pod's directory (written once at pod start), `hostPath` is itself; a mount path
-//!   that appears in an environment value (e.g. `spoolDir` in the sidecar's
-//!   `STREAMGATE_CONFIG`) is rewritten to that directory. Projected volumes (service
-//!   account tokens) and PVCs are left out; a path hard-coded in a program (the
-//!   sidecar's `/etc/streamgate/mtls`) is not redirected.
+//!   pod's directory (written at pod start and again every 5 s, as the kubelet
+//!   refreshes them), `hostPath` is itself; a mount path that appears in an
+//!   environment value (e.g. `spoolDir` in the sidecar's `STREAMGATE_CONFIG`) is
+//!   rewritten to that directory, and the sidecar's identity mount
+//!   (`/etc/streamgate/mtls`) is named in `STREAMGATE_MTLS_DIR` so it is rewritten too.
+//!   Projected volumes (service account tokens) and PVCs are left out.
 //! - **Lifecycle.** Init containers in order: native sidecars (`restartPolicy: Always`)
 //!   gate the next container on their startup probe; regular ones run to completion.
 //!   Then the app containers. Exited containers restart as `restartPolicy` says, with a

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// How often a pod's processes are checked and its probes considered.
+/// How often Secret and ConfigMap volumes are written again.
+const VOLUME_REFRESH: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(200);
 /// A container that ran this long starts its backoff over.
 const BACKOFF_RESET: Duration = Duration::from_secs(60);
@@ -217,9 +219,16 @@ impl PodWorker {
             &self.opts,
             &format!("{}: running on {}", self.key(), self.ctx.ip),
         );
+        let mut volumes_written = tokio::time::Instant::now();
         let reason = loop {
             if let Some(reason) = *stop.borrow() {
                 break reason;
+            }
+            // As the kubelet does: Secrets and ConfigMaps that appear or change after
+            // the pod started reach its volumes (the mTLS identity, renewed in place).
+            if volumes_written.elapsed() >= VOLUME_REFRESH {
+                self.ctx.prepare_volumes().await;
+                volumes_written = tokio::time::Instant::now();
             }
             self.tick().await;
             self.write_status().await;
