@@ -136,9 +136,14 @@ impl HttpBody for ReplayAttempt {
         Poll::Ready(Some(Ok(frame)))
     }
 
+    /// True as soon as the source is known to be done, so the last DATA frame carries
+    /// END_STREAM: a server counts small DATA frames that do not end their stream
+    /// against a budget (h2 answers a flood of them with GOAWAY ENHANCE_YOUR_CALM), and
+    /// a unary call then never touches it.
     fn is_end_stream(&self) -> bool {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.ended
+        let source_done = state.ended || (state.trailers.is_none() && state.source.is_end_stream());
+        source_done
             && self.position >= state.kept.len()
             && (self.trailers_sent || state.trailers.is_none())
     }
@@ -276,6 +281,19 @@ mod tests {
         assert_eq!(frame.into_data().unwrap(), "ab");
         drop(first);
         assert_eq!(collect(replay.attempt()).await, b"abcd");
+    }
+
+    #[tokio::test]
+    async fn the_last_chunk_of_a_finished_body_ends_the_stream() {
+        let replay = Replay::new(Body::from("hello"), 16);
+        let mut attempt = replay.attempt();
+        assert!(!attempt.is_end_stream());
+        attempt.frame().await.unwrap().unwrap();
+        assert!(
+            attempt.is_end_stream(),
+            "no empty DATA frame needed to end it"
+        );
+        assert_eq!(collect(replay.attempt()).await, b"hello");
     }
 
     #[tokio::test]

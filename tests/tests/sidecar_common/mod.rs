@@ -217,7 +217,9 @@ impl Sidecar {
         command
             .env_clear()
             .env("STREAMGATE_CONFIG", document)
-            .env("RUST_LOG", "debug");
+            // Debug logs of the sidecar itself; h2's frame-by-frame logs would cost
+            // more CPU than the data path they describe.
+            .env("RUST_LOG", "debug,h2=info,hyper=info,hyper_util=info");
         for (key, value) in &o.env {
             command.env(key, value);
         }
