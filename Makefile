@@ -17,12 +17,12 @@ FORCE:
 env-up: tools $(ENV_BIN)
 	@$(ENV_BIN) up
 
-## env-down: stop the local platform (and a `make dev` operator); no process is left behind
+## env-down: stop the local platform (and a `make dev` operator and pod runner); no process is left behind
 env-down: $(ENV_BIN)
 	@bash scripts/dev.sh stop
 	@$(ENV_BIN) down
 
-## dev: platform up, operator running, the nine sample services applied, status shown
+## dev: platform up, operator and pod runner running, the nine sample services applied and Ready, try-it lines shown; Ctrl-C stops it all
 dev: tools
 	@bash scripts/dev.sh
 
