@@ -18,7 +18,8 @@ pub const SUBJECT_PREFIX: &str = "streamgate.";
 pub struct Outgoing {
     pub subject: String,
     pub id: String,
-    pub payload: Vec<u8>,
+    /// Shared, not copied, when handed to JetStream (and again on a retry).
+    pub payload: bytes::Bytes,
 }
 
 /// Why an event was refused before it reached NATS.
@@ -101,7 +102,7 @@ pub fn build(
     Ok(Outgoing {
         subject: format!("{SUBJECT_PREFIX}{event_type}"),
         id,
-        payload,
+        payload: payload.into(),
     })
 }
 

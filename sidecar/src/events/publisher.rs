@@ -138,7 +138,7 @@ async fn send_chunk(js: &jetstream::Context, events: &[Outgoing]) -> Vec<bool> {
     let mut pending = Vec::with_capacity(events.len());
     for event in events {
         let message = PublishMessage::build()
-            .payload(event.payload.clone().into())
+            .payload(event.payload.clone())
             .message_id(event.id.as_str());
         pending.push(js.send_publish(event.subject.clone(), message).await);
     }

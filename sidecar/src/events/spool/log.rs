@@ -245,7 +245,7 @@ fn read_record(file: &mut impl Read) -> io::Result<Option<(Outgoing, u64)>> {
     let event = Outgoing {
         subject: String::from_utf8_lossy(subject).into_owned(),
         id: String::from_utf8_lossy(id).into_owned(),
-        payload: payload.to_vec(),
+        payload: bytes::Bytes::copy_from_slice(payload),
     };
     Ok(Some((event, HEADER + len as u64)))
 }
@@ -295,7 +295,7 @@ mod tests {
         Outgoing {
             subject: "streamgate.a.b".into(),
             id: format!("id-{n}"),
-            payload: format!("{{\"n\":{n}}}").into_bytes(),
+            payload: format!("{{\"n\":{n}}}").into_bytes().into(),
         }
     }
 
