@@ -12,13 +12,15 @@
 //! change the batch size and calls in flight, to see where throughput saturates.
 //! Exits 1 when a figure misses its target.
 
+#[path = "support/mod.rs"]
+mod support;
 use async_nats::jetstream;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use streamgate_proto::sidecar::v1::events_client::EventsClient;
 use streamgate_proto::sidecar::v1::{PublishBatchRequest, PublishRequest};
+use support::free_port;
 
 const EVENTS: usize = 20_000;
 const BATCH: usize = 100;
@@ -298,11 +300,6 @@ fn micros(d: Duration) -> String {
 
 fn verdict(ok: bool, target: &str) -> String {
     format!("{target} {}", if ok { "ok" } else { "MISSED" })
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 fn spawn(command: &mut Command, log: &Path) -> Result<Running, String> {

@@ -26,10 +26,13 @@
 //! Exits 1 when a target is missed or (b) cannot be measured, 2 when the bench itself
 //! cannot run. Every child process is stopped when the bench ends, however it ends.
 
-use std::net::{SocketAddr, TcpListener};
+#[path = "support/mod.rs"]
+mod support;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+use support::free_port;
 
 const RATE: u32 = 2_000;
 const CONNECTIONS: u32 = 16;
@@ -915,30 +918,11 @@ fn log_tail(work: &Path, name: &str) -> String {
 
 /// `CONSUL_HTTP_ADDR`, else a dev agent of our own (kept alive by the returned guard).
 async fn consul(bin: &Path, work: &Path) -> Result<(String, Option<Running>), String> {
-    if let Ok(addr) = std::env::var("CONSUL_HTTP_ADDR") {
-        let addr = if addr.contains("://") {
-            addr
-        } else {
-            format!("http://{addr}")
-        };
+    if let Some(addr) = support::consul_from_env() {
         return Ok((addr, None));
     }
-    let port = free_port()?;
-    let mut command = Command::new(bin);
-    command.args([
-        "agent",
-        "-dev",
-        "-bind=127.0.0.1",
-        "-client=127.0.0.1",
-        "-dns-port=-1",
-        "-grpc-port=-1",
-    ]);
-    command.arg(format!("-http-port={port}"));
-    for flag in ["-serf-lan-port", "-serf-wan-port", "-server-port"] {
-        command.arg(format!("{flag}={}", free_port()?));
-    }
+    let (mut command, addr) = support::consul_dev_agent(bin)?;
     let agent = spawn(&mut command, &work.join("consul.log"), "Consul", false)?;
-    let addr = format!("http://127.0.0.1:{port}");
     wait_ok(&format!("{addr}/v1/status/leader"), Duration::from_secs(30)).await?;
     Ok((addr, Some(agent)))
 }
@@ -993,11 +977,6 @@ async fn wait_tcp(addr: &str, timeout: Duration) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(format!("nothing listens on {addr} after {timeout:?}"))
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 fn port_of(addr: &str) -> Result<u16, String> {

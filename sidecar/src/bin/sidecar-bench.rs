@@ -12,10 +12,12 @@
 //! `CONSUL_HTTP_ADDR`, else a dev agent is started from `STREAMGATE_CONSUL_BIN` or
 //! `consul` on the PATH. Exits 1 when a figure misses its target.
 
-use std::net::TcpListener;
+#[path = "support/mod.rs"]
+mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+use support::free_port;
 
 const STARTS: usize = 20;
 const RSS_TARGET_KIB: u64 = 10 * 1024;
@@ -147,11 +149,6 @@ fn sibling(dir: &Path, name: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
-}
-
 fn spawn(command: &mut Command) -> Result<Running, String> {
     command
         .stdin(Stdio::null())
@@ -235,31 +232,12 @@ fn median(samples: &mut [Duration]) -> Duration {
 
 /// `CONSUL_HTTP_ADDR`, else a dev agent of our own (kept alive by the returned guard).
 async fn consul() -> Result<(String, Option<Running>), String> {
-    if let Ok(addr) = std::env::var("CONSUL_HTTP_ADDR") {
-        let addr = if addr.contains("://") {
-            addr
-        } else {
-            format!("http://{addr}")
-        };
+    if let Some(addr) = support::consul_from_env() {
         return Ok((addr, None));
     }
     let bin = std::env::var("STREAMGATE_CONSUL_BIN").unwrap_or_else(|_| "consul".into());
-    let port = free_port()?;
-    let mut command = Command::new(&bin);
-    command.args([
-        "agent",
-        "-dev",
-        "-bind=127.0.0.1",
-        "-client=127.0.0.1",
-        "-dns-port=-1",
-        "-grpc-port=-1",
-    ]);
-    command.arg(format!("-http-port={port}"));
-    for flag in ["-serf-lan-port", "-serf-wan-port", "-server-port"] {
-        command.arg(format!("{flag}={}", free_port()?));
-    }
+    let (mut command, addr) = support::consul_dev_agent(&bin)?;
     let agent = spawn(&mut command).map_err(|e| format!("starting Consul ({bin}): {e}"))?;
-    let addr = format!("http://127.0.0.1:{port}");
     wait_ok(&format!("{addr}/v1/status/leader"), Duration::from_secs(30)).await?;
     Ok((addr, Some(agent)))
 }
