@@ -52,8 +52,13 @@ pub fn first_difference(desired: &Value, actual: &Value, path: &str) -> Option<S
     }
 }
 
-/// Applies `desired` unless `current` already matches it.
-pub async fn apply<K>(api: &Api<K>, desired: &K, current: Option<&K>) -> kube::Result<Applied>
+/// Applies `desired` unless `current` already matches it. With the action, the object as
+/// the API server answered an apply (None when nothing was written).
+pub async fn apply<K>(
+    api: &Api<K>,
+    desired: &K,
+    current: Option<&K>,
+) -> kube::Result<(Applied, Option<K>)>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
@@ -62,7 +67,7 @@ where
     if let Some(current) = current {
         let current_value = serde_json::to_value(current).map_err(kube::Error::SerdeError)?;
         match first_difference(&desired_value, &current_value, "") {
-            None => return Ok(Applied::Unchanged),
+            None => return Ok((Applied::Unchanged, None)),
             Some(path) => {
                 tracing::debug!(kind = K::kind(&Default::default()).as_ref(), %path, "differs")
             }
@@ -71,17 +76,19 @@ where
     let mut body = desired_value;
     body["apiVersion"] = Value::String(K::api_version(&Default::default()).to_string());
     body["kind"] = Value::String(K::kind(&Default::default()).to_string());
-    api.patch(
-        &desired.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(if current.is_some() {
+    let answer = api
+        .patch(
+            &desired.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    let action = if current.is_some() {
         Applied::Updated
     } else {
         Applied::Created
-    })
+    };
+    Ok((action, Some(answer)))
 }
 
 #[cfg(test)]

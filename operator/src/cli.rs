@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// Log format: json or text.
     #[arg(long, env = "STREAMGATE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
+    /// Most StreamGateServices reconciled at once. Bounds the operator's memory and its
+    /// share of the API server when thousands of resources change together.
+    #[arg(long, env = "STREAMGATE_MAX_CONCURRENT_RECONCILES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     #[command(flatten)]
     pub consul: ConsulArgs,
     #[command(flatten)]

@@ -13,6 +13,7 @@ pub mod crdgen;
 pub mod desired;
 pub mod error;
 pub mod identity;
+pub mod known;
 pub mod labels;
 pub mod leader;
 pub mod metrics;

@@ -5,6 +5,7 @@ use crate::apply::{Applied, apply};
 use crate::consul::Consul;
 use crate::desired::{desired, validate};
 use crate::error::{Error, Result};
+use crate::known::Known;
 use crate::labels::{FIELD_MANAGER, FINALIZER};
 use crate::metrics::{ChildLabels, Metrics};
 use crate::settings::SidecarSettings;
@@ -16,7 +17,6 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
@@ -35,10 +35,10 @@ pub struct Context {
     pub consul: Consul,
     pub metrics: Metrics,
     pub settings: SidecarSettings,
-    /// Caches of the owned Deployments and Services, fed by the controller's watches, so
+    /// The owned Deployments and Services, from caches fed by the controller's watches, so
     /// a reconcile reads its children without a request.
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
+    pub deployments: Known<Deployment>,
+    pub services: Known<Service>,
     /// Requeue period once Ready (Consul is polled, not watched).
     pub resync_ready: Duration,
     /// Requeue period while not Ready.
@@ -105,22 +105,25 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
     // apply
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    let current_deployment = ctx
-        .deployments
-        .get(&ObjectRef::new(&name).within(&namespace))
-        .map(|d| (*d).clone());
-    let current_service = ctx
-        .services
-        .get(&ObjectRef::new(&name).within(&namespace))
-        .map(|s| (*s).clone());
+    let current_deployment = ctx.deployments.get(&name, &namespace);
+    let current_service = ctx.services.get(&name, &namespace);
+    let provisional = current_deployment.provisional || current_service.provisional;
     let applied = [
         (
             "Deployment",
-            apply(&deployments, &want.deployment, current_deployment.as_ref()).await,
+            apply(
+                &deployments,
+                &want.deployment,
+                current_deployment.object.as_deref(),
+            )
+            .await
+            .map(|(action, answer)| remember_created(&ctx.deployments, action, answer)),
         ),
         (
             "Service",
-            apply(&services, &want.service, current_service.as_ref()).await,
+            apply(&services, &want.service, current_service.object.as_deref())
+                .await
+                .map(|(action, answer)| remember_created(&ctx.services, action, answer)),
         ),
     ];
     let mut changes: Vec<(Applied, &str)> = Vec::new();
@@ -175,14 +178,14 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
 
     // update status (from the cache: a Deployment created just now has no status yet, and
     // its watch event brings us back here when it does)
-    let deployment = current_deployment;
+    let deployment = current_deployment.object;
     let consul = ctx
         .consul
         .managed_instances(&sgs.consul_name(), &namespace)
         .await
         .map_err(|e| e.to_string());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let status = compute_status(sgs, deployment.as_ref(), &consul, now);
+    let status = compute_status(sgs, deployment.as_deref(), &consul, now);
     if sgs.status.as_ref() != Some(&status) {
         let api: Api<StreamGateService> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({
@@ -197,11 +200,30 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
         )
         .await?;
     }
-    Ok(Action::requeue(if is_ready(&status) {
+    let resync = if is_ready(&status) {
         ctx.resync_ready
     } else {
         ctx.resync_not_ready
+    };
+    // Someone else's change hidden behind a provisional answer shows once the cache
+    // has caught up: look again by then.
+    Ok(Action::requeue(if provisional {
+        resync.min(crate::known::CATCH_UP)
+    } else {
+        resync
     }))
+}
+
+/// Keeps what the API server answered to a creation until the watch shows the object.
+fn remember_created<K>(known: &Known<K>, action: Applied, answer: Option<K>) -> Applied
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    if let (Applied::Created, Some(object)) = (action, answer) {
+        known.remember_created(object);
+    }
+    action
 }
 
 /// Deletion: stop the pods, remove every Consul instance of the service, then let the

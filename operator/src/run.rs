@@ -3,6 +3,7 @@
 
 use crate::cli::RunArgs;
 use crate::consul::Consul;
+use crate::known::Known;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
@@ -15,7 +16,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use prometheus_client::registry::Registry;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -118,8 +119,8 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         consul: consul.clone(),
         metrics: metrics.clone(),
         settings,
-        deployments: deployment_cache,
-        services: service_cache,
+        deployments: Known::new(deployment_cache),
+        services: Known::new(service_cache),
         resync_ready: args.timing.resync_ready,
         resync_not_ready: args.timing.resync_not_ready,
     });
@@ -299,6 +300,7 @@ async fn run_controller(
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default());
     Controller::for_stream(resource_events, resource_cache)
+        .with_config(controller::Config::default().concurrency(args.max_concurrent_reconciles))
         .owns_stream(deployment_events)
         .owns_stream(service_events)
         .graceful_shutdown_on(async move {
