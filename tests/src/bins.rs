@@ -28,15 +28,18 @@ pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
     let mut command = std::process::Command::new(&cargo);
     command
         .current_dir(repo_root())
-        .args(["build", "--quiet", "-p", package, "--bin", bin]);
+        // Features resolved for the whole workspace, as `cargo test --workspace` and
+        // `make bench` build them: resolving for one package alone would rebuild the
+        // shared crates with other features (minutes in release, with fat LTO).
+        .args(["build", "--quiet", "--workspace", "--bin", bin]);
     if profile == "release" {
         command.arg("--release");
     }
     let status = command
         .status()
-        .with_context(|| format!("running {cargo} build -p {package}"))?;
+        .with_context(|| format!("running {cargo} build --bin {bin} (package {package})"))?;
     if !status.success() {
-        bail!("cargo build -p {package} --bin {bin} failed ({status})");
+        bail!("cargo build --workspace --bin {bin} failed ({status})");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -104,11 +104,13 @@ async fn operator_bench(count: usize) -> Result<()> {
     let rendered: Vec<Deployment> = (0..count)
         .map(|i| Ok(deployment(&service(&baseline_env, &format!("svc-{i:04}"))?)))
         .collect::<Result<_>>()?;
+    let platform_before = platform_cpu();
     let start = Instant::now();
     for d in &rendered {
         deployments.create(&PostParams::default(), d).await?;
     }
     let direct = start.elapsed();
+    let platform_direct = cpu_delta(&platform_before, &platform_cpu());
 
     // StreamGate: the same client creates StreamGateServices; the operator does the rest.
     let env = TestEnv::new("bench-operator").await?;
@@ -120,6 +122,8 @@ async fn operator_bench(count: usize) -> Result<()> {
         .await
         .context("watching StreamGateServices")?
         .boxed();
+    let requests_before = apiserver_writes(&env.client()).await?;
+    let platform_before = platform_cpu();
     let start = Instant::now();
     let mut created_at: HashMap<String, Instant> = HashMap::new();
     let mut reconciled_at: HashMap<String, Instant> = HashMap::new();
@@ -166,6 +170,8 @@ async fn operator_bench(count: usize) -> Result<()> {
     })
     .await?;
     let with_operator = start.elapsed();
+    let requests_after = apiserver_writes(&env.client()).await?;
+    let platform_operator = cpu_delta(&platform_before, &platform_cpu());
     anyhow::ensure!(
         reconciled_at.len() == count,
         "only {} of {count} reconciled",
@@ -203,6 +209,95 @@ async fn operator_bench(count: usize) -> Result<()> {
         Some(mib) => println!("  operator peak RSS: {mib:.1} MiB (target <= 64 MiB)"),
         None => println!("  operator peak RSS: unavailable"),
     }
+    println!("  platform CPU seconds (baseline run | streamgate run):");
+    for (name, direct_cpu) in &platform_direct {
+        let with = platform_operator
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, c)| *c);
+        println!("    {name:<24} {direct_cpu:>6.1} | {with:>6.1}");
+    }
+    let mut writes: Vec<(String, f64)> = requests_after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v - requests_before.get(k).copied().unwrap_or(0.0),
+            )
+        })
+        .filter(|(_, d)| *d >= 1.0)
+        .collect();
+    writes.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("  API-server writes during the run (all clients):");
+    for (key, n) in writes.iter().take(12) {
+        println!("    {n:>7.0}  {key}");
+    }
     operator.stop();
     Ok(())
+}
+
+/// CPU seconds used so far by each platform process this benchmark started (its children).
+fn platform_cpu() -> Vec<(String, f64)> {
+    let me = std::process::id().to_string();
+    let mut found: Vec<(String, f64)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            let parent = rest.split_whitespace().nth(1)?;
+            (parent == me).then_some((name, cpu_seconds(pid)?))
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+fn cpu_delta(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(String, f64)> {
+    after
+        .iter()
+        .map(|(name, cpu)| {
+            let earlier = before
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0.0, |(_, c)| *c);
+            (name.clone(), cpu - earlier)
+        })
+        .collect()
+}
+
+/// The API server's write counters by verb, resource and client, from its /metrics.
+async fn apiserver_writes(client: &kube::Client) -> Result<HashMap<String, f64>> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let mut counts = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let verb = label("verb");
+        if !matches!(
+            verb.as_str(),
+            "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY" | "CREATE" | "UPDATE"
+        ) {
+            continue;
+        }
+        let key = format!("{verb} {} {}", label("resource"), label("subresource"));
+        *counts.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(counts)
 }
