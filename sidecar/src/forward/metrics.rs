@@ -115,6 +115,23 @@ impl ForwardMetrics {
         }
     }
 
+    /// Removes every series of upstream `name` (it is no longer followed).
+    pub fn forget(&self, name: &str) {
+        let labels = UpstreamLabels {
+            upstream: name.to_string(),
+        };
+        self.duration.remove(&labels);
+        self.retries.remove(&labels);
+        self.ejections.remove(&labels);
+        self.connections.remove(&labels);
+        for code in 0..=16 {
+            self.requests.remove(&CodeLabels {
+                upstream: name.to_string(),
+                code: code_name(tonic::Code::from_i32(code)),
+            });
+        }
+    }
+
     pub fn inbound(&self, caller: &str, code: tonic::Code) {
         let labels = InboundLabels {
             caller: caller.to_string(),
@@ -211,5 +228,10 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }
         assert!(!text.contains("NOT_FOUND"), "unused codes stay out");
+
+        metrics.forget("upload");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("upload"), "forgotten series remain:\n{text}");
     }
 }

@@ -35,6 +35,11 @@ pub const CALLER_HEADER: &str = "streamgate-caller";
 const DISCOVERY_WAIT: Duration = Duration::from_secs(3);
 /// Connections unused this long are closed.
 const IDLE_CONNECTION: Duration = Duration::from_secs(90);
+/// An upstream nobody declared and nobody called for this long is forgotten: its
+/// discovery stops, its connections close and its metric series go, so an app that
+/// calls many names (a typo in a loop, names built from data) cannot grow the sidecar
+/// without bound. Declared upstreams are followed for the sidecar's whole life.
+const IDLE_UPSTREAM: Duration = Duration::from_secs(600);
 /// Attempts for a failure to connect, which sent nothing and so is always safe to retry.
 const CONNECT_ATTEMPTS: u32 = 3;
 
@@ -42,11 +47,17 @@ const CONNECT_ATTEMPTS: u32 = 3;
 pub struct Forwarder {
     own_service: HeaderValue,
     specs: HashMap<String, UpstreamSpec>,
-    upstreams: Mutex<HashMap<String, Arc<Upstream>>>,
+    upstreams: Mutex<HashMap<String, Followed>>,
     discovery: Discovery,
     dialer: Dialer,
     metrics: Arc<ForwardMetrics>,
     limits: PoolLimits,
+}
+
+/// An upstream the forwarder follows, and when a call last asked for it.
+struct Followed {
+    upstream: Arc<Upstream>,
+    last_used: Instant,
 }
 
 impl Forwarder {
@@ -77,7 +88,8 @@ impl Forwarder {
         forwarder
     }
 
-    /// Closes idle connections every half idle period, for as long as the forwarder lives.
+    /// Every half idle period, for as long as the forwarder lives: forgets idle
+    /// undeclared upstreams and closes idle connections.
     pub fn spawn_idle_closer(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -87,7 +99,12 @@ impl Forwarder {
                 let Some(forwarder) = weak.upgrade() else {
                     return;
                 };
-                let upstreams: Vec<_> = forwarder.lock().values().cloned().collect();
+                forwarder.forget_idle(Instant::now());
+                let upstreams: Vec<_> = forwarder
+                    .lock()
+                    .values()
+                    .map(|f| f.upstream.clone())
+                    .collect();
                 for upstream in upstreams {
                     upstream.close_idle(IDLE_CONNECTION);
                 }
@@ -95,16 +112,43 @@ impl Forwarder {
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Upstream>>> {
+    /// Forgets each undeclared upstream unused since `now - IDLE_UPSTREAM` that no call
+    /// holds. Under the map's lock, so a call either finds it (and keeps it) or makes a
+    /// new one whose metric series start again.
+    fn forget_idle(&self, now: Instant) -> Vec<String> {
+        let mut upstreams = self.lock();
+        let idle: Vec<String> = upstreams
+            .iter()
+            .filter(|(name, followed)| {
+                !self.specs.contains_key(*name)
+                    && Arc::strong_count(&followed.upstream) == 1
+                    && now.saturating_duration_since(followed.last_used) >= IDLE_UPSTREAM
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &idle {
+            upstreams.remove(name);
+            self.metrics.forget(name);
+            tracing::debug!(upstream = %name, "forgot an idle upstream");
+        }
+        idle
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Followed>> {
         self.upstreams
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn upstream(&self, service: &str) -> Arc<Upstream> {
+        self.upstream_at(service, Instant::now())
+    }
+
+    fn upstream_at(&self, service: &str, now: Instant) -> Arc<Upstream> {
         let mut upstreams = self.lock();
-        if let Some(upstream) = upstreams.get(service) {
-            return upstream.clone();
+        if let Some(followed) = upstreams.get_mut(service) {
+            followed.last_used = now;
+            return followed.upstream.clone();
         }
         let settings = UpstreamSettings::from_spec(self.specs.get(service));
         let upstream = Arc::new(Upstream::new(
@@ -114,7 +158,13 @@ impl Forwarder {
             self.metrics.upstream(service),
             self.limits,
         ));
-        upstreams.insert(service.to_string(), upstream.clone());
+        upstreams.insert(
+            service.to_string(),
+            Followed {
+                upstream: upstream.clone(),
+                last_used: now,
+            },
+        );
         upstream
     }
 
@@ -412,5 +462,66 @@ fn record(upstream: &Upstream, instance: &Instance, success: bool) {
                 "instance ejected by the circuit breaker"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(service: &str) -> UpstreamSpec {
+        serde_json::from_value(serde_json::json!({ "service": service })).unwrap()
+    }
+
+    fn forwarder() -> Arc<Forwarder> {
+        // Nothing listens there: discovery stays pending, which these tests do not mind.
+        let discovery = Discovery::new("http://127.0.0.1:9".into(), None);
+        Forwarder::new(
+            "upload",
+            &[spec("metadata")],
+            discovery,
+            Dialer::new(None, "default".into()),
+            Arc::new(ForwardMetrics::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_idle_undeclared_upstream_is_forgotten_and_a_declared_one_kept() {
+        let forwarder = forwarder();
+        drop(forwarder.upstream("typo-service"));
+        let now = Instant::now();
+        assert!(forwarder.forget_idle(now).is_empty(), "not idle yet");
+        let later = now + IDLE_UPSTREAM + Duration::from_secs(1);
+        assert_eq!(
+            forwarder.forget_idle(later),
+            vec!["typo-service".to_string()]
+        );
+        let followed: Vec<String> = forwarder.lock().keys().cloned().collect();
+        assert_eq!(followed, vec!["metadata".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_a_call_holds_is_kept() {
+        let forwarder = forwarder();
+        let held = forwarder.upstream("transcoder");
+        let later = Instant::now() + IDLE_UPSTREAM * 2;
+        assert!(forwarder.forget_idle(later).is_empty());
+        drop(held);
+        assert_eq!(forwarder.forget_idle(later), vec!["transcoder".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_call_makes_an_upstream_fresh_again() {
+        let forwarder = forwarder();
+        let start = Instant::now();
+        drop(forwarder.upstream_at("transcoder", start));
+        let asked_again = start + IDLE_UPSTREAM;
+        drop(forwarder.upstream_at("transcoder", asked_again));
+        assert!(
+            forwarder
+                .forget_idle(asked_again + IDLE_UPSTREAM / 2)
+                .is_empty()
+        );
+        assert_eq!(forwarder.forget_idle(asked_again + IDLE_UPSTREAM).len(), 1);
     }
 }
