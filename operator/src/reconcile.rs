@@ -187,18 +187,19 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let status = compute_status(sgs, deployment.as_deref(), &consul, now);
     if sgs.status.as_ref() != Some(&status) {
+        // A JSON merge patch of the whole status, not a server-side apply: the status is
+        // ours alone and computed whole (every field set, conditions replaced as a list),
+        // so the two write the same thing, and a merge patch costs the API server a
+        // fraction of an apply (no YAML decoding, no field-set merging). Status writes
+        // were the largest share of its CPU with 1,000 resources.
         let api: Api<StreamGateService> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = json!({
-            "apiVersion": StreamGateService::api_version(&()),
-            "kind": StreamGateService::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        let patch = json!({ "status": status });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        api.patch_status(&name, &params, &Patch::Merge(&patch))
+            .await?;
     }
     let resync = if is_ready(&status) {
         ctx.resync_ready
