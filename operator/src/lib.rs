@@ -25,3 +25,4 @@ pub mod settings;
 pub mod status;
 pub mod sweep;
 pub mod webhook;
+pub mod written;

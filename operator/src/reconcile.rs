@@ -10,6 +10,7 @@ use crate::labels::{FIELD_MANAGER, FINALIZER};
 use crate::metrics::{ChildLabels, Metrics};
 use crate::settings::SidecarSettings;
 use crate::status::{compute_status, is_ready};
+use crate::written::WrittenStatuses;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -39,6 +40,8 @@ pub struct Context {
     /// a reconcile reads its children without a request.
     pub deployments: Known<Deployment>,
     pub services: Known<Service>,
+    /// Statuses written moments ago that the resource cache may not show yet.
+    pub statuses: WrittenStatuses,
     /// Requeue period once Ready (Consul is polled, not watched).
     pub resync_ready: Duration,
     /// Requeue period while not Ready.
@@ -185,6 +188,21 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
         .await
         .map_err(|e| e.to_string());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    // Computed from the status last written when the cache does not show it yet, so the
+    // same status is not written twice and condition transition times carry over.
+    let written = ctx.statuses.stand_in(sgs);
+    let provisional = provisional || written.is_some();
+    let as_known;
+    let sgs = match written {
+        Some(status) => {
+            as_known = StreamGateService {
+                status: Some(status),
+                ..sgs.clone()
+            };
+            &as_known
+        }
+        None => sgs,
+    };
     let status = compute_status(sgs, deployment.as_deref(), &consul, now);
     if sgs.status.as_ref() != Some(&status) {
         // A JSON merge patch of the whole status, not a server-side apply: the status is
@@ -200,6 +218,7 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
         };
         api.patch_status(&name, &params, &Patch::Merge(&patch))
             .await?;
+        ctx.statuses.remember(sgs, status.clone());
     }
     let resync = if is_ready(&status) {
         ctx.resync_ready

@@ -8,6 +8,7 @@ use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::settings::SidecarSettings;
+use crate::written::WrittenStatuses;
 use anyhow::{Context as _, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -121,6 +122,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         settings,
         deployments: Known::new(deployment_cache),
         services: Known::new(service_cache),
+        statuses: WrittenStatuses::default(),
         resync_ready: args.timing.resync_ready,
         resync_not_ready: args.timing.resync_not_ready,
     });

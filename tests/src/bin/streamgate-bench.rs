@@ -122,7 +122,7 @@ async fn operator_bench(count: usize) -> Result<()> {
         .await
         .context("watching StreamGateServices")?
         .boxed();
-    let requests_before = apiserver_writes(&env.client()).await?;
+    let requests_before = apiserver_requests(&env.client()).await?;
     let platform_before = platform_cpu();
     let start = Instant::now();
     let mut created_at: HashMap<String, Instant> = HashMap::new();
@@ -170,7 +170,7 @@ async fn operator_bench(count: usize) -> Result<()> {
     })
     .await?;
     let with_operator = start.elapsed();
-    let requests_after = apiserver_writes(&env.client()).await?;
+    let requests_after = apiserver_requests(&env.client()).await?;
     let platform_operator = cpu_delta(&platform_before, &platform_cpu());
     anyhow::ensure!(
         reconciled_at.len() == count,
@@ -227,6 +227,24 @@ async fn operator_bench(count: usize) -> Result<()> {
         })
         .filter(|(_, d)| *d >= 1.0)
         .collect();
+    let reads = |verb: &str| -> f64 {
+        let prefix = format!("{verb} ");
+        writes
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    println!(
+        "  API-server reads during the run (all clients): GET {:.0}, LIST {:.0}",
+        reads("GET"),
+        reads("LIST")
+    );
+    writes.retain(|(key, _)| {
+        ["POST ", "PUT ", "PATCH ", "DELETE ", "APPLY "]
+            .iter()
+            .any(|verb| key.starts_with(verb))
+    });
     writes.sort_by(|a, b| b.1.total_cmp(&a.1));
     println!("  API-server writes during the run (all clients):");
     for (key, n) in writes.iter().take(12) {
@@ -269,8 +287,8 @@ fn cpu_delta(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(String, 
         .collect()
 }
 
-/// The API server's write counters by verb, resource and client, from its /metrics.
-async fn apiserver_writes(client: &kube::Client) -> Result<HashMap<String, f64>> {
+/// The API server's request counters by verb, resource and subresource, from its /metrics.
+async fn apiserver_requests(client: &kube::Client) -> Result<HashMap<String, f64>> {
     let text = client
         .request_text(http::Request::get("/metrics").body(Vec::new())?)
         .await?;
@@ -290,12 +308,6 @@ async fn apiserver_writes(client: &kube::Client) -> Result<HashMap<String, f64>>
                 .unwrap_or_default()
         };
         let verb = label("verb");
-        if !matches!(
-            verb.as_str(),
-            "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY" | "CREATE" | "UPDATE"
-        ) {
-            continue;
-        }
         let key = format!("{verb} {} {}", label("resource"), label("subresource"));
         *counts.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
     }
