@@ -13,6 +13,8 @@ use sidecar_common::{NAMESPACE, Sidecar, SidecarOptions, http, log_dir, pod_ip};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use streamgate_proto::testing::v1::echo_client::EchoClient;
 use streamgate_proto::testing::v1::{EchoReply, EchoRequest};
@@ -50,6 +52,45 @@ async fn echo_instance(consul: &str, service: &str, name: &str) -> Result<EchoSe
     let server = EchoServer::start(name, addr).await?;
     register(consul, service, name, server.addr).await?;
     Ok(server)
+}
+
+/// An HTTP/2 server on an address of its own that refuses every stream with
+/// REFUSED_STREAM (as an overloaded or stopping server may), registered in Consul as
+/// `service`. Stops when dropped.
+struct RefusingInstance {
+    refused: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RefusingInstance {
+    async fn start(consul: &str, service: &str, name: &str) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(format!("{}:0", pod_ip())).await?;
+        let addr = listener.local_addr()?;
+        let refused = Arc::new(AtomicUsize::new(0));
+        let counter = refused.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    }
+                });
+            }
+        });
+        register(consul, service, name, addr).await?;
+        Ok(RefusingInstance { refused, task })
+    }
+}
+
+impl Drop for RefusingInstance {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A sidecar for an app that only calls others (no app of its own is listening).
@@ -376,6 +417,38 @@ async fn a_retry_succeeds_on_another_instance() -> Result<()> {
         ))
         .await?;
     ensure!(retries >= 1.0, "retries are counted ({retries})");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_stream_goes_to_another_instance_without_retries_configured() -> Result<()> {
+    let env = TestEnv::new("forward-refused").await?;
+    let consul = env.consul_addr();
+    let service = env.unique("echo");
+    let dir = log_dir(&service);
+    let refusing =
+        RefusingInstance::start(consul, &service, &format!("{service}-refusing")).await?;
+    let good = format!("{service}-good");
+    let _good = echo_instance(consul, &service, &good).await?;
+    // Both instances are in Consul before the sidecar starts, so its first answer has
+    // both. No retries configured and a breaker that does not eject: each call that
+    // lands on the refusing instance must be sent to the other one by the sidecar.
+    let upstreams = format!(
+        "  upstreams: [{{service: {service}, circuitBreaker: {{consecutiveFailures: 1000}}}}]\n"
+    );
+    let caller = client_sidecar(&dir, consul, &env.unique("caller"), &upstreams, None).await?;
+    let mut echo = client(&caller, &service)?;
+    first_success(&mut echo).await?;
+    let before = refusing.refused.load(Ordering::SeqCst);
+    for _ in 0..40 {
+        let reply = unary(&mut echo).await?;
+        assert_eq!(reply.server, good);
+    }
+    let refused = refusing.refused.load(Ordering::SeqCst) - before;
+    ensure!(
+        refused > 0,
+        "the refusing instance was tried during the 40 calls"
+    );
     Ok(())
 }
 

@@ -5,9 +5,10 @@
 //! [`Upstream`] gives the instances (discovery) and picks one (breaker + balancer);
 //! the [`Pool`](super::pool::Pool) leases a stream; the response is relayed as it comes
 //! and watched ([`Observed`]) for its final status, which feeds the breaker and the
-//! metrics. A failure that may be retried (a connection that could not be opened, or
-//! a trailers-only status in `retryOn`) is sent again to another instance after a
-//! backoff, while the attempts, the body copy, the retry budget and the deadline allow.
+//! metrics. A failure that may be retried (a request no instance processed: no
+//! connection, REFUSED_STREAM, a graceful GOAWAY; or a trailers-only status in
+//! `retryOn`) is sent again to another instance after a backoff, while the attempts,
+//! the body copy, the retry budget and the deadline allow.
 
 use super::body::{Observed, Replay};
 use super::breaker::Admission;
@@ -40,7 +41,8 @@ const IDLE_CONNECTION: Duration = Duration::from_secs(90);
 /// calls many names (a typo in a loop, names built from data) cannot grow the sidecar
 /// without bound. Declared upstreams are followed for the sidecar's whole life.
 const IDLE_UPSTREAM: Duration = Duration::from_secs(600);
-/// Attempts for a failure to connect, which sent nothing and so is always safe to retry.
+/// Attempts for a request no instance processed (the connection could not be opened,
+/// or the stream was refused), which is always safe to send again.
 const CONNECT_ATTEMPTS: u32 = 3;
 
 /// Forwards the app's calls to the instances of other services.
@@ -301,7 +303,11 @@ enum Attempt {
     Status(Code, Response<Body>),
     /// Nothing was sent: the connection could not be opened.
     NotSent(String),
-    /// Sent, and the exchange failed before a response (reset, GOAWAY, connection lost).
+    /// Sent, and the instance said it did not process it: the stream was refused
+    /// (REFUSED_STREAM), came after the last one a GOAWAY accepted, or never left the
+    /// connection's queue before the connection closed. As safe to retry as `NotSent`.
+    Refused(String),
+    /// Sent, and the exchange failed before a response (reset, connection lost).
     Failed(String),
     TimedOut,
 }
@@ -311,11 +317,11 @@ impl Call<'_> {
         let upstream = self.upstream;
         let policy = &upstream.settings.retry;
         upstream.budget.deposit(Instant::now());
-        let (replay, mut body) = if policy.attempts > 1 {
-            (Some(Replay::new(body, MAX_RETRY_BODY)), None)
-        } else {
-            (None, Some(body))
-        };
+        // Kept for every call, not only those with retries configured: a request the
+        // instance refused unprocessed (an instance shutting down sends GOAWAY, an
+        // overloaded one REFUSED_STREAM) goes to another one whatever the policy. The
+        // copy holds the body's own buffers, up to MAX_RETRY_BODY, not a duplicate.
+        let replay = Replay::new(body, MAX_RETRY_BODY);
         let mut tried: Vec<usize> = Vec::new();
         let mut attempts = 0u32;
         loop {
@@ -326,10 +332,7 @@ impl Call<'_> {
             };
             tried.push(index);
             let outcome = self
-                .attempt(&self.instances[index], admission, || match &replay {
-                    Some(replay) => replay.attempt(),
-                    None => body.take().unwrap_or_default(),
-                })
+                .attempt(&self.instances[index], admission, || replay.attempt())
                 .await;
             // What a retry would answer if it is not made.
             let (code, last, nothing_sent) = match outcome {
@@ -341,7 +344,9 @@ impl Call<'_> {
                     upstream.metrics.finished(code);
                     return response;
                 }
-                Attempt::NotSent(reason) => (Code::Unavailable, Err(reason), true),
+                Attempt::NotSent(reason) | Attempt::Refused(reason) => {
+                    (Code::Unavailable, Err(reason), true)
+                }
                 Attempt::Failed(reason) => (Code::Unavailable, Err(reason), false),
                 Attempt::TimedOut => {
                     upstream.metrics.finished(Code::DeadlineExceeded);
@@ -350,13 +355,14 @@ impl Call<'_> {
                     return grpc_error(Code::DeadlineExceeded, &message);
                 }
             };
-            // A connection that could not be opened sent nothing: always safe to retry.
+            // Nothing the instance processed (no connection, or a refused stream): always
+            // safe to retry.
             let (max_attempts, retryable) = if nothing_sent {
                 (policy.attempts.max(CONNECT_ATTEMPTS), true)
             } else {
                 (policy.attempts, policy.retries(code))
             };
-            let body_intact = body.is_some() || replay.as_ref().is_some_and(Replay::replayable);
+            let body_intact = replay.replayable();
             let delay = policy.backoff(attempts, fastrand::f64());
             let may_retry = retryable
                 && attempts < max_attempts
@@ -412,7 +418,12 @@ impl Call<'_> {
             }
             Ok(Err(e)) => {
                 record(upstream, instance, false);
-                return Attempt::Failed(crate::error_chain(&e));
+                let reason = crate::error_chain(&e);
+                return if never_processed(&e) {
+                    Attempt::Refused(reason)
+                } else {
+                    Attempt::Failed(reason)
+                };
             }
             Ok(Ok(response)) => response,
         };
@@ -442,6 +453,30 @@ impl Call<'_> {
         let body = Observed::new(Body::new(incoming), None, Some(self.deadline), on_end);
         Attempt::Streaming(Response::from_parts(parts, Body::new(body)))
     }
+}
+
+/// True when the instance did not process the request, by HTTP/2's own guarantees: it
+/// refused the stream (REFUSED_STREAM: "no application processing"), or a graceful
+/// GOAWAY excluded it, or hyper never wrote it because the connection closed first
+/// (canceled). A GOAWAY counts only with NO_ERROR: h2 gives that error only to the
+/// streams above the GOAWAY's last accepted one, while a GOAWAY with an error code ends
+/// the streams below it (possibly processed) with the same error.
+fn never_processed(error: &hyper::Error) -> bool {
+    if error.is_canceled() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return match h2.reason() {
+                Some(h2::Reason::REFUSED_STREAM) => true,
+                Some(h2::Reason::NO_ERROR) => h2.is_go_away() && h2.is_remote(),
+                _ => false,
+            };
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Statuses that say the instance (not the request) is in trouble.
