@@ -21,8 +21,10 @@ use tokio::time::Sleep;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The request body shared by the attempts of one call.
-#[derive(Clone)]
+/// The request body shared by the attempts of one call. Dropped when the call has its
+/// answer (no attempt follows): the attempt still sending then stops keeping frames and
+/// lets go of the kept ones once it has sent them, so a long request stream does not
+/// hold up to the limit for its whole life.
 pub struct Replay {
     state: Arc<Mutex<ReplayState>>,
 }
@@ -74,6 +76,16 @@ impl Replay {
     }
 }
 
+impl Drop for Replay {
+    fn drop(&mut self) {
+        // `lost` also means "no replay": nothing more is kept from here on.
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lost = true;
+    }
+}
+
 struct ReplayAttempt {
     state: Arc<Mutex<ReplayState>>,
     position: usize,
@@ -90,6 +102,11 @@ impl HttpBody for ReplayAttempt {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let mut state = this.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.lost && !state.kept.is_empty() && this.position >= state.kept.len() {
+            // No attempt will replay them, and this one has sent them all.
+            state.kept = Vec::new();
+            this.position = 0;
+        }
         if let Some(chunk) = state.kept.get(this.position) {
             let chunk = chunk.clone();
             this.position += 1;
@@ -294,6 +311,50 @@ mod tests {
             "no empty DATA frame needed to end it"
         );
         assert_eq!(collect(replay.attempt()).await, b"hello");
+    }
+
+    #[tokio::test]
+    async fn once_the_call_has_its_answer_the_last_attempt_keeps_nothing() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from("ab")),
+            Ok(Bytes::from("cd")),
+            Ok(Bytes::from("ef")),
+        ];
+        let replay = Replay::new(Body::from_stream(futures::stream::iter(chunks)), 16);
+        let mut first = replay.attempt();
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ab"
+        );
+        drop(first);
+        // A second attempt replays "ab" from the copy; the call's answer arrives
+        // meanwhile and the call lets the replay go.
+        let mut last = replay.attempt();
+        let state = replay.state.clone();
+        assert_eq!(
+            last.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ab"
+        );
+        drop(replay);
+        let rest = collect(last).await;
+        assert_eq!(rest, b"cdef", "nothing skipped, nothing sent twice");
+        let state = state.lock().unwrap();
+        assert!(state.kept.is_empty(), "the copy is let go");
+    }
+
+    #[tokio::test]
+    async fn a_replay_let_go_mid_copy_still_sends_the_rest_of_it() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            vec![Ok(Bytes::from("ab")), Ok(Bytes::from("cd"))];
+        let replay = Replay::new(Body::from_stream(futures::stream::iter(chunks)), 16);
+        assert_eq!(collect(replay.attempt()).await, b"abcd");
+        let mut last = replay.attempt();
+        assert_eq!(
+            last.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ab"
+        );
+        drop(replay);
+        assert_eq!(collect(last).await, b"cd");
     }
 
     #[tokio::test]
