@@ -10,8 +10,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+
+/// Distinct callers the inbound series name; calls from further ones are counted under
+/// [`OTHER_CALLERS`]. Without mTLS the caller is whatever the calling sidecar wrote in a
+/// header, so a peer sending a new name per call would otherwise grow `/metrics` (and
+/// the sidecar's memory) without bound.
+pub const MAX_CALLERS: usize = 64;
+pub const OTHER_CALLERS: &str = "other";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
@@ -41,6 +49,16 @@ pub struct ForwardMetrics {
     connections: Family<UpstreamLabels, Gauge>,
     inbound: Family<InboundLabels, Counter>,
     inbound_denied: Family<InboundLabels, Counter>,
+    /// Each caller's inbound series handles, so a call hashes its caller once and
+    /// allocates nothing.
+    callers: Mutex<HashMap<String, Arc<CallerSeries>>>,
+}
+
+/// One caller's inbound series, created on first use.
+struct CallerSeries {
+    label: String,
+    by_code: [OnceLock<Counter>; 17],
+    denied: OnceLock<Counter>,
 }
 
 impl Default for ForwardMetrics {
@@ -56,6 +74,7 @@ impl Default for ForwardMetrics {
             connections: Family::default(),
             inbound: Family::default(),
             inbound_denied: Family::default(),
+            callers: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -133,19 +152,55 @@ impl ForwardMetrics {
     }
 
     pub fn inbound(&self, caller: &str, code: tonic::Code) {
-        let labels = InboundLabels {
-            caller: caller.to_string(),
-            code: code_name(code),
-        };
-        self.inbound.get_or_create(&labels).inc();
+        let series = self.caller(caller);
+        series.by_code[(code as usize).min(16)]
+            .get_or_init(|| {
+                self.inbound
+                    .get_or_create(&InboundLabels {
+                        caller: series.label.clone(),
+                        code: code_name(code),
+                    })
+                    .clone()
+            })
+            .inc();
     }
 
     pub fn inbound_denied(&self, caller: &str) {
-        let labels = InboundLabels {
-            caller: caller.to_string(),
-            code: code_name(tonic::Code::PermissionDenied),
+        let series = self.caller(caller);
+        series
+            .denied
+            .get_or_init(|| {
+                self.inbound_denied
+                    .get_or_create(&InboundLabels {
+                        caller: series.label.clone(),
+                        code: code_name(tonic::Code::PermissionDenied),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    /// The series of `caller`, or of [`OTHER_CALLERS`] once [`MAX_CALLERS`] are named.
+    fn caller(&self, caller: &str) -> Arc<CallerSeries> {
+        let mut callers = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(series) = callers.get(caller) {
+            return series.clone();
+        }
+        let label = if callers.len() < MAX_CALLERS {
+            caller
+        } else {
+            OTHER_CALLERS
         };
-        self.inbound_denied.get_or_create(&labels).inc();
+        callers
+            .entry(label.to_string())
+            .or_insert_with(|| {
+                Arc::new(CallerSeries {
+                    label: label.to_string(),
+                    by_code: std::array::from_fn(|_| OnceLock::new()),
+                    denied: OnceLock::new(),
+                })
+            })
+            .clone()
     }
 }
 
@@ -233,5 +288,41 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(!text.contains("upload"), "forgotten series remain:\n{text}");
+    }
+
+    #[test]
+    fn inbound_callers_are_named_up_to_a_bound() {
+        let metrics = ForwardMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let callers = MAX_CALLERS + 36;
+        for i in 0..callers {
+            metrics.inbound(&format!("caller-{i}"), tonic::Code::Ok);
+        }
+        metrics.inbound("caller-0", tonic::Code::Ok);
+        metrics.inbound_denied(&format!("caller-{}", callers + 1));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let ok_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("inbound_requests_total{"))
+            .collect();
+        assert_eq!(
+            ok_lines.len(),
+            MAX_CALLERS + 1,
+            "named callers plus 'other'"
+        );
+        let total: u64 = ok_lines
+            .iter()
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum();
+        assert_eq!(total, callers as u64 + 1, "every call counted");
+        for needle in [
+            "inbound_requests_total{caller=\"caller-0\",code=\"OK\"} 2",
+            "inbound_requests_total{caller=\"other\",code=\"OK\"} 36",
+            "inbound_denied_total{caller=\"other\",code=\"PERMISSION_DENIED\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
     }
 }
