@@ -28,9 +28,40 @@ pub struct Current<K> {
     pub provisional: bool,
 }
 
-struct Answer<K> {
-    object: Arc<K>,
-    at: Instant,
+/// Values the operator wrote or was answered moments ago, each kept until the cache shows
+/// it (the caller tells) or for at most [`CATCH_UP`]. Shared by the children's creation
+/// answers here and the statuses in `written`.
+pub struct Recent<Key, V> {
+    entries: Mutex<HashMap<Key, (V, Instant)>>,
+}
+
+impl<Key: Eq + Hash, V: Clone> Default for Recent<Key, V> {
+    fn default() -> Self {
+        Recent {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<Key: Eq + Hash, V: Clone> Recent<Key, V> {
+    /// The value remembered for `key`, unless it is older than [`CATCH_UP`] or
+    /// `caught_up` says the cache now shows it (or supersedes it): then it is forgotten.
+    pub fn get(&self, key: &Key, now: Instant, caught_up: impl FnOnce(&V) -> bool) -> Option<V> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (value, at) = entries.get(key)?;
+        if caught_up(value) || now.duration_since(*at) > CATCH_UP {
+            entries.remove(key);
+            return None;
+        }
+        Some(value.clone())
+    }
+
+    pub fn insert(&self, key: Key, value: V, now: Instant) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries nobody asked for again (their resource was deleted) go once stale.
+        entries.retain(|_, (_, at)| now.duration_since(*at) <= CATCH_UP);
+        entries.insert(key, (value, now));
+    }
 }
 
 pub struct Known<K>
@@ -39,7 +70,7 @@ where
     K::DynamicType: Eq + Hash + Clone,
 {
     cache: Store<K>,
-    answers: Mutex<HashMap<ObjectRef<K>, Answer<K>>>,
+    answers: Recent<ObjectRef<K>, Arc<K>>,
 }
 
 impl<K> Known<K>
@@ -50,7 +81,7 @@ where
     pub fn new(cache: Store<K>) -> Self {
         Known {
             cache,
-            answers: Mutex::new(HashMap::new()),
+            answers: Recent::default(),
         }
     }
 
@@ -62,23 +93,15 @@ where
     fn get_at(&self, name: &str, namespace: &str, now: Instant) -> Current<K> {
         let key = ObjectRef::new(name).within(namespace);
         let cached = self.cache.get(&key);
-        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(answer) = answers.get(&key) else {
-            return Current {
+        match self.answers.get(&key, now, |_| cached.is_some()) {
+            Some(answer) => Current {
+                object: Some(answer),
+                provisional: true,
+            },
+            None => Current {
                 object: cached,
                 provisional: false,
-            };
-        };
-        if cached.is_some() || now.duration_since(answer.at) > CATCH_UP {
-            answers.remove(&key);
-            return Current {
-                object: cached,
-                provisional: false,
-            };
-        }
-        Current {
-            object: Some(answer.object.clone()),
-            provisional: true,
+            },
         }
     }
 
@@ -90,17 +113,8 @@ where
     fn remember_at(&self, mut object: K, now: Instant) {
         // Like the cache, without managedFields (most of an applied object's size).
         object.meta_mut().managed_fields = None;
-        let key = ObjectRef::from_obj(&object);
-        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
-        // Answers nobody asked for again (their owner was deleted) go once they are stale.
-        answers.retain(|_, a| now.duration_since(a.at) <= CATCH_UP);
-        answers.insert(
-            key,
-            Answer {
-                object: Arc::new(object),
-                at: now,
-            },
-        );
+        self.answers
+            .insert(ObjectRef::from_obj(&object), Arc::new(object), now);
     }
 }
 

@@ -8,31 +8,25 @@
 //! freshly computed status with what was written (and computing it from that, so condition
 //! transition times carry over) avoids them.
 
-use crate::known::CATCH_UP;
+use crate::known::Recent;
 use kube::runtime::reflector::ObjectRef;
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Instant;
 use streamgate_crds::{StreamGateService, StreamGateServiceStatus};
 
-struct Written {
-    /// The resource written to: a resource deleted and created again under the same name
-    /// has another uid and starts afresh.
-    uid: Option<String>,
-    status: StreamGateServiceStatus,
-    at: Instant,
-}
+/// What was written, and to which resource: one deleted and created again under the same
+/// name has another uid and starts afresh.
+type Written = (Option<String>, StreamGateServiceStatus);
 
 #[derive(Default)]
 pub struct WrittenStatuses {
-    written: Mutex<HashMap<ObjectRef<StreamGateService>, Written>>,
+    written: Recent<ObjectRef<StreamGateService>, Written>,
 }
 
 impl WrittenStatuses {
     /// The status `sgs` has as far as the operator knows: the one it wrote if the cache
-    /// has not shown that yet (for up to [`CATCH_UP`]), else the cached one. `Some` only
-    /// when the written one stands in; a status someone else wrote in the meantime shows
-    /// once the cache catches up, so the caller looks again within [`CATCH_UP`].
+    /// has not shown that yet (for up to [`crate::known::CATCH_UP`]), else the cached
+    /// one. `Some` only when the written one stands in; a status someone else wrote in the
+    /// meantime shows once the cache catches up, so the caller looks again by then.
     pub fn stand_in(&self, sgs: &StreamGateService) -> Option<StreamGateServiceStatus> {
         self.stand_in_at(sgs, Instant::now())
     }
@@ -42,15 +36,12 @@ impl WrittenStatuses {
         sgs: &StreamGateService,
         now: Instant,
     ) -> Option<StreamGateServiceStatus> {
-        let key = ObjectRef::from_obj(sgs);
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = written.get(&key)?;
-        let caught_up = sgs.status.as_ref() == Some(&entry.status);
-        if caught_up || entry.uid != sgs.metadata.uid || now.duration_since(entry.at) > CATCH_UP {
-            written.remove(&key);
-            return None;
-        }
-        Some(entry.status.clone())
+        let (_, status) = self
+            .written
+            .get(&ObjectRef::from_obj(sgs), now, |(uid, status)| {
+                sgs.status.as_ref() == Some(status) || *uid != sgs.metadata.uid
+            })?;
+        Some(status)
     }
 
     /// Remembers that `status` was just written to `sgs`.
@@ -59,16 +50,10 @@ impl WrittenStatuses {
     }
 
     fn remember_at(&self, sgs: &StreamGateService, status: StreamGateServiceStatus, now: Instant) {
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        // Entries nobody asked for again (the resource was deleted) go once they are stale.
-        written.retain(|_, w| now.duration_since(w.at) <= CATCH_UP);
-        written.insert(
+        self.written.insert(
             ObjectRef::from_obj(sgs),
-            Written {
-                uid: sgs.metadata.uid.clone(),
-                status,
-                at: now,
-            },
+            (sgs.metadata.uid.clone(), status),
+            now,
         );
     }
 }
@@ -76,6 +61,7 @@ impl WrittenStatuses {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::known::CATCH_UP;
     use kube::api::ObjectMeta;
     use std::time::Duration;
     use streamgate_crds::StreamGateServiceSpec;
