@@ -57,7 +57,7 @@ pub struct ForwardMetrics {
 /// One caller's inbound series, created on first use.
 struct CallerSeries {
     label: String,
-    by_code: [OnceLock<Counter>; 17],
+    by_code: ByCode,
     denied: OnceLock<Counter>,
 }
 
@@ -126,7 +126,7 @@ impl ForwardMetrics {
         UpstreamMetrics {
             name: name.to_string(),
             family: self.requests.clone(),
-            by_code: std::array::from_fn(|_| OnceLock::new()),
+            by_code: ByCode::default(),
             duration: self.duration.get_or_create(&labels).clone(),
             retries: self.retries.get_or_create(&labels).clone(),
             ejections: self.ejections.get_or_create(&labels).clone(),
@@ -153,16 +153,14 @@ impl ForwardMetrics {
 
     pub fn inbound(&self, caller: &str, code: tonic::Code) {
         let series = self.caller(caller);
-        series.by_code[(code as usize).min(16)]
-            .get_or_init(|| {
-                self.inbound
-                    .get_or_create(&InboundLabels {
-                        caller: series.label.clone(),
-                        code: code_name(code),
-                    })
-                    .clone()
-            })
-            .inc();
+        series.by_code.inc(code, || {
+            self.inbound
+                .get_or_create(&InboundLabels {
+                    caller: series.label.clone(),
+                    code: code_name(code),
+                })
+                .clone()
+        });
     }
 
     pub fn inbound_denied(&self, caller: &str) {
@@ -196,7 +194,7 @@ impl ForwardMetrics {
             .or_insert_with(|| {
                 Arc::new(CallerSeries {
                     label: label.to_string(),
-                    by_code: std::array::from_fn(|_| OnceLock::new()),
+                    by_code: ByCode::default(),
                     denied: OnceLock::new(),
                 })
             })
@@ -208,7 +206,7 @@ impl ForwardMetrics {
 pub struct UpstreamMetrics {
     name: String,
     family: Family<CodeLabels, Counter>,
-    by_code: [OnceLock<Counter>; 17],
+    by_code: ByCode,
     pub duration: Histogram,
     pub retries: Counter,
     pub ejections: Counter,
@@ -217,21 +215,34 @@ pub struct UpstreamMetrics {
 
 impl UpstreamMetrics {
     pub fn finished(&self, code: tonic::Code) {
-        let index = (code as usize).min(16);
-        self.by_code[index]
-            .get_or_init(|| {
-                self.family
-                    .get_or_create(&CodeLabels {
-                        upstream: self.name.clone(),
-                        code: code_name(code),
-                    })
-                    .clone()
-            })
-            .inc();
+        self.by_code.inc(code, || {
+            self.family
+                .get_or_create(&CodeLabels {
+                    upstream: self.name.clone(),
+                    code: code_name(code),
+                })
+                .clone()
+        });
     }
 
     pub fn observe_latency(&self, took: Duration) {
         self.duration.observe(took.as_secs_f64());
+    }
+}
+
+/// One counter per gRPC status code, each made on first use (a code nobody returned
+/// stays out of `/metrics`), so bumping one hashes no label set.
+struct ByCode([OnceLock<Counter>; 17]);
+
+impl Default for ByCode {
+    fn default() -> Self {
+        ByCode(std::array::from_fn(|_| OnceLock::new()))
+    }
+}
+
+impl ByCode {
+    fn inc(&self, code: tonic::Code, make: impl FnOnce() -> Counter) {
+        self.0[(code as usize).min(16)].get_or_init(make).inc();
     }
 }
 
