@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 ENV_BIN := target/debug/streamgate-env
 
-.PHONY: tools env-up env-down env-status test lint fmt crds bench dev
+.PHONY: tools env-up env-down env-status test lint fmt crds bench dev images push
 
 ## tools: install or build etcd, nats-server, Consul, Kubernetes, kwok, helm, and ghz + nginx for make bench (cached)
 tools:
@@ -26,6 +26,14 @@ env-down: $(ENV_BIN)
 dev: tools
 	@bash scripts/dev.sh
 
+## images: OCI image archives target/images/<name>-<version>.tar (operator, sidecar, demo-app, pause), no Docker needed
+images:
+	@bash scripts/images.sh
+
+## push: push the image archives to REGISTRY (e.g. make push REGISTRY=registry.example.com/streamgate)
+push: images
+	@bash scripts/push.sh "$(REGISTRY)"
+
 ## crds: regenerate crds/streamgateservice.yaml from the Rust types
 crds:
 	$(CARGO) run --quiet -p streamgate-operator -- crd > crds/streamgateservice.yaml
@@ -45,6 +53,6 @@ lint:
 	@if [ -d charts/streamgate ]; then bash scripts/helm-lint.sh; fi
 
 ## test: everything the project checks, against real components (what .ci/run runs)
-test: tools
+test: tools images
 	$(CARGO) test --workspace
 	$(MAKE) lint

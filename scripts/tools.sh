@@ -121,7 +121,7 @@ install_nginx() {
     local libs
     libs="$(find "$dir/root" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)"
     rm -f "$dir/bin/nginx"
-    printf '#!/bin/sh\nLD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s" "$@"\n' "$libs" "$real" >"$dir/bin/nginx"
+    printf '#!/bin/bash\nLD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s" "$@"\n' "$libs" "$real" >"$dir/bin/nginx"
     chmod +x "$dir/bin/nginx"
   fi
   local built
@@ -133,6 +133,59 @@ install_nginx() {
   say nginx "installed in $dir"
 }
 
+
+# The real node's runtime: containerd (with its runc shim and ctr), runc, the CNI plugins
+# (bridge, host-local, loopback, portmap) and iptables (legacy backend, the one kube-proxy
+# and the harness's forwarding rule use). iptables is a glibc program with shared
+# libraries and extension modules of its own, so bin/iptables* are wrappers that point
+# LD_LIBRARY_PATH and XTABLES_LIBDIR into the unpacked tree.
+install_node() {
+  local dir="$TOOLS/node-containerd-$CONTAINERD_DEB_VERSION-runc-$RUNC_DEB_VERSION-cni-$CNI_PLUGINS_DEB_VERSION-iptables-$IPTABLES_DEB_VERSION"
+  if [ -f "$dir/.done" ]; then say node "cached in $dir"; return; fi
+  rm -rf "$dir"
+  apt_fetch node bookworm "$dir" "containerd=$CONTAINERD_DEB_VERSION" "runc=$RUNC_DEB_VERSION" \
+    "containernetworking-plugins=$CNI_PLUGINS_DEB_VERSION" "iptables=$IPTABLES_DEB_VERSION" \
+    "libxtables12=$IPTABLES_DEB_VERSION" "libip4tc2=$IPTABLES_DEB_VERSION" "libip6tc2=$IPTABLES_DEB_VERSION" \
+    libnftnl11 libnetfilter-conntrack3 libnfnetlink0 libmnl0
+  for b in containerd containerd-shim-runc-v2 ctr runc; do link_bin node "$dir" "$b"; done
+  local cni
+  cni="$(dirname "$(find "$dir/root" -type f -name bridge -perm -u+x | head -n 1)")"
+  [ -d "$cni" ] || die node "containernetworking-plugins has no bridge plugin" "rm -rf $dir && make tools"
+  ln -sfn "$cni" "$dir/cni"
+  local multi libs xt
+  multi="$(find "$dir/root" -type f -name xtables-legacy-multi | head -n 1)"
+  [ -n "$multi" ] || die node "iptables has no xtables-legacy-multi" "rm -rf $dir && make tools"
+  libs="$(find "$dir/root" -name '*.so*' -printf '%h\n' | grep -v xtables | sort -u | paste -sd:)"
+  xt="$(find "$dir/root" -type d -name xtables | head -n 1)"
+  for b in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+    # xtables-legacy-multi picks the command from argv[0]; `exec -a` sets it.
+    printf '#!/bin/bash\nLD_LIBRARY_PATH="%s" XTABLES_LIBDIR="%s" exec -a %s "%s" "$@"\n' \
+      "$libs" "$xt" "${b/iptables/iptables-legacy}" "$multi" >"$dir/bin/$b"
+    chmod +x "$dir/bin/$b"
+  done
+  "$dir/bin/containerd" --version >/dev/null || die node "unpacked containerd does not run" "rm -rf $dir && make tools"
+  "$dir/bin/runc" --version >/dev/null || die node "unpacked runc does not run" "rm -rf $dir && make tools"
+  "$dir/bin/iptables" --version | grep -q legacy || die node "unpacked iptables does not run" "rm -rf $dir && make tools"
+  touch "$dir/.done"
+  say node "installed in $dir"
+}
+
+# What an image carries besides its binary, from Debian packages (distroless-style): the
+# shared libraries a Rust glibc binary links (libc6, libgcc-s1) and the CA certificates.
+install_image_base() {
+  local dir="$TOOLS/image-base-libc6-$LIBC6_DEB_VERSION-libgcc-$LIBGCC_DEB_VERSION-ca-$CA_CERTIFICATES_DEB_VERSION"
+  if [ -f "$dir/.done" ]; then say image-base "cached in $dir"; return; fi
+  rm -rf "$dir"
+  apt_fetch image-base bookworm "$dir" "libc6=$LIBC6_DEB_VERSION" "libgcc-s1=$LIBGCC_DEB_VERSION" \
+    "ca-certificates=$CA_CERTIFICATES_DEB_VERSION"
+  # ca-certificates builds its bundle at install time; build it the same way: every
+  # certificate the package ships, in name order.
+  find "$dir/root/usr/share/ca-certificates" -name '*.crt' | LC_ALL=C sort | xargs cat >"$dir/ca-certificates.crt"
+  grep -q 'BEGIN CERTIFICATE' "$dir/ca-certificates.crt" || die image-base "no CA certificates unpacked" "rm -rf $dir && make tools"
+  touch "$dir/.done"
+  say image-base "unpacked in $dir"
+}
+
 # --- Go-built components ----------------------------------------------------------------
 
 # The k8s.io/kubernetes module points every k8s.io/* staging module at ./staging, so it
@@ -140,10 +193,14 @@ install_nginx() {
 # replaces each staging module with its published v0.X.Y, taken from the release's go.mod.
 install_kube() {
   local dir="$TOOLS/kubernetes-$K8S_VERSION"
-  if [ -f "$dir/.done" ]; then say kubernetes "cached in $dir"; return; fi
+  local commands="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"
+  local missing=""
+  for cmd in $commands; do [ -x "$dir/bin/$cmd" ] || missing+=" $cmd"; done
+  if [ -z "$missing" ]; then say kubernetes "cached in $dir"; return; fi
   need_cmd kubernetes go "install Go >= 1.24 (https://go.dev/doc/install) and put it on PATH"
   local mod="$dir/wrapper"
   mkdir -p "$mod" "$dir/bin"
+  if [ -f "$mod/go.mod" ]; then build_kube_commands "$dir" $commands; return; fi
   say kubernetes "downloading k8s.io/kubernetes@$K8S_VERSION module"
   local gomod
   gomod="$(cd "$mod" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
@@ -168,12 +225,19 @@ install_kube() {
 package tools
 EOF
   )
+  build_kube_commands "$dir" $commands
+}
+
+# build_kube_commands DIR COMMAND...: builds each missing command from the wrapper module.
+build_kube_commands() {
+  local dir="$1" mod="$1/wrapper"
+  shift
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
   ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
   ldflags+=" -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
   ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
   ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for cmd in "$@"; do
     if [ -x "$dir/bin/$cmd" ]; then say kubernetes "$cmd already built"; continue; fi
     say kubernetes "building $cmd $K8S_VERSION (the first build takes a while on 2 cores)"
     (cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" \
@@ -182,7 +246,6 @@ EOF
         "see $dir/build-$cmd.log; fix the Go toolchain (go version >= the release's go directive) and re-run 'make tools'"
     mv "$dir/bin/$cmd.tmp" "$dir/bin/$cmd"
   done
-  touch "$dir/.done"
   say kubernetes "built in $dir"
 }
 
@@ -245,7 +308,7 @@ install_kwok_stages() {
   say kwok "stages written to $dir/stages-fast.yaml"
 }
 
-components="${*:-etcd nats consul kwok helm kube ghz nginx}"
+components="${*:-etcd nats consul kwok helm kube node image-base crane ghz nginx}"
 for c in $components; do
   case "$c" in
     etcd) install_etcd ;;
@@ -264,11 +327,16 @@ for c in $components; do
       ;;
     helm) go_install helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
     kube) install_kube ;;
+    node) install_node ;;
+    image-base) install_image_base ;;
+    # `make push` and its test: crane pushes the image archives, and `crane registry
+    # serve` is the registry on 127.0.0.1 the node pulls from.
+    crane) go_install crane github.com/google/go-containerregistry github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION" ;;
     # forward-bench (make bench): ghz, the gRPC load generator, and nginx as the
     # reference gRPC proxy.
     ghz) go_install ghz github.com/bojand/ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION" ;;
     nginx) install_nginx ;;
-    *) die "$c" "unknown component" "use one of: etcd nats consul kwok helm kube ghz nginx" ;;
+    *) die "$c" "unknown component" "use one of: etcd nats consul kwok helm kube node image-base crane ghz nginx" ;;
   esac
 done
 say tools "all components ready in $TOOLS"

@@ -14,3 +14,18 @@ CONSUL_DEB_VERSION=1.8.7+dfsg1-2+b3
 # and the pin moves to the version `apt-cache policy nginx` shows for bookworm.
 GHZ_VERSION=v0.121.0
 NGINX_DEB_VERSION=1.22.1-9+deb12u9
+# The real node (kubelet beside kwok's fake nodes): container runtime, OCI runtime, CNI
+# plugins and the iptables userspace kube-proxy and the harness's forwarding rule use, all
+# from Debian bookworm (the suite this machine runs), unpacked into the tools cache.
+CONTAINERD_DEB_VERSION=1.6.20~ds1-1+deb12u3
+RUNC_DEB_VERSION=1.1.5+ds1-1+deb12u1
+CNI_PLUGINS_DEB_VERSION=1.1.1+ds1-3+b5
+IPTABLES_DEB_VERSION=1.8.9-2
+# What the images carry besides the binary (distroless-style): glibc and libgcc_s from
+# these bookworm packages, and the CA certificates.
+LIBC6_DEB_VERSION=2.36-9+deb12u14
+LIBGCC_DEB_VERSION=12.2.0-14+deb12u1
+CA_CERTIFICATES_DEB_VERSION=20230311+deb12u1
+# An OCI registry on 127.0.0.1 for `make push` tests (`crane registry serve`), and crane
+# itself as the pusher.
+CRANE_VERSION=v0.22.1

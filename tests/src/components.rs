@@ -23,6 +23,12 @@ pub struct Layout {
     pub consul_server_port: u16,
     pub nats_port: u16,
     pub nats_monitor_port: u16,
+    /// Where the API server and NATS listen: 127.0.0.1, or the real node's address on the
+    /// pod bridge when the platform has one (pods must reach them; the host reaches that
+    /// address as well as loopback).
+    pub listen_ip: String,
+    /// Whether a real node runs (the API server then publishes its own endpoints).
+    pub real_node: bool,
 }
 
 impl Layout {
@@ -43,7 +49,7 @@ impl Layout {
         }
     }
     pub fn apiserver_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.apiserver_port)
+        format!("https://{}:{}", self.listen_ip, self.apiserver_port)
     }
     pub fn etcd_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.etcd_client_port)
@@ -79,8 +85,8 @@ pub fn etcd(tools: &Tools, l: &Layout) -> Command {
 pub fn kube_apiserver(tools: &Tools, l: &Layout, pki: &ClusterPki) -> Command {
     let mut c = Command::new(&tools.kube_apiserver);
     c.arg(format!("--etcd-servers={}", l.etcd_url()))
-        .arg("--bind-address=127.0.0.1")
-        .arg("--advertise-address=127.0.0.1")
+        .arg(format!("--bind-address={}", l.listen_ip))
+        .arg(format!("--advertise-address={}", l.listen_ip))
         .arg(format!("--secure-port={}", l.apiserver_port))
         .arg(format!("--tls-cert-file={}", pki.apiserver.cert.display()))
         .arg(format!(
@@ -114,10 +120,23 @@ pub fn kube_apiserver(tools: &Tools, l: &Layout, pki: &ClusterPki) -> Command {
              PodSecurity,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota",
         )
         .arg("--allow-privileged=true")
+        .arg("--profiling=false");
+    if l.real_node {
+        // Pods reach the API server through the `kubernetes` Service (kube-proxy), whose
+        // endpoint is the advertised address on the pod bridge; `kubectl logs`/`exec`
+        // reach the kubelet at its InternalIP with the admin identity.
+        c.arg("--endpoint-reconciler-type=lease")
+            .arg("--kubelet-preferred-address-types=InternalIP")
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                pki.admin.cert.display()
+            ))
+            .arg(format!("--kubelet-client-key={}", pki.admin.key.display()));
+    } else {
         // The advertised address is loopback and no kubelet runs: nothing would answer
         // behind the `kubernetes` Service's endpoints.
-        .arg("--endpoint-reconciler-type=none")
-        .arg("--profiling=false");
+        c.arg("--endpoint-reconciler-type=none");
+    }
     c
 }
 
@@ -190,12 +209,22 @@ pub fn kwok(tools: &Tools, l: &Layout) -> Command {
     c
 }
 
-/// The fake nodes kwok plays, as a manifest for `kubectl apply`.
-pub fn kwok_nodes_manifest(count: usize) -> String {
+/// Taint on kwok's nodes while a real node runs, so pods land on the real one unless they
+/// tolerate it (the scale tests' pods do).
+pub const KWOK_TAINT: &str = "streamgate.io/fake-node";
+
+/// The fake nodes kwok plays, as a manifest for `kubectl apply`; `tainted` when a real
+/// node should get the pods.
+pub fn kwok_nodes_manifest(count: usize, tainted: bool) -> String {
+    let taints = if tainted {
+        format!("\nspec:\n  taints: [{{key: {KWOK_TAINT}, value: \"true\", effect: NoSchedule}}]")
+    } else {
+        String::new()
+    };
     (0..count)
         .map(|i| {
             format!(
-                "apiVersion: v1\nkind: Node\nmetadata:\n  name: kwok-node-{i}\n  annotations:\n    {KWOK_NODE_ANNOTATION}: fake\n    node.alpha.kubernetes.io/ttl: \"0\"\n  labels:\n    type: kwok\n    kubernetes.io/hostname: kwok-node-{i}\n    kubernetes.io/os: linux\n    kubernetes.io/arch: amd64\nstatus:\n  allocatable: {{cpu: \"32\", memory: 256Gi, pods: \"110\"}}\n  capacity: {{cpu: \"32\", memory: 256Gi, pods: \"110\"}}\n"
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: kwok-node-{i}\n  annotations:\n    {KWOK_NODE_ANNOTATION}: fake\n    node.alpha.kubernetes.io/ttl: \"0\"\n  labels:\n    type: kwok\n    kubernetes.io/hostname: kwok-node-{i}\n    kubernetes.io/os: linux\n    kubernetes.io/arch: amd64{taints}\nstatus:\n  allocatable: {{cpu: \"32\", memory: 256Gi, pods: \"110\"}}\n  capacity: {{cpu: \"32\", memory: 256Gi, pods: \"110\"}}\n"
             )
         })
         .collect::<Vec<_>>()
@@ -208,7 +237,11 @@ pub fn consul(tools: &Tools, l: &Layout) -> Command {
         .arg("-dev")
         .arg("-node=streamgate-local")
         .arg("-bind=127.0.0.1")
-        .arg("-client=127.0.0.1")
+        .arg(if l.real_node {
+            format!("-client=127.0.0.1 {}", l.listen_ip)
+        } else {
+            "-client=127.0.0.1".to_string()
+        })
         .arg(format!("-http-port={}", l.consul_http_port))
         .arg("-dns-port=-1")
         .arg("-grpc-port=-1")
@@ -222,7 +255,8 @@ pub fn consul(tools: &Tools, l: &Layout) -> Command {
 /// JetStream with its store under the platform's data directory.
 pub fn nats_config(l: &Layout) -> String {
     format!(
-        "server_name: streamgate-local\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+        "server_name: streamgate-local\nlisten: {}:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+        l.listen_ip,
         l.nats_port,
         l.nats_monitor_port,
         l.data().join("nats").display()
@@ -241,7 +275,7 @@ mod tests {
 
     #[test]
     fn kwok_nodes_manifest_has_one_document_per_node() {
-        let manifest = kwok_nodes_manifest(2);
+        let manifest = kwok_nodes_manifest(2, false);
         let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&manifest)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();

@@ -8,6 +8,8 @@
 //!   sure it cannot outlive us.
 //! - [`components`] knows each component's command line and readiness check.
 //! - [`platform`] starts them in order, writes `.streamgate/env`, and stops them.
+//! - [`node`] a real node (containerd, runc, CNI bridge, kubelet, kube-proxy) running the
+//!   project's OCI images as real pods, when a platform is started with one.
 //! - [`pod_runner`] plays the kubelet of a node of its own: pods bound to it run as
 //!   local processes (the workspace's binaries standing in for images) on 127.0.0.N.
 //! - [`shared`] gives each integration test a ready platform shared per test binary, with
@@ -20,6 +22,7 @@ pub mod components;
 pub mod consul_agent;
 pub mod echo;
 pub mod nats_server;
+pub mod node;
 pub mod operator;
 pub mod pki;
 pub mod platform;

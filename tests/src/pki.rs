@@ -25,6 +25,8 @@ pub struct ClusterPki {
     pub controller_manager: CertFiles,
     pub scheduler: CertFiles,
     pub kwok: CertFiles,
+    pub kubelet: CertFiles,
+    pub kube_proxy: CertFiles,
     /// ECDSA P-256 key (PKCS#8 PEM) that signs service-account tokens.
     pub service_account_key: PathBuf,
     /// Its public half, which verifies them.
@@ -32,13 +34,21 @@ pub struct ClusterPki {
 }
 
 /// The identities of the control plane's clients: (file stem, user, groups).
-const CLIENTS: [(&str, &str, &[&str]); 4] = [
+const CLIENTS: [(&str, &str, &[&str]); 6] = [
     ("admin", "streamgate-admin", &["system:masters"]),
     ("controller-manager", "system:kube-controller-manager", &[]),
     ("scheduler", "system:kube-scheduler", &[]),
     // kwok plays every node's kubelet; the node authorizer knows no such identity, so it
     // gets cluster-admin rights through system:masters.
     ("kwok", "kwok", &["system:masters"]),
+    // The real node's kubelet: the node authorizer's identity for it.
+    (
+        "kubelet",
+        "system:node:streamgate-node-0",
+        &["system:nodes"],
+    ),
+    // Bound to system:node-proxier by the API server's default RBAC.
+    ("kube-proxy", "system:kube-proxy", &[]),
 ];
 
 impl ClusterPki {
@@ -67,6 +77,8 @@ impl ClusterPki {
             "kubernetes.default.svc".to_string(),
             "kubernetes.default.svc.cluster.local".to_string(),
             "10.96.0.1".to_string(),
+            // The real node's address on the pod bridge, where pods reach the API server.
+            crate::node::NODE_IP.to_string(),
         ])?;
         serving
             .distinguished_name
@@ -86,8 +98,14 @@ impl ClusterPki {
             write_leaf(dir, stem, params, &ca)
         });
         let clients: Vec<CertFiles> = clients.collect::<Result<_>>()?;
-        let [admin, controller_manager, scheduler, kwok]: [CertFiles; 4] =
-            clients.try_into().expect("one entry per client");
+        let [
+            admin,
+            controller_manager,
+            scheduler,
+            kwok,
+            kubelet,
+            kube_proxy,
+        ]: [CertFiles; 6] = clients.try_into().expect("one entry per client");
 
         let service_account_key = dir.join("service-account.key");
         let service_account_pub = dir.join("service-account.pub");
@@ -102,6 +120,8 @@ impl ClusterPki {
             controller_manager,
             scheduler,
             kwok,
+            kubelet,
+            kube_proxy,
             service_account_key,
             service_account_pub,
         })

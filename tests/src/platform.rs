@@ -2,6 +2,7 @@
 //! and stops everything already started when one fails (printing that one's log tail).
 
 use crate::components::{self, Layout};
+use crate::node::{self, ControlPlane, NodePorts, NodeTools, RealNode};
 use crate::pki::ClusterPki;
 use crate::ports::free_port;
 use crate::process::Proc;
@@ -29,6 +30,22 @@ pub struct PlatformInfo {
     pub etcd_url: String,
     pub logs: PathBuf,
     pub tools: Tools,
+    /// Set when the platform has a real node.
+    pub node: Option<NodeInfo>,
+}
+
+/// How pods on the real node reach the platform, and where its registry is.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    /// The node's address on the pod bridge.
+    pub ip: String,
+    /// Consul's HTTP address as pods reach it.
+    pub consul_http_addr: String,
+    /// NATS as pods reach it.
+    pub nats_url: String,
+    /// `127.0.0.1:<port>`: the local OCI registry the node pulls from.
+    pub registry: String,
 }
 
 impl PlatformInfo {
@@ -59,6 +76,20 @@ impl PlatformInfo {
         )
     }
 
+    /// Chart values that make `helm install -f` work on the real node as on a user's
+    /// cluster: Consul and NATS at addresses pods reach, images already on the node.
+    pub fn helm_values(&self) -> Option<String> {
+        let node = self.node.as_ref()?;
+        Some(format!(
+            "# Written by `make env-up` for the local platform's real node.\n\
+             image:\n  pullPolicy: IfNotPresent\n\
+             consul:\n  address: {consul}\n\
+             nats:\n  url: {nats}\n",
+            consul = node.consul_http_addr,
+            nats = node.nats_url,
+        ))
+    }
+
     /// Runs the platform's own kubectl against it.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
         run_kubectl(&self.tools.kubectl, &self.kubeconfig, args, stdin)
@@ -70,13 +101,36 @@ impl PlatformInfo {
 pub struct Platform {
     pub info: PlatformInfo,
     procs: Vec<Proc>,
+    node: Option<RealNode>,
 }
 
 impl Platform {
-    /// Starts every component with its data and logs under `dir`.
+    /// Starts every component with its data and logs under `dir`; kwok's nodes only.
     pub fn start(dir: &Path) -> Result<Platform> {
+        Self::start_with(dir, false)
+    }
+
+    /// Starts every component and a real node (see [`crate::node`]); the pods that must
+    /// run land on it, kwok's nodes are tainted.
+    pub fn start_with_node(dir: &Path) -> Result<Platform> {
+        Self::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, real_node: bool) -> Result<Platform> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tools = Tools::locate()?;
+        // The node's bridge first: the API server, Consul and NATS bind to its address.
+        let node = match real_node {
+            true => Some(RealNode::claim(
+                &dir.join("node"),
+                NodeTools::locate(&tools.root, &tools.versions)?,
+            )?),
+            false => None,
+        };
+        let listen_ip = match real_node {
+            true => node::NODE_IP.to_string(),
+            false => "127.0.0.1".to_string(),
+        };
         let layout = Layout {
             dir: dir.to_path_buf(),
             etcd_client_port: free_port()?,
@@ -92,6 +146,8 @@ impl Platform {
             consul_server_port: free_port()?,
             nats_port: free_port()?,
             nats_monitor_port: free_port()?,
+            listen_ip,
+            real_node,
         };
         // A new platform starts from nothing: no data, logs or keys of an earlier one.
         for sub in [layout.logs(), layout.data(), layout.pki()] {
@@ -103,15 +159,17 @@ impl Platform {
             kubeconfig: layout.kubeconfig("admin"),
             apiserver_url: layout.apiserver_url(),
             consul_http_addr: format!("http://127.0.0.1:{}", layout.consul_http_port),
-            nats_url: format!("nats://127.0.0.1:{}", layout.nats_port),
+            nats_url: format!("nats://{}:{}", layout.listen_ip, layout.nats_port),
             nats_monitor_url: format!("http://127.0.0.1:{}", layout.nats_monitor_port),
             etcd_url: layout.etcd_url(),
             logs: layout.logs(),
             tools: tools.clone(),
+            node: None,
         };
         let mut platform = Platform {
             info,
             procs: Vec::new(),
+            node,
         };
         if let Err(e) = platform.boot(&tools, &layout) {
             platform.stop();
@@ -127,6 +185,8 @@ impl Platform {
             ("controller-manager", &pki.controller_manager),
             ("scheduler", &pki.scheduler),
             ("kwok", &pki.kwok),
+            ("kubelet", &pki.kubelet),
+            ("kube-proxy", &pki.kube_proxy),
         ] {
             let yaml = components::kubeconfig_yaml(&l.apiserver_url(), &pki.ca_cert, user, creds);
             std::fs::write(l.kubeconfig(user), yaml)?;
@@ -175,7 +235,7 @@ impl Platform {
         self.launch(l, "kwok", components::kwok(tools, l))?;
         self.info.kubectl(
             &["apply", "-f", "-"],
-            Some(&components::kwok_nodes_manifest(KWOK_NODES)),
+            Some(&components::kwok_nodes_manifest(KWOK_NODES, l.real_node)),
         )?;
         // Service-account tokens are the controller-manager's doing: its `default`
         // ServiceAccount proves it is up and reconciling.
@@ -207,7 +267,50 @@ impl Platform {
             )?;
             Ok(out.lines().filter(|s| *s == "True").count() == KWOK_NODES)
         })?;
+        if self.node.is_some() {
+            self.start_node(l, &pki)?;
+        }
         Ok(())
+    }
+
+    fn start_node(&mut self, l: &Layout, pki: &ClusterPki) -> Result<()> {
+        let images = node_images()?;
+        let info = self.info.clone();
+        let kubectl = |args: &[&str]| info.kubectl(args, None);
+        let cp = ControlPlane {
+            kubelet_kubeconfig: &l.kubeconfig("kubelet"),
+            kube_proxy_kubeconfig: &l.kubeconfig("kube-proxy"),
+            client_ca: &pki.ca_cert,
+            logs: &l.logs(),
+            kubectl: &kubectl,
+            images: &images,
+        };
+        let ports = NodePorts {
+            kubelet: node::config::KubeletPorts {
+                server: free_port()?,
+                healthz: free_port()?,
+            },
+            kube_proxy: node::config::KubeProxyPorts {
+                healthz: free_port()?,
+                metrics: free_port()?,
+            },
+            registry: free_port()?,
+        };
+        let node = self.node.as_mut().context("no real node claimed")?;
+        node.start(&cp, ports)?;
+        self.info.node = Some(NodeInfo {
+            name: node::NODE_NAME.to_string(),
+            ip: node::NODE_IP.to_string(),
+            consul_http_addr: format!("http://{}:{}", node::NODE_IP, l.consul_http_port),
+            nats_url: format!("nats://{}:{}", node::NODE_IP, l.nats_port),
+            registry: node.registry.clone(),
+        });
+        Ok(())
+    }
+
+    /// The real node, when the platform has one.
+    pub fn node(&self) -> Option<&RealNode> {
+        self.node.as_ref()
     }
 
     fn launch(&mut self, l: &Layout, name: &str, command: Command) -> Result<()> {
@@ -245,26 +348,34 @@ impl Platform {
         })
     }
 
-    /// Stops every component, last started first.
-    pub fn stop(&mut self) {
+    /// Stops every component, last started first: the real node (and its pods) before
+    /// the control plane. Returns what of the node could not be removed.
+    pub fn stop(&mut self) -> Vec<String> {
+        let errors = self.node.as_mut().map(RealNode::stop).unwrap_or_default();
+        self.node = None;
         for proc in self.procs.iter().rev() {
             proc.stop(Duration::from_secs(10));
         }
         self.procs.clear();
+        errors
+    }
+
+    fn all_procs(&self) -> impl Iterator<Item = &Proc> {
+        self.procs
+            .iter()
+            .chain(self.node.iter().flat_map(|n| n.procs().iter()))
     }
 
     /// Components that have exited although the platform was not stopped.
     pub fn exited(&self) -> Vec<String> {
-        self.procs
-            .iter()
+        self.all_procs()
             .filter_map(|p| p.exit_status().map(|s| format!("{} ({s})", p.name)))
             .collect()
     }
 
     /// The last `lines` lines of every component's log, for a failing test.
     pub fn log_tails(&self, lines: usize) -> String {
-        self.procs
-            .iter()
+        self.all_procs()
             .map(|p| {
                 format!(
                     "----- {} ({}) -----\n{}",
@@ -278,14 +389,34 @@ impl Platform {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.procs.iter().map(Proc::pid).collect()
+        self.all_procs().map(Proc::pid).collect()
     }
 }
 
 impl Drop for Platform {
     fn drop(&mut self) {
-        self.stop();
+        let errors = self.stop();
+        if !errors.is_empty() {
+            eprintln!("stopping the real node: {}", errors.join("; "));
+        }
     }
+}
+
+/// The image archives `make images` wrote (`STREAMGATE_IMAGES` overrides the folder),
+/// which the real node imports; the pause image among them.
+pub fn node_images() -> Result<Vec<PathBuf>> {
+    let dir = std::env::var_os("STREAMGATE_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::tools::repo_root().join("target/images"));
+    let version = env!("CARGO_PKG_VERSION");
+    let archives: Vec<PathBuf> = ["pause", "operator", "sidecar", "demo-app"]
+        .iter()
+        .map(|name| dir.join(format!("{name}-{version}.tar")))
+        .collect();
+    if let Some(missing) = archives.iter().find(|a| !a.exists()) {
+        bail!("{} not found: run `make images`", missing.display());
+    }
+    Ok(archives)
 }
 
 fn get_text(client: &reqwest::blocking::Client, url: &str) -> Result<String> {

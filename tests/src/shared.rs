@@ -19,14 +19,38 @@ use std::sync::OnceLock;
 
 static PLATFORM: OnceLock<Result<Platform, String>> = OnceLock::new();
 
-/// The platform of this test binary, started on first use.
+/// The platform of this test binary, started on first use (kwok's nodes only, unless a
+/// test of the binary asked for the real node first).
 pub fn platform() -> &'static Platform {
+    shared_platform(false)
+}
+
+/// The platform of this test binary with a real node (see [`crate::node`]); every test of
+/// a binary that needs one should ask through this.
+pub fn platform_with_node() -> &'static Platform {
+    let platform = shared_platform(true);
+    assert!(
+        platform.node().is_some(),
+        "this test binary's platform was started without a real node: call \
+         platform_with_node (TestEnv::on_real_node) in every test of the binary"
+    );
+    platform
+}
+
+fn shared_platform(real_node: bool) -> &'static Platform {
     let started = PLATFORM.get_or_init(|| {
         // Booting blocks (HTTP polls, kubectl); keep it off any async runtime's thread.
-        std::thread::spawn(|| {
+        std::thread::spawn(move || {
             let dir = test_platform_dir();
             remove_stale_test_dirs();
-            Platform::start(&dir).map_err(|e| format!("{e:#}"))
+            if real_node {
+                // A static is never dropped: take the node apart when the binary exits.
+                crate::node::teardown_at_exit();
+                Platform::start_with_node(&dir)
+            } else {
+                Platform::start(&dir)
+            }
+            .map_err(|e| format!("{e:#}"))
         })
         .join()
         .unwrap_or_else(|_| Err("platform start-up panicked".into()))
@@ -103,12 +127,24 @@ impl TestEnv {
         Self::with_namespace_labels(name, BTreeMap::new()).await
     }
 
+    /// Like [`TestEnv::new`], on the platform with a real node: pods run for real.
+    pub async fn on_real_node(name: &str, labels: BTreeMap<String, String>) -> Result<TestEnv> {
+        Self::create(platform_with_node(), name, labels).await
+    }
+
     /// Like [`TestEnv::new`], with labels on the namespace (e.g. PodSecurity enforcement).
     pub async fn with_namespace_labels(
         name: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<TestEnv> {
-        let platform = platform();
+        Self::create(platform(), name, labels).await
+    }
+
+    async fn create(
+        platform: &'static Platform,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<TestEnv> {
         let suffix = random_suffix();
         let namespace = dns_label(name, &suffix);
         let client = kube_client(platform).await?;

@@ -19,6 +19,9 @@ pub struct Tools {
     pub consul: PathBuf,
     pub nats_server: PathBuf,
     pub k8s_version: String,
+    /// The tools cache, and the pinned versions (for the real node's tools).
+    pub root: PathBuf,
+    pub versions: HashMap<String, String>,
 }
 
 /// The repository root (the workspace holding this crate).
@@ -79,6 +82,8 @@ impl Tools {
                 get("NATS_DEB_VERSION")?
             )),
             k8s_version: k8s,
+            root: root.clone(),
+            versions: v.clone(),
         };
         for (name, path) in tools.all() {
             if !path.exists() {

@@ -26,6 +26,10 @@ struct Cli {
     /// Where the platform keeps its data, logs and env file.
     #[arg(long, env = "STREAMGATE_DIR", global = true)]
     dir: Option<PathBuf>,
+    /// Also run a real node (containerd, kubelet, kube-proxy) for the images `make images`
+    /// built; needs root.
+    #[arg(long, env = "STREAMGATE_REAL_NODE", global = true)]
+    real_node: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -52,10 +56,10 @@ fn main() {
         .clone()
         .unwrap_or_else(|| repo_root().join(".streamgate"));
     let result = match cli.command {
-        Cmd::Up => up(&dir),
+        Cmd::Up => up(&dir, cli.real_node),
         Cmd::Down => down(&dir),
         Cmd::Status => status(&dir),
-        Cmd::Supervise => supervise(&dir),
+        Cmd::Supervise => supervise(&dir, cli.real_node),
     };
     if let Err(e) = result {
         eprintln!("streamgate-env: {e:#}");
@@ -91,7 +95,7 @@ fn running_supervisor(dir: &Path) -> Option<u32> {
     read_pid(&files(dir).pid).filter(|pid| alive(*pid))
 }
 
-fn up(dir: &Path) -> Result<()> {
+fn up(dir: &Path, real_node: bool) -> Result<()> {
     let f = files(dir);
     if let Some(pid) = running_supervisor(dir) {
         println!(
@@ -109,6 +113,7 @@ fn up(dir: &Path) -> Result<()> {
     let child = Command::new(exe)
         .arg("--dir")
         .arg(dir)
+        .args(real_node.then_some("--real-node"))
         .arg("supervise")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -194,7 +199,7 @@ fn down(dir: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    for stale in [&f.pid, &f.env, &f.components] {
+    for stale in [&f.pid, &f.env, &f.components, &dir.join("helm-values.yaml")] {
         let _ = std::fs::remove_file(stale);
     }
     println!("local platform stopped");
@@ -213,7 +218,7 @@ fn status(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn supervise(dir: &Path) -> Result<()> {
+fn supervise(dir: &Path, real_node: bool) -> Result<()> {
     let f = files(dir);
     std::fs::write(&f.pid, std::process::id().to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -224,7 +229,10 @@ fn supervise(dir: &Path) -> Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let boot_dir = dir.to_path_buf();
-        let booting = tokio::task::spawn_blocking(move || Platform::start(&boot_dir));
+        let booting = tokio::task::spawn_blocking(move || match real_node {
+            true => Platform::start_with_node(&boot_dir),
+            false => Platform::start(&boot_dir),
+        });
         let mut platform = tokio::select! {
             started = booting => started??,
             _ = term.recv() => bail!("stopped by SIGTERM during start-up"),
@@ -234,6 +242,9 @@ fn supervise(dir: &Path) -> Result<()> {
         std::fs::write(&f.components, pids.join(" "))?;
         let env_tmp = f.env.with_extension("tmp");
         std::fs::write(&env_tmp, platform.info.env_file())?;
+        if let Some(values) = platform.info.helm_values() {
+            std::fs::write(dir.join("helm-values.yaml"), values)?;
+        }
         std::fs::rename(&env_tmp, &f.env)?;
         println!("local platform ready");
         let mut health = tokio::time::interval(Duration::from_secs(2));
@@ -256,7 +267,10 @@ fn supervise(dir: &Path) -> Result<()> {
             }
         }
         println!("stopping the local platform");
-        tokio::task::spawn_blocking(move || platform.stop()).await?;
+        let leftovers = tokio::task::spawn_blocking(move || platform.stop()).await?;
+        if !leftovers.is_empty() {
+            bail!("the real node left: {}", leftovers.join("; "));
+        }
         Ok(())
     });
     let _ = std::fs::remove_file(&f.env);
