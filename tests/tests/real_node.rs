@@ -356,7 +356,12 @@ async fn the_chart_runs_the_operator_as_real_pods_with_one_leader_and_an_in_clus
     assert!(pods.contains(&leader.as_str()));
 
     // The API server calls the webhook through its Service: a pod asking for injection
-    // comes back with the native sidecar (server-side dry run: nothing is created).
+    // comes back with the native sidecar (server-side dry run: nothing is created). Not
+    // in the operator's own namespace, which the webhook leaves alone.
+    let apps = format!("{ns}-apps");
+    env.platform
+        .info
+        .kubectl(&["create", "namespace", &apps], None)?;
     let pod = format!(
         r#"apiVersion: v1
 kind: Pod
@@ -372,18 +377,23 @@ spec:
 "#
     );
     let mutated = eventually("the in-cluster webhook injects", POD_TIMEOUT, || async {
-        let out = env.kubectl(
+        let out = env.platform.info.kubectl(
             &[
                 "apply",
                 "--dry-run=server",
+                "-n",
+                &apps,
                 "-o",
                 "jsonpath={.spec.initContainers[*].name}",
                 "-f",
                 "-",
             ],
             Some(&pod),
-        );
-        Ok(out.ok().filter(|o| o.contains("streamgate-sidecar")))
+        )?;
+        if !out.contains("streamgate-sidecar") {
+            bail!("admitted without the sidecar; init containers: {out:?}");
+        }
+        Ok(Some(out))
     })
     .await?;
     assert!(mutated.contains("streamgate-sidecar"));
@@ -392,18 +402,25 @@ spec:
         &env,
         &["uninstall", "sg", "-n", ns, "--wait", "--timeout", "2m"],
     )?;
-    let left = env.kubectl(
-        &[
-            "get",
-            "deployment,pods,service,serviceaccount,secret,rolebinding,poddisruptionbudget",
-            "-l",
-            "app.kubernetes.io/instance=sg",
-            "-o",
-            "name",
-        ],
-        None,
-    )?;
-    assert!(left.trim().is_empty(), "left behind: {left}");
+    // The pods go after their ReplicaSet, once they have really stopped.
+    eventually("nothing of the release left", POD_TIMEOUT, || async {
+        let left = env.kubectl(
+            &[
+                "get",
+                "deployment,replicaset,pods,service,serviceaccount,secret,rolebinding,poddisruptionbudget",
+                "-l",
+                "app.kubernetes.io/instance=sg",
+                "-o",
+                "name",
+            ],
+            None,
+        )?;
+        if !left.trim().is_empty() {
+            bail!("left behind: {left}");
+        }
+        Ok(Some(()))
+    })
+    .await?;
     let webhook = env.platform.info.kubectl(
         &[
             "get",

@@ -218,7 +218,12 @@ impl RealNode {
     /// kube-proxy, and waits until the node is Ready.
     pub fn start(&mut self, cp: &ControlPlane<'_>, ports: NodePorts) -> Result<()> {
         let p = self.paths.clone();
-        for d in [p.cni_conf_dir(), p.kubelet_root(), p.pod_logs()] {
+        for d in [
+            p.cni_conf_dir(),
+            p.kubelet_root(),
+            p.pod_logs(),
+            p.dir.join("registry"),
+        ] {
             std::fs::create_dir_all(&d)?;
         }
         self.registry = format!("127.0.0.1:{}", ports.registry);
