@@ -158,7 +158,9 @@ impl Platform {
             dir: dir.to_path_buf(),
             kubeconfig: layout.kubeconfig("admin"),
             apiserver_url: layout.apiserver_url(),
-            consul_http_addr: format!("http://127.0.0.1:{}", layout.consul_http_port),
+            // On the node's address when there is one: the same address then works for
+            // the host's processes and for pods (Consul listens on both).
+            consul_http_addr: format!("http://{}:{}", layout.listen_ip, layout.consul_http_port),
             nats_url: format!("nats://{}:{}", layout.listen_ip, layout.nats_port),
             nats_monitor_url: format!("http://127.0.0.1:{}", layout.nats_monitor_port),
             etcd_url: layout.etcd_url(),

@@ -1,39 +1,38 @@
-//! The whole chain on one machine: `kubectl apply` → operator and webhook → Deployments
-//! → Pods → the pod runner's sidecar and demo-app processes → instances passing in
-//! Consul → a gRPC call from one service to another through both sidecars → an event
+//! The whole chain on one machine, on the real node: `kubectl apply` → operator and
+//! webhook → Deployments → Pods of the project's images (demo-app and the rendered or
+//! injected sidecar) run by the kubelet → instances registered in Consul from inside
+//! their pods → a gRPC call from one service to another through both sidecars → an event
 //! from one to the other through NATS JetStream → `kubectl scale` adds an instance that
-//! receives traffic, over mTLS with the identity the operator issued → `kubectl delete`
-//! leaves no process, no Consul instance and no StreamGate object behind.
-//!
-//! A test binary of its own: it cordons kwok's nodes so that every pod lands on the pod
-//! runner's node, where it really runs.
+//! receives traffic, over mTLS with the identity the operator issued → `kubectl rollout
+//! restart` replaces the pods → `kubectl delete` leaves no process, no Consul instance and
+//! no StreamGate object behind.
 
-use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use anyhow::{Result, ensure};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use streamgate_tests::TestEnv;
-use streamgate_tests::bins::binary;
 use streamgate_tests::operator::{Operator, TEST_TIMINGS, operator_kubeconfig_in};
-use streamgate_tests::pod_runner::{Options, PodRunner};
 use streamgate_tests::ports::free_port;
-use streamgate_tests::shared::kube_config;
 use streamgate_tests::wait::eventually;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn services(namespace: &str) -> String {
     format!(
         "apiVersion: streamgate.io/v1alpha1\nkind: StreamGateService\nmetadata: {{name: upload, namespace: {namespace}}}\n\
-         spec:\n  image: streamgate/demo-app:latest\n  port: 9091\n  replicas: 1\n  protocol: grpc\n\
+         spec:\n  image: streamgate/demo-app:{VERSION}\n  port: 9091\n  replicas: 1\n  protocol: grpc\n\
+         \x20 env: [{{name: DEMO_LISTEN, value: '0.0.0.0:9091'}}, {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]\n\
          \x20 health: {{type: http, path: /health, periodSeconds: 2, timeoutSeconds: 1}}\n\
          \x20 events: {{publish: [file.uploaded]}}\n\
          \x20 upstreams: [{{service: transcoder, timeout: 5s, retries: {{attempts: 3}}}}]\n\
          ---\n\
          apiVersion: streamgate.io/v1alpha1\nkind: StreamGateService\nmetadata: {{name: transcoder, namespace: {namespace}}}\n\
-         spec:\n  image: streamgate/demo-app:latest\n  port: 9093\n  replicas: 1\n  protocol: grpc\n\
+         spec:\n  image: streamgate/demo-app:{VERSION}\n  port: 9093\n  replicas: 1\n  protocol: grpc\n\
+         \x20 env: [{{name: DEMO_LISTEN, value: '0.0.0.0:9093'}}, {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]\n\
          \x20 health: {{type: http, path: /health, periodSeconds: 2, timeoutSeconds: 1}}\n\
          \x20 events: {{subscribe: [{{type: file.uploaded, path: /events}}]}}\n\
          \x20 allowedCallers: [upload]\n"
@@ -47,7 +46,7 @@ fn annotated_deployment(namespace: &str) -> String {
          spec:\n  replicas: 1\n  selector: {{matchLabels: {{app: worker}}}}\n  template:\n    metadata:\n\
          \x20     labels: {{app: worker}}\n\
          \x20     annotations: {{streamgate.io/inject: \"true\", streamgate.io/service-name: worker, streamgate.io/app-port: \"9094\"}}\n\
-         \x20   spec:\n      containers: [{{name: app, image: streamgate/demo-app:latest, ports: [{{containerPort: 9094}}]}}]\n"
+         \x20   spec:\n      containers: [{{name: app, image: 'streamgate/demo-app:{VERSION}', env: [{{name: DEMO_LISTEN, value: '127.0.0.1:9094'}}, {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}], ports: [{{containerPort: 9094}}]}}]\n"
     )
 }
 
@@ -82,45 +81,27 @@ fn address(instance: &Value) -> String {
         .to_string()
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"))
-}
-
-/// Cordons kwok's simulated nodes: pods must land where they really run.
-async fn cordon_kwok_nodes(env: &TestEnv) -> Result<()> {
-    let nodes: Api<Node> = Api::all(env.client());
-    for node in nodes.list(&ListParams::default()).await? {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let fake = node
-            .metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.get("kwok.x-k8s.io/node").is_some_and(|v| v == "fake"));
-        if fake {
-            env.kubectl(&["cordon", &name], None)?;
-        }
-    }
-    Ok(())
+/// Host processes of the containers (their entrypoints live in /usr/local/bin).
+fn container_processes() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.starts_with(b"/usr/local/bin/streamgate-sidecar")
+                    || c.starts_with(b"/usr/local/bin/streamgate-demo-app")
+            })
+        })
+        .collect()
 }
 
 #[tokio::test]
-async fn the_whole_chain_runs_on_one_machine() -> Result<()> {
-    let env = TestEnv::new("e2e").await?;
+async fn the_whole_chain_runs_on_the_real_node() -> Result<()> {
+    let env = TestEnv::on_real_node("e2e", Default::default()).await?;
     let ns = env.namespace.clone();
     let consul = env.consul_addr().to_string();
-    cordon_kwok_nodes(&env).await?;
-
-    // The programs that stand in for the images.
-    let sidecar = binary("streamgate-sidecar", "streamgate-sidecar")?;
-    binary("streamgate-demo-app", "streamgate-demo-app")?;
-    let bin_dir = sidecar.parent().context("binary directory")?.to_path_buf();
-    let log_dir = env.platform.info.logs.join("pods");
-    let mut options = Options::new("streamgate-runner-e2e", &bin_dir, &log_dir);
-    options.backoff_max = Duration::from_secs(2);
-    // Away from the addresses a `make dev` runner on this machine hands out (from .10).
-    options.first_ip = 150;
-    let runner = PodRunner::start(kube_config(env.platform).await?, options).await?;
 
     // The operator with its webhook, its own namespace beside the test's.
     let home = format!("{ns}-sys");
@@ -145,15 +126,18 @@ async fn the_whole_chain_runs_on_one_machine() -> Result<()> {
     })
     .await?;
 
-    let result = chain(&env, &consul, &runner).await;
+    let result = chain(&env, &consul).await;
     if result.is_err() {
         eprintln!("operator log:\n{}", operator.log_tail(40));
-        eprintln!("pods:\n{}", runner.log_tails(30));
+        eprintln!(
+            "pods:\n{}",
+            env.kubectl(&["describe", "pods"], None).unwrap_or_default()
+        );
     }
     result
 }
 
-async fn chain(env: &TestEnv, consul: &str, runner: &PodRunner) -> Result<()> {
+async fn chain(env: &TestEnv, consul: &str) -> Result<()> {
     let ns = &env.namespace;
     env.kubectl(&["apply", "-f", "-"], Some(&services(ns)))?;
     env.kubectl(&["apply", "-f", "-"], Some(&annotated_deployment(ns)))?;
@@ -245,21 +229,38 @@ async fn chain(env: &TestEnv, consul: &str, runner: &PodRunner) -> Result<()> {
     .await?;
     ensure!(served.iter().all(|s| s.starts_with("transcoder-")));
 
-    // Processes of every pod, to see them gone after the delete.
-    let pods: Api<Pod> = Api::namespaced(env.client(), ns);
-    let mut pids = Vec::new();
-    for pod in pods.list(&ListParams::default()).await? {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        for container in ["streamgate-sidecar", "app"] {
-            if let Some(pid) = runner.pid(ns, &name, container) {
-                pids.push(pid);
-            }
-        }
-    }
+    // kubectl rollout restart: new pods replace the old ones and serve again.
+    let before = wait_passing(consul, "transcoder", 2).await?;
+    let old: BTreeSet<String> = before.iter().map(address).collect();
+    env.kubectl(&["rollout", "restart", "deployment/transcoder"], None)?;
+    env.kubectl(
+        &[
+            "rollout",
+            "status",
+            "deployment/transcoder",
+            "--timeout=120s",
+        ],
+        None,
+    )?;
+    eventually("transcoder's new pods pass in Consul", TIMEOUT, || async {
+        let now = passing(consul, "transcoder").await?;
+        let fresh = now.len() == 2 && now.iter().all(|i| !old.contains(&address(i)));
+        Ok(fresh.then_some(()))
+    })
+    .await?;
+    eventually("calls reach the restarted transcoders", TIMEOUT, || async {
+        Ok(call().await.ok())
+    })
+    .await?;
+
+    // The containers' processes (sidecar and app of 4 pods), to see them gone after the
+    // delete.
+    let pids = container_processes();
     ensure!(
         pids.len() >= 8,
         "sidecar and app processes of 4 pods: {pids:?}"
     );
+    let pods: Api<Pod> = Api::namespaced(env.client(), ns);
 
     // kubectl delete: no process, no Consul instance, no StreamGate object left.
     env.kubectl(&["delete", "sgs", "--all", "--wait=true"], None)?;
@@ -273,8 +274,8 @@ async fn chain(env: &TestEnv, consul: &str, runner: &PodRunner) -> Result<()> {
             .then_some(()))
     })
     .await?;
-    eventually("every process is gone", TIMEOUT, || async {
-        Ok(pids.iter().all(|pid| !alive(*pid)).then_some(()))
+    eventually("every container process is gone", TIMEOUT, || async {
+        Ok(container_processes().is_empty().then_some(()))
     })
     .await?;
     for service in ["upload", "transcoder", "worker"] {
