@@ -5,7 +5,7 @@ ENV_BIN := target/debug/streamgate-env
 
 .PHONY: tools env-up env-down env-status test lint fmt crds bench dev images push
 
-## tools: install or build etcd, nats-server, Consul, Kubernetes, kwok, helm, and ghz + nginx for make bench (cached)
+## tools: install or build etcd, nats-server, Consul, Kubernetes (with kubelet, kube-proxy), containerd, runc, CNI plugins, iptables, kwok, helm, crane, and ghz + nginx for make bench (cached)
 tools:
 	@bash scripts/tools.sh
 
@@ -13,16 +13,16 @@ $(ENV_BIN): FORCE
 	@$(CARGO) build --quiet -p streamgate-tests --bin streamgate-env
 FORCE:
 
-## env-up: start the local platform on 127.0.0.1 and write .streamgate/env
-env-up: tools $(ENV_BIN)
-	@$(ENV_BIN) up
+## env-up: start the local platform (control plane, Consul, NATS, kwok nodes and a real node running the images) and write .streamgate/env and .streamgate/helm-values.yaml
+env-up: tools images $(ENV_BIN)
+	@$(ENV_BIN) --real-node up
 
-## env-down: stop the local platform (and a `make dev` operator and pod runner); no process is left behind
+## env-down: stop the local platform and its real node; no process, mount, network namespace, bridge or rule is left behind
 env-down: $(ENV_BIN)
 	@bash scripts/dev.sh stop
 	@$(ENV_BIN) down
 
-## dev: platform up, operator and pod runner running, the nine sample services applied and Ready, try-it lines shown; Ctrl-C stops it all
+## dev: images built, platform and real node up, the chart installed, the nine sample services applied and Ready as real pods, try-it lines shown; Ctrl-C stops it all
 dev: tools
 	@bash scripts/dev.sh
 

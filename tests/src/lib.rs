@@ -1,5 +1,7 @@
 //! The StreamGate local platform: real etcd, kube-apiserver, kube-controller-manager,
-//! kube-scheduler, kwok, Consul and NATS, started on 127.0.0.1 with free ports.
+//! kube-scheduler, kwok, Consul and NATS, started on 127.0.0.1 with free ports, and
+//! optionally a real node (kubelet, containerd, runc, CNI, kube-proxy) on a bridge of its
+//! own.
 //!
 //! - [`tools`] finds the binaries `make tools` built (versions from `scripts/versions.sh`).
 //! - [`pki`] makes the cluster's CA, serving and client certificates and the
@@ -10,8 +12,6 @@
 //! - [`platform`] starts them in order, writes `.streamgate/env`, and stops them.
 //! - [`node`] a real node (containerd, runc, CNI bridge, kubelet, kube-proxy) running the
 //!   project's OCI images as real pods, when a platform is started with one.
-//! - [`pod_runner`] plays the kubelet of a node of its own: pods bound to it run as
-//!   local processes (the workspace's binaries standing in for images) on 127.0.0.N.
 //! - [`shared`] gives each integration test a ready platform shared per test binary, with
 //!   a namespace and name prefix of its own, and prints component log tails on failure.
 //!
@@ -26,7 +26,6 @@ pub mod node;
 pub mod operator;
 pub mod pki;
 pub mod platform;
-pub mod pod_runner;
 pub mod ports;
 pub mod process;
 pub mod shared;

@@ -210,8 +210,7 @@ pub async fn kube_client(platform: &Platform) -> Result<kube::Client> {
     Ok(kube::Client::try_from(kube_config(platform).await?)?)
 }
 
-/// The platform's admin client configuration (for a client on another runtime, such as
-/// the [`crate::pod_runner`]'s).
+/// The platform's admin client configuration (for a client on another runtime).
 pub async fn kube_config(platform: &Platform) -> Result<kube::Config> {
     let kubeconfig = Kubeconfig::read_from(&platform.info.kubeconfig)?;
     kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
