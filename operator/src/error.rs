@@ -29,6 +29,19 @@ impl Error {
     }
 }
 
+/// The finalizer wraps the reconcile's own error: take it out, so the error policy and
+/// the metrics see what really failed (an invalid spec, Consul, the API).
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner,
+            F::AddFinalizer(kube) | F::RemoveFinalizer(kube) => Error::Kube(kube),
+            other => Error::Finalizer(Box::new(other)),
+        }
+    }
+}
+
 impl From<kube::Error> for Error {
     fn from(e: kube::Error) -> Self {
         Error::Kube(e)
@@ -42,3 +55,21 @@ impl From<crate::consul::ConsulError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::finalizer::Error as F;
+
+    #[test]
+    fn the_finalizer_error_gives_back_the_reconcile_error() {
+        let invalid = Error::Invalid(FieldError::new("spec.port", "must be 1..65535"));
+        let unwrapped: Error = F::ApplyFailed(invalid).into();
+        assert_eq!(unwrapped.kind(), "invalid_spec");
+        let consul = Error::MissingField("namespace");
+        let unwrapped: Error = F::CleanupFailed(consul).into();
+        assert_eq!(unwrapped.kind(), "missing_field");
+        let unnamed: Error = F::<Error>::UnnamedObject.into();
+        assert_eq!(unnamed.kind(), "finalizer");
+    }
+}

@@ -7,6 +7,7 @@
 //! validate → build the desired objects (a pure function) → apply → update status.
 
 pub mod apply;
+pub mod backoff;
 pub mod cli;
 pub mod consul;
 pub mod crdgen;

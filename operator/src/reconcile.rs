@@ -2,6 +2,7 @@
 //! inside a finalizer whose cleanup removes the service's Consul instances.
 
 use crate::apply::{Applied, apply};
+use crate::backoff;
 use crate::consul::Consul;
 use crate::desired::{desired, validate};
 use crate::error::{Error, Result};
@@ -42,6 +43,8 @@ pub struct Context {
     pub services: Known<Service>,
     /// Statuses written moments ago that the resource cache may not show yet.
     pub statuses: WrittenStatuses,
+    /// Consecutive reconcile failures per object, for the error policy's backoff.
+    pub failures: backoff::Failures,
     /// Requeue period once Ready (Consul is polled, not watched).
     pub resync_ready: Duration,
     /// Requeue period while not Ready.
@@ -54,6 +57,7 @@ pub async fn reconcile(sgs: Arc<StreamGateService>, ctx: Arc<Context>) -> Result
     let started = std::time::Instant::now();
     let namespace = sgs.namespace().ok_or(Error::MissingField("namespace"))?;
     let api: Api<StreamGateService> = Api::namespaced(ctx.client.clone(), &namespace);
+    let sgs_name = sgs.name_any();
     let result = finalizer(&api, FINALIZER, sgs, |event| async {
         match event {
             Finalizer::Apply(sgs) => apply_service(&sgs, &ctx).await,
@@ -61,7 +65,10 @@ pub async fn reconcile(sgs: Arc<StreamGateService>, ctx: Arc<Context>) -> Result
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .map_err(Error::from);
+    if result.is_ok() {
+        ctx.failures.reset(&namespace, &sgs_name);
+    }
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "reconciled"
@@ -69,17 +76,21 @@ pub async fn reconcile(sgs: Arc<StreamGateService>, ctx: Arc<Context>) -> Result
     result
 }
 
-/// The controller's error policy: back off with jitter so many failing resources do not
-/// retry in lockstep.
+/// The controller's error policy: back off exponentially per object (an invalid spec from
+/// a minute, anything else from 5 s, at most 5 minutes), with jitter so many failing
+/// resources do not retry in lockstep. A spec edit wakes the object at once anyway.
 pub fn error_policy(sgs: Arc<StreamGateService>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(error.kind());
-    warn!(name = %sgs.name_any(), error = %error, "reconcile failed");
+    let failures = ctx
+        .failures
+        .record(&sgs.namespace().unwrap_or_default(), &sgs.name_any());
     let base = match error {
         Error::Invalid(_) => Duration::from_secs(60),
         _ => Duration::from_secs(5),
     };
-    let jitter = Duration::from_millis(fastrand::u64(0..=base.as_millis() as u64 / 2));
-    Action::requeue(base + jitter)
+    let delay = backoff::with_jitter(backoff::delay(base, failures));
+    warn!(name = %sgs.name_any(), error = %error, failures, retry_in_s = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
 }
 
 async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action> {

@@ -123,6 +123,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         deployments: Known::new(deployment_cache),
         services: Known::new(service_cache),
         statuses: WrittenStatuses::default(),
+        failures: Default::default(),
         resync_ready: args.timing.resync_ready,
         resync_not_ready: args.timing.resync_not_ready,
     });

@@ -243,6 +243,19 @@ impl Operator {
             .any(|l| l.trim() == "streamgate_operator_leader 1")
     }
 
+    /// How many reconciles this replica has run (its `streamgate_operator_reconciles_total`
+    /// counter; 0 when it has run none or cannot be reached).
+    pub async fn reconciles(&self) -> u64 {
+        let Ok(resp) = reqwest::get(&self.metrics_url).await else {
+            return 0;
+        };
+        let text = resp.text().await.unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("streamgate_operator_reconciles_total"))
+            .filter_map(|rest| rest.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// SIGTERM and wait (a clean shutdown releases the lease).
     pub fn stop(&self) {
         self.proc.stop(Duration::from_secs(15));

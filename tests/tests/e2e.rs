@@ -97,6 +97,39 @@ fn container_processes() -> Vec<u32> {
         .collect()
 }
 
+/// The containers of `pod` in the order the kubelet reported stopping them.
+fn termination_order(env: &TestEnv, pod: &str) -> Result<Vec<String>> {
+    let events: Value = serde_json::from_str(&env.kubectl(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={pod},reason=Killing"),
+            "-o",
+            "json",
+        ],
+        None,
+    )?)?;
+    let mut killing: Vec<(u64, String)> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let version = e["metadata"]["resourceVersion"].as_str()?.parse().ok()?;
+            let container = e["involvedObject"]["fieldPath"]
+                .as_str()?
+                .strip_prefix("spec.")?
+                .split_once('{')?
+                .1
+                .trim_end_matches('}')
+                .to_string();
+            Some((version, container))
+        })
+        .collect();
+    killing.sort();
+    Ok(killing.into_iter().map(|(_, c)| c).collect())
+}
+
 #[tokio::test]
 async fn the_whole_chain_runs_on_the_real_node() -> Result<()> {
     let env = TestEnv::on_real_node("e2e", Default::default()).await?;
@@ -262,6 +295,22 @@ async fn chain(env: &TestEnv, consul: &str) -> Result<()> {
     );
     let pods: Api<Pod> = Api::namespaced(env.client(), ns);
 
+    // A transcoder pod, to read the kubelet's termination order after the delete.
+    let watched = env
+        .kubectl(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "streamgate.io/service=transcoder",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+            None,
+        )?
+        .trim()
+        .to_string();
+
     // kubectl delete: no process, no Consul instance, no StreamGate object left.
     env.kubectl(&["delete", "sgs", "--all", "--wait=true"], None)?;
     env.kubectl(&["delete", "deployment", "worker", "--wait=true"], None)?;
@@ -278,6 +327,15 @@ async fn chain(env: &TestEnv, consul: &str) -> Result<()> {
         Ok(container_processes().is_empty().then_some(()))
     })
     .await?;
+    // The kubelet stopped the app first and the native sidecar last (events in the order
+    // the API server stored them).
+    let stopped = termination_order(env, &watched)?;
+    let app = stopped.iter().position(|c| c == "app");
+    let sidecar = stopped.iter().position(|c| c == "streamgate-sidecar");
+    ensure!(
+        matches!((app, sidecar), (Some(a), Some(s)) if a < s),
+        "{watched}: containers stopped in the order {stopped:?}"
+    );
     for service in ["upload", "transcoder", "worker"] {
         eventually(&format!("{service} gone from Consul"), TIMEOUT, || async {
             Ok((registered(consul, service).await? == 0).then_some(()))

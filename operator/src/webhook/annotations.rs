@@ -100,12 +100,23 @@ fn int(annotations: &BTreeMap<String, String>, key: &str) -> Result<Option<i32>,
         .transpose()
 }
 
-fn list(value: &str) -> Vec<String> {
+/// A comma-separated list. An empty value is an empty list; an empty item (`a,,b`,
+/// a trailing comma) is refused naming the annotation, since it is most likely a typo.
+fn list(annotation: &str, value: &str) -> Result<Vec<String>, FieldError> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
     value
         .split(',')
         .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
+        .enumerate()
+        .map(|(i, item)| match item {
+            "" => Err(bad(
+                annotation,
+                format!("item {} of {value:?} is empty", i + 1),
+            )),
+            item => Ok(item.to_string()),
+        })
         .collect()
 }
 
@@ -180,7 +191,8 @@ pub fn parse(
     let events = Events {
         publish: annotations
             .get(PUBLISH)
-            .map(|v| list(v))
+            .map(|v| list(PUBLISH, v))
+            .transpose()?
             .unwrap_or_default(),
         subscribe: annotations
             .get(SUBSCRIBE)
@@ -197,14 +209,19 @@ pub fn parse(
         service_name,
         port,
         protocol,
-        tags: annotations.get(TAGS).map(|v| list(v)).unwrap_or_default(),
+        tags: annotations
+            .get(TAGS)
+            .map(|v| list(TAGS, v))
+            .transpose()?
+            .unwrap_or_default(),
         meta: BTreeMap::new(),
         health,
         events,
         upstreams,
         allowed_callers: annotations
             .get(ALLOWED_CALLERS)
-            .map(|v| list(v))
+            .map(|v| list(ALLOWED_CALLERS, v))
+            .transpose()?
             .unwrap_or_default(),
     };
     service.validate().map_err(|e| {
@@ -241,7 +258,7 @@ pub fn parse(
 
 /// `type=path[:maxDeliver]`, comma-separated: `transcoding.completed=/events:5,job.failed=/jobs`.
 fn parse_subscriptions(value: &str) -> Result<Vec<Subscription>, FieldError> {
-    list(value)
+    list(SUBSCRIBE, value)?
         .iter()
         .map(|entry| {
             let (event_type, rest) = entry.split_once('=').ok_or_else(|| {
@@ -279,7 +296,7 @@ fn parse_upstreams(value: &str) -> Result<Vec<Upstream>, FieldError> {
         return serde_json::from_str(trimmed)
             .map_err(|e| bad(UPSTREAMS, format!("invalid JSON: {e}")));
     }
-    list(trimmed)
+    list(UPSTREAMS, trimmed)?
         .into_iter()
         .map(|service| {
             serde_json::from_value(serde_json::json!({ "service": service }))
@@ -389,6 +406,12 @@ mod tests {
             (&[(SUBSCRIBE, "a.b")], SUBSCRIBE),
             (&[(UPSTREAMS, "[{\"service\": 1}]")], UPSTREAMS),
             (&[(SIDECAR_LOG_LEVEL, "loud")], SIDECAR_LOG_LEVEL),
+            // An empty item is a typo, not an item to drop.
+            (&[(UPSTREAMS, "ok,,")], UPSTREAMS),
+            (&[(TAGS, "v1,")], TAGS),
+            (&[(ALLOWED_CALLERS, ",api-gateway")], ALLOWED_CALLERS),
+            (&[(PUBLISH, "a.b, ,c.d")], PUBLISH),
+            (&[(SUBSCRIBE, "a.b=/x,,")], SUBSCRIBE),
             (&[(SIDECAR_MEMORY_LIMIT, "lots")], SIDECAR_MEMORY_LIMIT),
             (
                 &[("streamgate.io/app-prot", "80")],
