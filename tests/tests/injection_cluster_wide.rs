@@ -13,6 +13,12 @@ fn annotated_pod(name: &str) -> String {
     )
 }
 
+fn plain_pod(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers: [{{name: app, image: registry.example.com/app:1}}]\n"
+    )
+}
+
 fn has_sidecar(env: &TestEnv, namespace: &str, pod: &str) -> Result<bool> {
     let names = env.platform.info.kubectl(
         &[
@@ -91,8 +97,30 @@ async fn cluster_wide_webhook_never_injects_kube_system_or_its_own_namespace() -
         "the operator's namespace was injected"
     );
 
+    // Every operator replica down (killed: nothing is cleaned up): a pod that does not ask
+    // for a sidecar is admitted in any namespace, since only pods that ask reach the
+    // webhook; one that asks is refused (fail closed) with the webhook named.
+    operator.kill();
+    info.kubectl(
+        &["create", "-n", &env.namespace, "-f", "-"],
+        Some(&plain_pod("plain")),
+    )?;
+    info.kubectl(
+        &["create", "-n", &home, "-f", "-"],
+        Some(&plain_pod("plain")),
+    )?;
+    let refused = info
+        .kubectl(
+            &["create", "-n", &env.namespace, "-f", "-"],
+            Some(&annotated_pod("asks")),
+        )
+        .expect_err("a pod asking for the sidecar must not start without it");
+    assert!(
+        refused.to_string().contains("inject.streamgate.io"),
+        "refusal does not name the webhook: {refused}"
+    );
+
     // Leave the cluster as found: no cluster-wide webhook without its server.
-    operator.stop();
     info.kubectl(
         &[
             "delete",

@@ -7,11 +7,21 @@ use super::inject::{NAMESPACE_ENABLED, NAMESPACE_LABEL};
 use crate::labels::FIELD_MANAGER;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-    WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+
+/// CEL: the pod carries `streamgate.io/inject` with a value other than "false". Outside
+/// opted-in namespaces only such pods reach the webhook, so with every operator replica
+/// down the API server still admits every other pod (`failurePolicy: Fail` applies only
+/// to pods that asked for a sidecar). An invalid value still reaches the webhook, which
+/// refuses it naming the annotation.
+pub const ASKS_FOR_INJECTION: &str = "has(object.metadata.annotations) && 'streamgate.io/inject' in object.metadata.annotations && object.metadata.annotations['streamgate.io/inject'] != 'false'";
+/// CEL: the pod did not opt out with `streamgate.io/inject: "false"` (in an opted-in
+/// namespace every other pod is injected).
+pub const NOT_OPTED_OUT: &str = "!has(object.metadata.annotations) || !('streamgate.io/inject' in object.metadata.annotations) || object.metadata.annotations['streamgate.io/inject'] != 'false'";
 
 pub const PATH_NAMESPACE: &str = "/inject/namespace";
 pub const PATH_POD: &str = "/inject/pod";
@@ -82,7 +92,10 @@ pub fn desired(registration: &Registration, ca: &str) -> MutatingWebhookConfigur
         ),
     };
     let enabled = vec![NAMESPACE_ENABLED.to_string()];
-    let webhook = |name: &str, path: &str, label: LabelSelectorRequirement| MutatingWebhook {
+    let webhook = |name: &str,
+                   path: &str,
+                   label: LabelSelectorRequirement,
+                   condition: (&str, &str)| MutatingWebhook {
         name: name.to_string(),
         admission_review_versions: vec!["v1".to_string()],
         client_config: client_config(&registration.endpoint, path, ca),
@@ -105,7 +118,10 @@ pub fn desired(registration: &Registration, ca: &str) -> MutatingWebhookConfigur
         side_effects: "None".to_string(),
         timeout_seconds: Some(registration.timeout_seconds),
         object_selector: None,
-        match_conditions: None,
+        match_conditions: Some(vec![MatchCondition {
+            name: condition.0.to_string(),
+            expression: condition.1.to_string(),
+        }]),
     };
     MutatingWebhookConfiguration {
         metadata: ObjectMeta {
@@ -124,11 +140,13 @@ pub fn desired(registration: &Registration, ca: &str) -> MutatingWebhookConfigur
                 "namespace.inject.streamgate.io",
                 PATH_NAMESPACE,
                 requirement(NAMESPACE_LABEL, "In", &enabled),
+                ("not-opted-out", NOT_OPTED_OUT),
             ),
             webhook(
                 "pod.inject.streamgate.io",
                 PATH_POD,
                 requirement(NAMESPACE_LABEL, "NotIn", &enabled),
+                ("asks-for-injection", ASKS_FOR_INJECTION),
             ),
         ]),
     }
@@ -194,5 +212,12 @@ mod tests {
             hooks[1].client_config.url.as_deref(),
             Some("https://127.0.0.1:9443/inject/pod")
         );
+        let condition = |i: usize| {
+            hooks[i].match_conditions.as_ref().unwrap()[0]
+                .expression
+                .clone()
+        };
+        assert_eq!(condition(0), NOT_OPTED_OUT);
+        assert_eq!(condition(1), ASKS_FOR_INJECTION);
     }
 }
