@@ -127,20 +127,27 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         resync_ready: args.timing.resync_ready,
         resync_not_ready: args.timing.resync_not_ready,
     });
-    // Every replica, leader or standby, serves the webhook.
+    // Every replica, leader or standby, serves the webhook; it is ready once the webhook
+    // listens with its certificate (or at once when it serves none).
     if let Some(listen) = args.webhook.webhook_listen {
         let config = webhook_config(&args, listen);
         let client = client.clone();
         let settings = ctx.settings.clone();
+        let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            if let Err(e) = crate::webhook::run(client, config, settings).await {
+            if let Err(e) = crate::webhook::run(client, config, settings, listening_tx).await {
                 error!(error = format!("{e:#}"), "the injection webhook stopped");
                 std::process::exit(1);
             }
         });
+        tokio::spawn(async move {
+            if listening_rx.await.is_ok() {
+                let _ = ready_tx.send(true);
+            }
+        });
+    } else {
+        let _ = ready_tx.send(true);
     }
-    // Serving probes and metrics is this replica's readiness, leader or standby.
-    let _ = ready_tx.send(true);
 
     let mut shutdown = Box::pin(shutdown_signal());
     let elector = args.leader.leader_election.then(|| {

@@ -67,11 +67,14 @@ pub fn serving_hosts(config: &WebhookConfig) -> Vec<String> {
     }
 }
 
-/// Serves the webhook until the process stops.
+/// Serves the webhook until the process stops. `listening` fires once the server
+/// accepts connections with its certificate loaded (the replica's readiness waits for it:
+/// a Service must not send the API server's calls to a replica that cannot answer).
 pub async fn run(
     client: kube::Client,
     config: WebhookConfig,
     settings: SidecarSettings,
+    listening: tokio::sync::oneshot::Sender<()>,
 ) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.operator_namespace);
     let hosts = serving_hosts(&config);
@@ -163,8 +166,16 @@ pub async fn run(
     };
     tokio::spawn(renewal);
 
-    info!(%listen, "serving the injection webhook");
+    let handle = axum_server::Handle::new();
+    let bound = handle.clone();
+    tokio::spawn(async move {
+        if bound.listening().await.is_some() {
+            info!(%listen, "serving the injection webhook");
+            let _ = listening.send(());
+        }
+    });
     axum_server::bind_rustls(listen, tls)
+        .handle(handle)
         .serve(server::router(state).into_make_service())
         .await
         .context("webhook server")?;
