@@ -154,26 +154,7 @@ pub fn desired(
             // balancing wants, and no cluster IP is allocated per service.
             cluster_ip: Some("None".to_string()),
             selector: Some(selector),
-            ports: Some(vec![
-                // Plain Kubernetes clients reach the app directly on its own port.
-                ServicePort {
-                    name: Some(protocol_port_name(spec.protocol).to_string()),
-                    port: spec.port,
-                    target_port: Some(IntOrString::Int(spec.port)),
-                    app_protocol: Some(app_protocol(spec.protocol).to_string()),
-                    protocol: Some("TCP".to_string()),
-                    ..Default::default()
-                },
-                // Mesh traffic goes through the sidecar's inbound port (caller identity,
-                // allowedCallers, mTLS).
-                ServicePort {
-                    name: Some("sg-inbound".to_string()),
-                    port: i32::from(INBOUND_PORT),
-                    target_port: Some(IntOrString::Int(i32::from(INBOUND_PORT))),
-                    protocol: Some("TCP".to_string()),
-                    ..Default::default()
-                },
-            ]),
+            ports: Some(service_ports(spec)),
             ..Default::default()
         }),
         status: None,
@@ -184,6 +165,32 @@ pub fn desired(
         deployment,
         service,
     }
+}
+
+/// The Service's ports. Mesh traffic goes through the sidecar's inbound port (caller
+/// identity, `allowedCallers`, mTLS). The app's own port is published for plain
+/// Kubernetes clients only when the service admits every caller: with `allowedCallers`
+/// it would be a second door around the check.
+fn service_ports(spec: &streamgate_crds::StreamGateServiceSpec) -> Vec<ServicePort> {
+    let inbound = ServicePort {
+        name: Some("sg-inbound".to_string()),
+        port: i32::from(INBOUND_PORT),
+        target_port: Some(IntOrString::Int(i32::from(INBOUND_PORT))),
+        protocol: Some("TCP".to_string()),
+        ..Default::default()
+    };
+    if !spec.allowed_callers.is_empty() {
+        return vec![inbound];
+    }
+    let app = ServicePort {
+        name: Some(protocol_port_name(spec.protocol).to_string()),
+        port: spec.port,
+        target_port: Some(IntOrString::Int(spec.port)),
+        app_protocol: Some(app_protocol(spec.protocol).to_string()),
+        protocol: Some("TCP".to_string()),
+        ..Default::default()
+    };
+    vec![app, inbound]
 }
 
 fn owner_reference(sgs: &StreamGateService) -> OwnerReference {
@@ -294,6 +301,15 @@ mod tests {
         assert_eq!(ports[0].port, 9091);
         assert_eq!(ports[0].name.as_deref(), Some("http"));
         assert_eq!(ports[1].port, 15006);
+    }
+
+    #[test]
+    fn service_with_allowed_callers_publishes_only_the_mesh_port() {
+        let d = build("{image: 'reg/upload:1', port: 9091, allowedCallers: [api-gateway]}");
+        let ports = d.service.spec.unwrap().ports.unwrap();
+        assert_eq!(ports.len(), 1, "{ports:?}");
+        assert_eq!(ports[0].name.as_deref(), Some("sg-inbound"));
+        assert_eq!(ports[0].port, 15006);
     }
 
     #[test]
