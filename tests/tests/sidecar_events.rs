@@ -739,6 +739,17 @@ async fn forbidden_and_malformed_publishes_are_refused_with_their_codes() -> Res
         0.0,
         "nothing refused was published"
     );
+
+    // Larger than the NATS server's max_payload (1 MiB by default) but within the HTTP
+    // body limit: refused at the door naming the limit, never spooled as safe; the relay
+    // keeps flowing for the next event.
+    let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(1536 * 1024));
+    let (status, answer) = publisher.publish_http(&t, &big, None).await?;
+    assert_eq!(status, 413, "oversized event: {answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(error.contains("max_payload"), "{error}");
+    let (status, answer) = publisher.publish_http(&t, "{}", None).await?;
+    assert_eq!(status, 200, "the next event: {answer}");
     Ok(())
 }
 

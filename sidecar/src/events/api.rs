@@ -7,6 +7,7 @@
 //! | acked or spooled | 200 `{"id", "spooled"}` | OK |
 //! | type not in `events.publish` | 403 | PERMISSION_DENIED |
 //! | malformed type, data or id | 400 | INVALID_ARGUMENT |
+//! | larger than the NATS server's `max_payload` (envelope and header room included) | 413 | RESOURCE_EXHAUSTED |
 //! | spool full | 503 | RESOURCE_EXHAUSTED |
 //! | spool unwritable, relay off | 500 | UNAVAILABLE |
 
@@ -20,9 +21,16 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use streamgate_proto::sidecar::v1 as pb;
 use streamgate_proto::sidecar::v1::events_server::{Events, EventsServer};
 use tonic::{Request, Response, Status};
+
+/// NATS's default `max_payload`: the limit until the server has told its own.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// Kept free of the limit for the message's headers (`Nats-Msg-Id`), which count against
+/// `max_payload` too.
+const HEADER_ROOM: usize = 1024;
 
 /// What both APIs need; cheap to clone.
 #[derive(Clone)]
@@ -32,6 +40,10 @@ pub struct EventsApi {
     /// None when the service publishes nothing (every type is then forbidden).
     pub publisher: Option<Arc<Publisher>>,
     pub drain: Drain,
+    /// The NATS server's `max_payload` (from its INFO once connected). An event NATS
+    /// would refuse is refused here, before it is answered as safe: spooled, it would be
+    /// retried at the head of the spool forever and hold up every event behind it.
+    pub max_payload: Arc<AtomicUsize>,
 }
 
 /// Why a publish failed, mapped to each protocol's code.
@@ -47,7 +59,18 @@ impl EventsApi {
     }
 
     fn build(&self, event_type: &str, data: &[u8], id: &str) -> Result<Outgoing, Refused> {
-        envelope::build(&self.allowed, &self.service, event_type, data, id)
+        let event = envelope::build(&self.allowed, &self.service, event_type, data, id)?;
+        let limit = self
+            .max_payload
+            .load(Ordering::Relaxed)
+            .saturating_sub(HEADER_ROOM);
+        if event.payload.len() > limit {
+            return Err(Refused::TooLarge(format!(
+                "the event is {} bytes with its envelope; the NATS server's max_payload allows {limit} bytes per event",
+                event.payload.len()
+            )));
+        }
+        Ok(event)
     }
 
     async fn publish(&self, events: Vec<Outgoing>) -> Result<Vec<Durable>, Failure> {
@@ -84,6 +107,7 @@ pub async fn http_publish(
             let (status, message) = match failure {
                 Failure::Refused(Refused::Invalid(m)) => (StatusCode::BAD_REQUEST, m),
                 Failure::Refused(Refused::Forbidden(m)) => (StatusCode::FORBIDDEN, m),
+                Failure::Refused(Refused::TooLarge(m)) => (StatusCode::PAYLOAD_TOO_LARGE, m),
                 Failure::Spool(e @ SpoolError::Full { .. }) => {
                     (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 }
@@ -102,6 +126,7 @@ fn status(failure: Failure) -> Status {
     match failure {
         Failure::Refused(Refused::Invalid(m)) => Status::invalid_argument(m),
         Failure::Refused(Refused::Forbidden(m)) => Status::permission_denied(m),
+        Failure::Refused(Refused::TooLarge(m)) => Status::resource_exhausted(m),
         Failure::Spool(e @ SpoolError::Full { .. }) => Status::resource_exhausted(e.to_string()),
         Failure::Spool(e) => Status::unavailable(e.to_string()),
         Failure::Off => Status::unavailable("the event relay is off"),

@@ -29,6 +29,8 @@ pub enum Refused {
     Invalid(String),
     /// A well-formed type outside `events.publish`: PERMISSION_DENIED / 403.
     Forbidden(String),
+    /// Larger than the NATS server takes in one message: RESOURCE_EXHAUSTED / 413.
+    TooLarge(String),
 }
 
 #[derive(Serialize)]

@@ -29,6 +29,7 @@ use crate::shutdown::Drain;
 use api::EventsApi;
 use delivery::Target;
 use metrics::EventMetrics;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -51,6 +52,7 @@ pub async fn start(
         allowed: service.events.publish.clone().into(),
         publisher: None,
         drain,
+        max_payload: Arc::new(AtomicUsize::new(api::DEFAULT_MAX_PAYLOAD)),
     };
     let events = &settings.events;
     if !events.enabled {
@@ -62,6 +64,11 @@ pub async fn start(
     );
     let (client, connected) = connect::connect(events, &name).await?;
     let js = connect::context(client, events);
+    tokio::spawn(track_max_payload(
+        js.client().clone(),
+        connected.clone(),
+        api.max_payload.clone(),
+    ));
     if connected.borrow().to_owned()
         || js.client().connection_state() == async_nats::connection::State::Connected
     {
@@ -121,4 +128,24 @@ pub async fn start(
         ));
     }
     Ok(api)
+}
+
+/// Keeps `limit` at the connected server's `max_payload` (servers of a cluster, or one
+/// restarted with another setting, may differ).
+async fn track_max_payload(
+    client: async_nats::Client,
+    mut connected: watch::Receiver<bool>,
+    limit: Arc<AtomicUsize>,
+) {
+    loop {
+        if *connected.borrow_and_update() {
+            let max = client.server_info().max_payload;
+            if max > 0 {
+                limit.store(max, Ordering::Relaxed);
+            }
+        }
+        if connected.changed().await.is_err() {
+            return;
+        }
+    }
 }
