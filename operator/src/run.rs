@@ -96,7 +96,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let consul = Consul::new(&args.consul.consul_address, token)?;
     let settings = SidecarSettings {
         image: args.sidecar.sidecar_image.clone(),
-        resources: sidecar_resources(&args.sidecar),
+        resources: crate::settings::sidecar_resources(
+            &args.sidecar.sidecar_cpu_request,
+            &args.sidecar.sidecar_memory_request,
+            &args.sidecar.sidecar_memory_limit,
+        ),
         consul_address: args
             .sidecar
             .sidecar_consul_address
@@ -215,24 +219,6 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     }
     metrics.leader.set(0);
     Ok(code)
-}
-
-fn sidecar_resources(
-    args: &crate::cli::SidecarArgs,
-) -> k8s_openapi::api::core::v1::ResourceRequirements {
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    let q = |s: &str| Quantity(s.to_string());
-    k8s_openapi::api::core::v1::ResourceRequirements {
-        requests: Some(
-            [
-                ("cpu".to_string(), q(&args.sidecar_cpu_request)),
-                ("memory".to_string(), q(&args.sidecar_memory_request)),
-            ]
-            .into(),
-        ),
-        limits: Some([("memory".to_string(), q(&args.sidecar_memory_limit))].into()),
-        ..Default::default()
-    }
 }
 
 fn webhook_config(args: &RunArgs, listen: std::net::SocketAddr) -> crate::webhook::WebhookConfig {

@@ -36,15 +36,75 @@ impl SidecarSettings {
     }
 }
 
-/// A lean sidecar: requests that fit hundreds per node, a memory limit that catches leaks.
-pub fn default_sidecar_resources() -> ResourceRequirements {
+/// The sidecar's default CPU request (`--sidecar-cpu-request`).
+pub const DEFAULT_CPU_REQUEST: &str = "10m";
+/// The sidecar's default memory request (`--sidecar-memory-request`).
+pub const DEFAULT_MEMORY_REQUEST: &str = "16Mi";
+/// The sidecar's default memory limit (`--sidecar-memory-limit`).
+pub const DEFAULT_MEMORY_LIMIT: &str = "128Mi";
+
+/// A sidecar's requests and limit.
+pub fn sidecar_resources(
+    cpu_request: &str,
+    memory_request: &str,
+    memory_limit: &str,
+) -> ResourceRequirements {
     let q = |s: &str| Quantity(s.to_string());
     ResourceRequirements {
         requests: Some(BTreeMap::from([
-            ("cpu".to_string(), q("10m")),
-            ("memory".to_string(), q("16Mi")),
+            ("cpu".to_string(), q(cpu_request)),
+            ("memory".to_string(), q(memory_request)),
         ])),
-        limits: Some(BTreeMap::from([("memory".to_string(), q("128Mi"))])),
+        limits: Some(BTreeMap::from([("memory".to_string(), q(memory_limit))])),
         ..Default::default()
+    }
+}
+
+/// A lean sidecar: requests that fit hundreds per node, a memory limit that catches leaks.
+pub fn default_sidecar_resources() -> ResourceRequirements {
+    sidecar_resources(
+        DEFAULT_CPU_REQUEST,
+        DEFAULT_MEMORY_REQUEST,
+        DEFAULT_MEMORY_LIMIT,
+    )
+}
+
+/// `overrides` on top of `defaults`, key by key: an annotation that sets only the memory
+/// limit keeps the operator's configured requests.
+pub fn merge_resources(
+    overrides: &ResourceRequirements,
+    defaults: &ResourceRequirements,
+) -> ResourceRequirements {
+    let merge = |o: &Option<BTreeMap<String, Quantity>>, d: &Option<BTreeMap<String, Quantity>>| {
+        let mut merged = d.clone().unwrap_or_default();
+        merged.extend(o.clone().unwrap_or_default());
+        (!merged.is_empty()).then_some(merged)
+    };
+    ResourceRequirements {
+        requests: merge(&overrides.requests, &defaults.requests),
+        limits: merge(&overrides.limits, &defaults.limits),
+        ..defaults.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_keep_the_configured_defaults_they_do_not_name() {
+        let configured = sidecar_resources("20m", "32Mi", "256Mi");
+        let overrides = ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("512Mi".into()),
+            )])),
+            ..Default::default()
+        };
+        let merged = merge_resources(&overrides, &configured);
+        let requests = merged.requests.unwrap();
+        assert_eq!(requests["cpu"].0, "20m");
+        assert_eq!(requests["memory"].0, "32Mi");
+        assert_eq!(merged.limits.unwrap()["memory"].0, "512Mi");
     }
 }

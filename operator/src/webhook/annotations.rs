@@ -325,7 +325,9 @@ fn parse_resources(
     if cpu.is_none() && memory.is_none() && limit.is_none() {
         return Ok(None);
     }
-    let mut defaults = crate::settings::default_sidecar_resources();
+    // Only what the annotations name; the webhook fills the rest from the operator's
+    // configured defaults (settings::merge_resources).
+    let mut defaults = k8s_openapi::api::core::v1::ResourceRequirements::default();
     let requests = defaults.requests.get_or_insert_with(BTreeMap::new);
     if let Some(cpu) = cpu {
         requests.insert("cpu".into(), cpu);

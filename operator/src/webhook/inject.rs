@@ -73,10 +73,14 @@ pub fn decide(pod: &Pod, target: &Target<'_>, settings: &SidecarSettings) -> Dec
         .iter()
         .flat_map(|c| c.ports.iter().flatten().map(|p| p.container_port))
         .collect();
-    let wanted = match annotations::parse(pod_annotations, default_name, &ports) {
+    let mut wanted = match annotations::parse(pod_annotations, default_name, &ports) {
         Ok(wanted) => wanted,
         Err(e) => return Decision::Reject(e),
     };
+    wanted.sidecar.resources = wanted
+        .sidecar
+        .resources
+        .map(|named| crate::settings::merge_resources(&named, &settings.resources));
     let rendered = render_sidecar(&wanted.config, &wanted.sidecar, settings);
 
     let mut mutated = pod.clone();
