@@ -5,9 +5,8 @@ use crate::components::{self, Layout};
 use crate::node::{self, ControlPlane, NodePorts, NodeTools, RealNode};
 use crate::pki::ClusterPki;
 use crate::ports::free_port;
-use crate::process::Proc;
+use crate::process::{Group, Proc};
 use crate::tools::Tools;
-use crate::wait::wait_until;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -90,6 +89,26 @@ impl PlatformInfo {
         ))
     }
 
+    /// Runs the platform's helm against it (its caches under the platform's directory).
+    pub fn helm(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.tools.helm)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir.join("helm/data"))
+            .args(args)
+            .output()
+            .context("running helm")?;
+        if !out.status.success() {
+            bail!(
+                "helm {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs the platform's own kubectl against it.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
         run_kubectl(&self.tools.kubectl, &self.kubeconfig, args, stdin)
@@ -100,7 +119,7 @@ impl PlatformInfo {
 #[derive(Debug)]
 pub struct Platform {
     pub info: PlatformInfo,
-    procs: Vec<Proc>,
+    procs: Group,
     node: Option<RealNode>,
 }
 
@@ -170,7 +189,7 @@ impl Platform {
         };
         let mut platform = Platform {
             info,
-            procs: Vec::new(),
+            procs: Group::default(),
             node,
         };
         if let Err(e) = platform.boot(&tools, &layout) {
@@ -316,38 +335,13 @@ impl Platform {
     }
 
     fn launch(&mut self, l: &Layout, name: &str, command: Command) -> Result<()> {
-        let log = l.logs().join(format!("{name}.log"));
-        self.procs.push(Proc::spawn(name, command, &log)?);
-        Ok(())
+        self.procs.launch(&l.logs(), name, command)
     }
 
     /// Waits for `check`, failing early if the component exits, and with its log tail
     /// when it does not become ready in time.
-    fn ready(&self, name: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-        let proc = self
-            .procs
-            .iter()
-            .find(|p| p.name == name)
-            .with_context(|| format!("{name} was not started"))?;
-        let mut exited = None;
-        let result = wait_until(name, READY_TIMEOUT, || {
-            if let Some(status) = proc.exit_status() {
-                exited = Some(status);
-                return Ok(true);
-            }
-            check()
-        });
-        let result = match exited {
-            Some(status) => Err(anyhow::anyhow!("{name} exited ({status})")),
-            None => result,
-        };
-        result.with_context(|| {
-            format!(
-                "{name} did not become ready; last lines of {}:\n{}",
-                proc.log.display(),
-                proc.log_tail(25)
-            )
-        })
+    fn ready(&self, name: &str, check: impl FnMut() -> Result<bool>) -> Result<()> {
+        self.procs.ready(name, READY_TIMEOUT, check)
     }
 
     /// Stops every component, last started first: the real node (and its pods) before
@@ -355,17 +349,14 @@ impl Platform {
     pub fn stop(&mut self) -> Vec<String> {
         let errors = self.node.as_mut().map(RealNode::stop).unwrap_or_default();
         self.node = None;
-        for proc in self.procs.iter().rev() {
-            proc.stop(Duration::from_secs(10));
-        }
-        self.procs.clear();
+        self.procs.stop_all(Duration::from_secs(10));
         errors
     }
 
     fn all_procs(&self) -> impl Iterator<Item = &Proc> {
         self.procs
             .iter()
-            .chain(self.node.iter().flat_map(|n| n.procs().iter()))
+            .chain(self.node.iter().flat_map(RealNode::procs))
     }
 
     /// Components that have exited although the platform was not stopped.

@@ -137,6 +137,78 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Components started together, each with its own log file, found by name, stopped in
+/// the reverse order of their start.
+#[derive(Debug, Default)]
+pub struct Group {
+    procs: Vec<Proc>,
+}
+
+impl Group {
+    /// Starts `command` as `name`, logging to `<logs>/<name>.log`.
+    pub fn launch(&mut self, logs: &Path, name: &str, command: Command) -> Result<()> {
+        let log = logs.join(format!("{name}.log"));
+        self.procs.push(Proc::spawn(name, command, &log)?);
+        Ok(())
+    }
+
+    /// Waits until `check` holds for the component `name` (see [`wait_ready`]).
+    pub fn ready(
+        &self,
+        name: &str,
+        timeout: Duration,
+        check: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
+        let proc = self
+            .procs
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("{name} was not started"))?;
+        wait_ready(proc, timeout, check)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Proc> {
+        self.procs.iter()
+    }
+
+    /// Stops every component, last started first, each within `grace`.
+    pub fn stop_all(&mut self, grace: Duration) {
+        for proc in self.procs.iter().rev() {
+            proc.stop(grace);
+        }
+        self.procs.clear();
+    }
+}
+
+/// Waits until `check` holds for the component `proc`, failing early if it exits and
+/// with its log tail when it is not ready within `timeout`.
+pub fn wait_ready(
+    proc: &Proc,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let name = proc.name.clone();
+    let mut exited = None;
+    let result = crate::wait::wait_until(&name, timeout, || {
+        if let Some(status) = proc.exit_status() {
+            exited = Some(status);
+            return Ok(true);
+        }
+        check()
+    });
+    let result = match exited {
+        Some(status) => Err(anyhow::anyhow!("{name} exited ({status})")),
+        None => result,
+    };
+    result.with_context(|| {
+        format!(
+            "{name} did not become ready; last lines of {}:\n{}",
+            proc.log.display(),
+            proc.log_tail(25)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,30 +2,13 @@
 //! (the operator's pods run by kwok, in a namespace enforcing PodSecurity `restricted`),
 //! upgrades, and uninstalls leaving nothing but the CRDs.
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use std::collections::BTreeMap;
-use std::process::Command;
 use streamgate_tests::TestEnv;
 use streamgate_tests::tools::repo_root;
 
 fn helm(env: &TestEnv, args: &[&str]) -> Result<String> {
-    let info = &env.platform.info;
-    let out = Command::new(&info.tools.helm)
-        .env("KUBECONFIG", &info.kubeconfig)
-        .env("HELM_CACHE_HOME", info.dir.join("helm/cache"))
-        .env("HELM_CONFIG_HOME", info.dir.join("helm/config"))
-        .env("HELM_DATA_HOME", info.dir.join("helm/data"))
-        .args(args)
-        .output()
-        .context("running helm")?;
-    if !out.status.success() {
-        bail!(
-            "helm {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    env.platform.info.helm(args)
 }
 
 #[tokio::test]

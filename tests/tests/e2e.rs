@@ -83,18 +83,10 @@ fn address(instance: &Value) -> String {
 
 /// Host processes of the containers (their entrypoints live in /usr/local/bin).
 fn container_processes() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                c.starts_with(b"/usr/local/bin/streamgate-sidecar")
-                    || c.starts_with(b"/usr/local/bin/streamgate-demo-app")
-            })
-        })
-        .collect()
+    streamgate_tests::node::processes_running(&[
+        "/usr/local/bin/streamgate-sidecar",
+        "/usr/local/bin/streamgate-demo-app",
+    ])
 }
 
 /// The containers of `pod` in the order the kubelet reported stopping them.

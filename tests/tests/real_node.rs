@@ -74,22 +74,6 @@ async fn wait_ready(env: &TestEnv, pod: &str) -> Result<String> {
     })
 }
 
-/// Host processes whose command line starts with `program` (containers' processes are
-/// the host's too, in other namespaces).
-fn processes_of(program: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.starts_with(program.as_bytes()))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 fn uid_of(pid: u32) -> Result<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
@@ -132,7 +116,7 @@ async fn images_run_as_nonroot_on_a_read_only_root_and_answer_on_their_pod_ip() 
         .await?;
     assert!(!body.is_empty(), "empty /health answer from {ip}");
 
-    let pids = processes_of("/usr/local/bin/streamgate-demo-app");
+    let pids = streamgate_tests::node::processes_running(&["/usr/local/bin/streamgate-demo-app"]);
     assert!(!pids.is_empty(), "no demo-app process found on the host");
     for pid in pids {
         assert_eq!(uid_of(pid)?, 65532, "process {pid} does not run as 65532");
@@ -263,23 +247,7 @@ async fn the_pod_network_cannot_forward_off_the_machine() -> Result<()> {
 }
 
 fn helm(env: &TestEnv, args: &[&str]) -> Result<String> {
-    let info = &env.platform.info;
-    let out = std::process::Command::new(&info.tools.helm)
-        .env("KUBECONFIG", &info.kubeconfig)
-        .env("HELM_CACHE_HOME", info.dir.join("helm/cache"))
-        .env("HELM_CONFIG_HOME", info.dir.join("helm/config"))
-        .env("HELM_DATA_HOME", info.dir.join("helm/data"))
-        .args(args)
-        .output()
-        .context("running helm")?;
-    if !out.status.success() {
-        bail!(
-            "helm {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    env.platform.info.helm(args)
 }
 
 /// The chart as a user installs it, with the built images and the values `make env-up`

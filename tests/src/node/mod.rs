@@ -18,8 +18,7 @@ pub mod config;
 pub mod network;
 pub mod teardown;
 
-use crate::process::Proc;
-use crate::wait::wait_until;
+use crate::process::{Group, Proc};
 use anyhow::{Context, Result, bail};
 use config::{KubeProxyPorts, KubeletPorts, NodePaths};
 use serde::{Deserialize, Serialize};
@@ -155,7 +154,7 @@ pub struct RealNode {
     pub owner: OwnerRecord,
     /// `127.0.0.1:<port>`: a registry the node pulls from over plain HTTP.
     pub registry: String,
-    procs: Vec<Proc>,
+    procs: Group,
 }
 
 impl RealNode {
@@ -210,7 +209,7 @@ impl RealNode {
             tools,
             owner,
             registry: String::new(),
-            procs: Vec::new(),
+            procs: Group::default(),
         })
     }
 
@@ -331,50 +330,22 @@ impl RealNode {
     }
 
     fn launch(&mut self, logs: &Path, name: &str, command: Command) -> Result<()> {
-        let log = logs.join(format!("{name}.log"));
-        self.procs.push(Proc::spawn(name, command, &log)?);
-        Ok(())
+        self.procs.launch(logs, name, command)
     }
 
-    fn ready(&self, name: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-        let proc = self
-            .procs
-            .iter()
-            .find(|p| p.name == name)
-            .with_context(|| format!("{name} was not started"))?;
-        let mut exited = None;
-        let result = wait_until(name, READY_TIMEOUT, || {
-            if let Some(status) = proc.exit_status() {
-                exited = Some(status);
-                return Ok(true);
-            }
-            check()
-        });
-        let result = match exited {
-            Some(status) => Err(anyhow::anyhow!("{name} exited ({status})")),
-            None => result,
-        };
-        result.with_context(|| {
-            format!(
-                "{name} did not become ready; last lines of {}:\n{}",
-                proc.log.display(),
-                proc.log_tail(25)
-            )
-        })
+    fn ready(&self, name: &str, check: impl FnMut() -> Result<bool>) -> Result<()> {
+        self.procs.ready(name, READY_TIMEOUT, check)
     }
 
     /// The node's processes (for log tails and pid lists).
-    pub fn procs(&self) -> &[Proc] {
-        &self.procs
+    pub fn procs(&self) -> impl Iterator<Item = &Proc> {
+        self.procs.iter()
     }
 
     /// Stops the kubelet and kube-proxy gracefully, then takes everything apart. Returns
     /// what could not be removed.
     pub fn stop(&mut self) -> Vec<String> {
-        for proc in self.procs.iter().rev() {
-            proc.stop(Duration::from_secs(5));
-        }
-        self.procs.clear();
+        self.procs.stop_all(Duration::from_secs(5));
         let errors = teardown::teardown(&self.owner, &self.tools.iptables);
         let _ = std::fs::remove_file(owner_file());
         errors
@@ -442,6 +413,22 @@ pub fn teardown_at_exit() {
             libc::atexit(teardown_on_exit);
         }
     }
+}
+
+/// Host pids of processes whose command line starts with one of `programs` (a
+/// container's processes are the host's too, in other namespaces): e.g.
+/// `/usr/local/bin/streamgate-sidecar`, the entrypoint of the sidecar image.
+pub fn processes_running(programs: &[&str]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| programs.iter().any(|p| c.starts_with(p.as_bytes())))
+        })
+        .collect()
 }
 
 /// The pod sandbox image `make images` builds (nothing can be pulled here).
