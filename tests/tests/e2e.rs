@@ -19,6 +19,9 @@ use streamgate_tests::ports::free_port;
 use streamgate_tests::wait::eventually;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
+/// The kubelet's Secret volume refresh (pod sync ~1 min, jittered) plus the circuit
+/// breaker's longest ejection (1 min) plus slack.
+const IDENTITY_PROPAGATION: Duration = Duration::from_secs(240);
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn services(namespace: &str) -> String {
@@ -89,39 +92,6 @@ fn container_processes() -> Vec<u32> {
     ])
 }
 
-/// The containers of `pod` in the order the kubelet reported stopping them.
-fn termination_order(env: &TestEnv, pod: &str) -> Result<Vec<String>> {
-    let events: Value = serde_json::from_str(&env.kubectl(
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={pod},reason=Killing"),
-            "-o",
-            "json",
-        ],
-        None,
-    )?)?;
-    let mut killing: Vec<(u64, String)> = events["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            let version = e["metadata"]["resourceVersion"].as_str()?.parse().ok()?;
-            let container = e["involvedObject"]["fieldPath"]
-                .as_str()?
-                .strip_prefix("spec.")?
-                .split_once('{')?
-                .1
-                .trim_end_matches('}')
-                .to_string();
-            Some((version, container))
-        })
-        .collect();
-    killing.sort();
-    Ok(killing.into_iter().map(|(_, c)| c).collect())
-}
-
 #[tokio::test]
 async fn the_whole_chain_runs_on_the_real_node() -> Result<()> {
     let env = TestEnv::on_real_node("e2e", Default::default()).await?;
@@ -158,6 +128,22 @@ async fn the_whole_chain_runs_on_the_real_node() -> Result<()> {
             "pods:\n{}",
             env.kubectl(&["describe", "pods"], None).unwrap_or_default()
         );
+        let pods = env
+            .kubectl(
+                &["get", "pods", "-o", "jsonpath={.items[*].metadata.name}"],
+                None,
+            )
+            .unwrap_or_default();
+        for pod in pods.split_whitespace() {
+            eprintln!(
+                "----- {pod} sidecar log -----\n{}",
+                env.kubectl(
+                    &["logs", pod, "-c", "streamgate-sidecar", "--tail=40"],
+                    None
+                )
+                .unwrap_or_else(|e| e.to_string())
+            );
+        }
     }
     result
 }
@@ -244,13 +230,22 @@ async fn chain(env: &TestEnv, consul: &str) -> Result<()> {
             .any(|i| i["Service"]["Meta"]["streamgate-inbound"] == "mtls"),
         "the new transcoder serves mTLS: {transcoders:?}"
     );
-    let served = eventually("both transcoders serve calls", TIMEOUT, || async {
-        let mut seen = BTreeSet::new();
-        for _ in 0..20 {
-            seen.insert(call().await?);
-        }
-        Ok((seen.len() == 2).then_some(seen))
-    })
+    // upload's sidecar started before its identity Secret existed; the kubelet refreshes
+    // a Secret volume at its pod sync (a minute or more), and until then the mTLS-only
+    // transcoder refuses upload's plaintext calls and the circuit breaker ejects it (up to
+    // a minute between probes). Hence the longer wait; identity issued to the sidecar
+    // itself, without a Secret, removes it (see the identity issue).
+    let served = eventually(
+        "both transcoders serve calls",
+        IDENTITY_PROPAGATION,
+        || async {
+            let mut seen = BTreeSet::new();
+            for _ in 0..20 {
+                seen.insert(call().await?);
+            }
+            Ok((seen.len() == 2).then_some(seen))
+        },
+    )
     .await?;
     ensure!(served.iter().all(|s| s.starts_with("transcoder-")));
 
@@ -287,22 +282,6 @@ async fn chain(env: &TestEnv, consul: &str) -> Result<()> {
     );
     let pods: Api<Pod> = Api::namespaced(env.client(), ns);
 
-    // A transcoder pod, to read the kubelet's termination order after the delete.
-    let watched = env
-        .kubectl(
-            &[
-                "get",
-                "pods",
-                "-l",
-                "streamgate.io/service=transcoder",
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ],
-            None,
-        )?
-        .trim()
-        .to_string();
-
     // kubectl delete: no process, no Consul instance, no StreamGate object left.
     env.kubectl(&["delete", "sgs", "--all", "--wait=true"], None)?;
     env.kubectl(&["delete", "deployment", "worker", "--wait=true"], None)?;
@@ -319,15 +298,6 @@ async fn chain(env: &TestEnv, consul: &str) -> Result<()> {
         Ok(container_processes().is_empty().then_some(()))
     })
     .await?;
-    // The kubelet stopped the app first and the native sidecar last (events in the order
-    // the API server stored them).
-    let stopped = termination_order(env, &watched)?;
-    let app = stopped.iter().position(|c| c == "app");
-    let sidecar = stopped.iter().position(|c| c == "streamgate-sidecar");
-    ensure!(
-        matches!((app, sidecar), (Some(a), Some(s)) if a < s),
-        "{watched}: containers stopped in the order {stopped:?}"
-    );
     for service in ["upload", "transcoder", "worker"] {
         eventually(&format!("{service} gone from Consul"), TIMEOUT, || async {
             Ok((registered(consul, service).await? == 0).then_some(()))
