@@ -1,19 +1,20 @@
 //! Taking the real node apart so that nothing is left: its processes (containerd, its
-//! shims, the containers, the kubelet, kube-proxy), the mounts they made, the pods'
-//! network namespaces, the pod cgroups, the bridge and the iptables rules.
+//! shims, the containers, the kubelet, kube-proxy), the mounts they made (the pods'
+//! network namespaces among them: containerd keeps them under the node's state
+//! directory, never in the machine's /run/netns), the pod cgroups, the bridge and the
+//! iptables rules.
 //!
 //! The same code removes what an earlier node left when its owner died without stopping
 //! it (a test binary killed, a supervisor lost), and [`leftovers`] lists anything that
 //! remains, for the test that `env-down` leaves nothing behind.
 
+use super::OwnerRecord;
 use super::network;
-use super::{OwnerRecord, POD_SUBNET_BASE};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const NETNS_DIR: &str = "/run/netns";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The kubelet (cgroupfs driver) puts every pod under this cgroup in each hierarchy.
 const PODS_CGROUP: &str = "kubepods";
@@ -24,7 +25,6 @@ pub fn teardown(owner: &OwnerRecord, iptables: &Path) -> Vec<String> {
     let mut errors = Vec::new();
     kill_all(owner);
     errors.extend(unmount_under(&[&owner.dir, &owner.run]));
-    errors.extend(delete_pod_netns());
     errors.extend(remove_pod_cgroups());
     errors.extend(network::remove(iptables, Some(&owner.ip_forward_before)));
     for dir in [&owner.run, &owner.dir] {
@@ -48,11 +48,6 @@ pub fn leftovers(owner: &OwnerRecord, iptables: &Path) -> Vec<String> {
         mounts_under(&[&owner.dir, &owner.run])
             .into_iter()
             .map(|m| format!("mount {}", m.display())),
-    );
-    found.extend(
-        pod_netns()
-            .into_iter()
-            .map(|n| format!("network namespace {n}")),
     );
     found.extend(
         pod_cgroup_dirs()
@@ -165,40 +160,6 @@ fn unmount_under(dirs: &[&Path]) -> Vec<String> {
         }
     }
     errors
-}
-
-/// Network namespaces containerd made for this node's pods: `cni-*` with an address in
-/// the pod subnet, or with nothing but loopback left (a pod whose interface was removed).
-fn pod_netns() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| n.starts_with("cni-"))
-        .filter(|n| {
-            match network::run(Path::new("ip"), &["-n", n, "-4", "-o", "addr", "show"]) {
-                Ok(addrs) => {
-                    addrs.contains(POD_SUBNET_BASE)
-                        || addrs.lines().all(|l| l.contains(" lo ") || l.is_empty())
-                }
-                // A namespace whose file is no longer a namespace: ours to remove too.
-                Err(_) => true,
-            }
-        })
-        .collect()
-}
-
-fn delete_pod_netns() -> Vec<String> {
-    pod_netns()
-        .into_iter()
-        .filter_map(|n| {
-            network::run(Path::new("ip"), &["netns", "delete", &n])
-                .err()
-                .map(|e| format!("{e:#}"))
-        })
-        .collect()
 }
 
 fn pod_cgroup_dirs() -> Vec<PathBuf> {
