@@ -4,12 +4,15 @@
 //! - [`service`]: the `StreamGateService` custom resource, spec and status.
 //! - [`health`], [`events`], [`upstreams`]: parts of the spec that the sidecar's config
 //!   file carries with the same names and meaning.
+//! - [`contract`]: what operator and sidecar agree on outside the config document
+//!   (Consul instance ids and meta keys, identity names, mount paths).
 //! - [`duration`]: Go-style durations (`2s`, `25ms`) used in the spec.
 //!
 //! The API server enforces the schema and CEL rules generated from these types; the
 //! `validate` functions enforce the same rules where no API server is involved (sidecar
 //! config files, webhook annotations), each error naming the field.
 
+pub mod contract;
 pub mod duration;
 pub mod events;
 pub mod health;

@@ -35,8 +35,8 @@ pub struct RunArgs {
     )]
     pub metrics_listen: std::net::SocketAddr,
     /// Log format: json or text.
-    #[arg(long, env = "STREAMGATE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
-    pub log_format: String,
+    #[arg(long, env = "STREAMGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
     /// Most StreamGateServices reconciled at once. Bounds the operator's memory and its
     /// share of the API server when thousands of resources change together.
     #[arg(long, env = "STREAMGATE_MAX_CONCURRENT_RECONCILES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
@@ -86,8 +86,8 @@ pub struct WebhookArgs {
     pub webhook_secret: String,
     /// What the API server does when the webhook cannot be reached: Fail (refuse the pod,
     /// never start it without its sidecar) or Ignore.
-    #[arg(long, env = "STREAMGATE_WEBHOOK_FAILURE_POLICY", default_value = "Fail", value_parser = ["Fail", "Ignore"])]
-    pub webhook_failure_policy: String,
+    #[arg(long, env = "STREAMGATE_WEBHOOK_FAILURE_POLICY", value_enum, default_value_t = FailurePolicy::Fail)]
+    pub webhook_failure_policy: FailurePolicy,
     /// Seconds the API server waits for the webhook.
     #[arg(long, env = "STREAMGATE_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=30))]
     pub webhook_timeout_seconds: i32,
@@ -202,5 +202,35 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => crate::run::main(*args),
+    }
+}
+
+/// How the operator writes its logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// What the API server does when the webhook cannot be reached (Kubernetes'
+/// `failurePolicy`, spelled as there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailurePolicy {
+    /// Refuse the pod: never start it without its sidecar.
+    #[value(name = "Fail")]
+    Fail,
+    /// Admit the pod without a sidecar.
+    #[value(name = "Ignore")]
+    Ignore,
+}
+
+impl FailurePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::Fail => "Fail",
+            FailurePolicy::Ignore => "Ignore",
+        }
     }
 }

@@ -5,12 +5,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Meta keys the sidecar sets on every instance it registers.
-pub const META_MANAGED_BY: &str = "managed-by";
-pub const META_NAMESPACE: &str = "k8s-namespace";
-pub const META_POD: &str = "k8s-pod";
-pub const META_POD_UID: &str = "k8s-pod-uid";
-pub const MANAGED_BY_STREAMGATE: &str = "streamgate";
+use streamgate_crds::contract::consul::{
+    MANAGED_BY_STREAMGATE, META_MANAGED_BY, META_NAMESPACE, META_POD, META_POD_UID,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {

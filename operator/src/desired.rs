@@ -68,44 +68,44 @@ pub fn desired(
     settings: &SidecarSettings,
 ) -> Desired {
     let name = sgs.metadata.name.clone().unwrap_or_default();
-    let namespace = sgs.metadata.namespace.clone();
-    let spec = &sgs.spec;
-    let owner = owner_reference(sgs);
-    let selector = selector_labels(&name);
-    let sidecar = render_sidecar(config, &spec.sidecar, settings);
-
-    let mut labels = selector.clone();
+    let sidecar = render_sidecar(config, &sgs.spec.sidecar, settings);
+    let mut labels = selector_labels(&name);
     labels.insert(NAME_LABEL.to_string(), name.clone());
     labels.insert(SERVICE_LABEL.to_string(), sgs.consul_name());
+    let metadata = ObjectMeta {
+        name: Some(name),
+        namespace: sgs.metadata.namespace.clone(),
+        labels: Some(labels),
+        owner_references: Some(vec![owner_reference(sgs)]),
+        ..Default::default()
+    };
+    Desired {
+        deployment: deployment(sgs, metadata.clone(), &sidecar),
+        service: service(sgs, metadata),
+        sidecar,
+    }
+}
+
+/// The Deployment: the app container beside the rendered sidecar.
+fn deployment(
+    sgs: &StreamGateService,
+    metadata: ObjectMeta,
+    sidecar: &RenderedSidecar,
+) -> Deployment {
+    let spec = &sgs.spec;
+    let name = metadata.name.clone().unwrap_or_default();
     let mut pod_labels = spec.pod_template.labels.clone();
-    pod_labels.extend(labels.clone()); // StreamGate's labels win: the selector depends on them.
+    // StreamGate's labels win: the selector depends on them.
+    pod_labels.extend(metadata.labels.clone().unwrap_or_default());
     let mut pod_annotations = spec.pod_template.annotations.clone();
     pod_annotations.insert(
         CONFIG_HASH_ANNOTATION.to_string(),
         sidecar.config_hash.clone(),
     );
-
-    let mut env = vec![sidecar_addr_env()];
-    env.extend(spec.env.iter().cloned());
-    let app = Container {
-        name: "app".to_string(),
-        image: Some(spec.image.clone()),
-        command: non_empty(&spec.command),
-        args: non_empty(&spec.args),
-        env: Some(env),
-        resources: spec.resources.clone(),
-        ports: Some(vec![ContainerPort {
-            name: Some(protocol_port_name(spec.protocol).to_string()),
-            container_port: spec.port,
-            protocol: Some("TCP".to_string()),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    };
     let overrides = &spec.pod_template;
     let pod_spec = PodSpec {
         init_containers: Some(vec![sidecar.container.clone()]),
-        containers: vec![app],
+        containers: vec![app_container(spec)],
         volumes: Some(sidecar.volumes.clone()),
         service_account_name: overrides.service_account_name.clone(),
         node_selector: non_empty_map(&overrides.node_selector),
@@ -114,18 +114,12 @@ pub fn desired(
         security_context: overrides.security_context.clone(),
         ..Default::default()
     };
-    let deployment = Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: namespace.clone(),
-            labels: Some(labels.clone()),
-            owner_references: Some(vec![owner.clone()]),
-            ..Default::default()
-        },
+    Deployment {
+        metadata,
         spec: Some(DeploymentSpec {
             replicas: Some(spec.replicas),
             selector: LabelSelector {
-                match_labels: Some(selector.clone()),
+                match_labels: Some(selector_labels(&name)),
                 ..Default::default()
             },
             template: PodTemplateSpec {
@@ -139,31 +133,42 @@ pub fn desired(
             ..Default::default()
         }),
         status: None,
-    };
+    }
+}
 
-    let service = Service {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace,
-            labels: Some(labels),
-            owner_references: Some(vec![owner]),
+fn app_container(spec: &streamgate_crds::StreamGateServiceSpec) -> Container {
+    let mut env = vec![sidecar_addr_env()];
+    env.extend(spec.env.iter().cloned());
+    Container {
+        name: "app".to_string(),
+        image: Some(spec.image.clone()),
+        command: non_empty(&spec.command),
+        args: non_empty(&spec.args),
+        env: Some(env),
+        resources: spec.resources.clone(),
+        ports: Some(vec![ContainerPort {
+            name: Some(protocol_port_name(spec.protocol).to_string()),
+            container_port: spec.port,
+            protocol: Some("TCP".to_string()),
             ..Default::default()
-        },
+        }]),
+        ..Default::default()
+    }
+}
+
+fn service(sgs: &StreamGateService, metadata: ObjectMeta) -> Service {
+    let name = metadata.name.clone().unwrap_or_default();
+    Service {
+        metadata,
         spec: Some(ServiceSpec {
             // Headless: clients resolve the pods themselves, which is what gRPC's own
             // balancing wants, and no cluster IP is allocated per service.
             cluster_ip: Some("None".to_string()),
-            selector: Some(selector),
-            ports: Some(service_ports(spec)),
+            selector: Some(selector_labels(&name)),
+            ports: Some(service_ports(&sgs.spec)),
             ..Default::default()
         }),
         status: None,
-    };
-
-    Desired {
-        sidecar,
-        deployment,
-        service,
     }
 }
 

@@ -1,30 +1,52 @@
-//! The operator's one error type, with a short label per kind for metrics.
+//! The operator's one error type. Each variant belongs to one step of the reconcile, and
+//! its [`Error::step`] label is what the errors metric counts, so a dashboard says where
+//! reconciles fail (validation, an apply, the status write, the cleanup), not just that
+//! they do.
 
 use streamgate_crds::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API error: {0}")]
-    Kube(#[source] kube::Error),
-    #[error("Consul error: {0}")]
-    Consul(#[source] crate::consul::ConsulError),
+    /// Step `validate`: the spec breaks a rule the schema cannot express.
     #[error("invalid spec: {0}")]
     Invalid(#[source] FieldError),
-    #[error("finalizer error: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Step `apply`: a child object could not be applied.
+    #[error("applying {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Step `status`: the status could not be written.
+    #[error("writing the status: {0}")]
+    WriteStatus(#[source] kube::Error),
+    /// Step `cleanup`: the pods could not be stopped before the Consul cleanup.
+    #[error("stopping the pods: {0}")]
+    StopPods(#[source] kube::Error),
+    /// Step `cleanup`: Consul could not be cleaned (retried until the grace period ends).
+    #[error("deregistering from Consul: {0}")]
+    ConsulCleanup(#[source] crate::consul::ConsulError),
+    /// Adding or removing the finalizer itself failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] kube::Error),
+    /// Anything else kube's finalizer helper refuses (e.g. an object without a name).
+    #[error("finalizer: {0}")]
+    FinalizerOther(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("resource has no {0}")]
     MissingField(&'static str),
 }
 
 impl Error {
-    /// A short, stable label for the `kind` of reconcile errors in metrics.
-    pub fn kind(&self) -> &'static str {
+    /// The reconcile step that failed: a short, stable label for metrics.
+    pub fn step(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "kube",
-            Error::Consul(_) => "consul",
-            Error::Invalid(_) => "invalid_spec",
-            Error::Finalizer(_) => "finalizer",
-            Error::MissingField(_) => "missing_field",
+            Error::Invalid(_) => "validate",
+            Error::Apply { .. } => "apply",
+            Error::WriteStatus(_) => "status",
+            Error::StopPods(_) | Error::ConsulCleanup(_) => "cleanup",
+            Error::Finalizer(_) | Error::FinalizerOther(_) => "finalizer",
+            Error::MissingField(_) => "read",
         }
     }
 }
@@ -36,21 +58,9 @@ impl From<kube::runtime::finalizer::Error<Error>> for Error {
         use kube::runtime::finalizer::Error as F;
         match e {
             F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner,
-            F::AddFinalizer(kube) | F::RemoveFinalizer(kube) => Error::Kube(kube),
-            other => Error::Finalizer(Box::new(other)),
+            F::AddFinalizer(kube) | F::RemoveFinalizer(kube) => Error::Finalizer(kube),
+            other => Error::FinalizerOther(Box::new(other)),
         }
-    }
-}
-
-impl From<kube::Error> for Error {
-    fn from(e: kube::Error) -> Self {
-        Error::Kube(e)
-    }
-}
-
-impl From<crate::consul::ConsulError> for Error {
-    fn from(e: crate::consul::ConsulError) -> Self {
-        Error::Consul(e)
     }
 }
 
@@ -62,14 +72,17 @@ mod tests {
     use kube::runtime::finalizer::Error as F;
 
     #[test]
-    fn the_finalizer_error_gives_back_the_reconcile_error() {
+    fn the_finalizer_error_gives_back_the_step_that_failed() {
         let invalid = Error::Invalid(FieldError::new("spec.port", "must be 1..65535"));
         let unwrapped: Error = F::ApplyFailed(invalid).into();
-        assert_eq!(unwrapped.kind(), "invalid_spec");
-        let consul = Error::MissingField("namespace");
-        let unwrapped: Error = F::CleanupFailed(consul).into();
-        assert_eq!(unwrapped.kind(), "missing_field");
+        assert_eq!(unwrapped.step(), "validate");
+        let stop = Error::StopPods(kube::Error::LinesCodecMaxLineLengthExceeded);
+        let unwrapped: Error = F::CleanupFailed(stop).into();
+        assert_eq!(unwrapped.step(), "cleanup");
+        let add: Error =
+            F::<Error>::AddFinalizer(kube::Error::LinesCodecMaxLineLengthExceeded).into();
+        assert_eq!(add.step(), "finalizer");
         let unnamed: Error = F::<Error>::UnnamedObject.into();
-        assert_eq!(unnamed.kind(), "finalizer");
+        assert_eq!(unnamed.step(), "finalizer");
     }
 }

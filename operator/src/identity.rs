@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tracing::{info, warn};
 
-pub const MTLS_DIR: &str = "/etc/streamgate/mtls";
+pub use streamgate_crds::contract::mounts::MTLS_DIR;
 const NOT_AFTER: &str = "streamgate.io/not-after";
 
 /// Name of the Secret holding `service`'s identity.
@@ -49,6 +49,50 @@ pub fn needs_issue(
     !same_ca || not_after.is_none_or(|t| t.duration_since(now) < threshold)
 }
 
+/// The leader's identity issuer: once a `period`, reads the CA from the webhook's
+/// Secret and runs [`issue_all`]. Only the leader runs it, so replicas never race on the
+/// same Secret.
+pub struct Issuer {
+    pub client: kube::Client,
+    /// The webhook's PKI Secret, holder of the CA.
+    pub ca_secrets: Api<Secret>,
+    pub ca_secret_name: String,
+    /// Only this namespace's pods, when the operator watches one.
+    pub scope: Option<String>,
+    pub validity: Duration,
+    pub period: Duration,
+}
+
+impl Issuer {
+    pub async fn run(self) {
+        // The services with pods at the last pass: one gone since gets its Secret removed.
+        let mut known = BTreeSet::new();
+        loop {
+            if let Err(e) = self.pass(&mut known).await {
+                warn!(
+                    error = format!("{e:#}"),
+                    "issuing workload certificates failed; retrying"
+                );
+            }
+            tokio::time::sleep(self.period).await;
+        }
+    }
+
+    async fn pass(&self, known: &mut BTreeSet<(String, String)>) -> anyhow::Result<usize> {
+        let ca = crate::webhook::certs::read(&self.ca_secrets, &self.ca_secret_name).await?;
+        let scope = self.scope.as_deref();
+        issue_all(
+            &self.client,
+            scope,
+            &ca.ca_cert,
+            &ca.ca_key,
+            self.validity,
+            known,
+        )
+        .await
+    }
+}
+
 /// Ensures the identity Secret of every (namespace, service) that has pods, and removes
 /// the Secret of a service whose last pod went since the previous pass (`known`). A
 /// Secret orphaned while no operator ran stays (finding it would take list rights on
@@ -61,22 +105,7 @@ pub async fn issue_all(
     validity: Duration,
     known: &mut BTreeSet<(String, String)>,
 ) -> anyhow::Result<usize> {
-    let pods: Api<Pod> = match scope {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let list = pods
-        .list_metadata(&ListParams::default().labels(SERVICE_LABEL))
-        .await?;
-    let services: BTreeSet<(String, String)> = list
-        .items
-        .iter()
-        .filter_map(|p| {
-            let ns = p.metadata.namespace.clone()?;
-            let svc = p.metadata.labels.as_ref()?.get(SERVICE_LABEL)?.clone();
-            Some((ns, svc))
-        })
-        .collect();
+    let services = services_with_pods(client, scope).await?;
     for (namespace, service) in known.difference(&services) {
         remove(client, namespace, service).await;
     }
@@ -90,32 +119,15 @@ pub async fn issue_all(
             continue;
         }
         let (cert, key, not_after) = issue_workload(ca_key, &namespace, &service, validity)?;
-        let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
-        let mut secret = existing.clone().unwrap_or_else(|| Secret {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some(BTreeMap::from([
-                    (
-                        "app.kubernetes.io/managed-by".to_string(),
-                        "streamgate".to_string(),
-                    ),
-                    (SERVICE_LABEL.to_string(), service.clone()),
-                ])),
-                ..Default::default()
-            },
-            type_: Some("kubernetes.io/tls".to_string()),
-            ..Default::default()
-        });
-        secret.data = Some(BTreeMap::from([
-            ("ca.crt".to_string(), bytes(ca_cert)),
-            ("tls.crt".to_string(), bytes(&cert)),
-            ("tls.key".to_string(), bytes(&key)),
-        ]));
-        secret
-            .metadata
-            .annotations
-            .get_or_insert_with(BTreeMap::new)
-            .insert(NOT_AFTER.to_string(), not_after.to_string());
+        let secret = workload_secret(
+            existing.as_ref(),
+            &name,
+            &service,
+            ca_cert,
+            &cert,
+            &key,
+            not_after,
+        );
         let result = match existing {
             Some(_) => {
                 secrets
@@ -129,7 +141,7 @@ pub async fn issue_all(
                 issued += 1;
                 info!(%namespace, %service, %not_after, "issued the workload certificate");
             }
-            // Another replica wrote it first; the next pass checks it.
+            // Written meanwhile (e.g. by a previous leader); the next pass checks it.
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => {
                 warn!(%namespace, %service, error = %e, "could not write the workload certificate")
@@ -139,17 +151,75 @@ pub async fn issue_all(
     Ok(issued)
 }
 
+/// The (namespace, service) of every pod labelled with a service.
+async fn services_with_pods(
+    client: &kube::Client,
+    scope: Option<&str>,
+) -> Result<BTreeSet<(String, String)>, kube::Error> {
+    let pods: Api<Pod> = match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let list = pods
+        .list_metadata(&ListParams::default().labels(SERVICE_LABEL))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|p| {
+            let ns = p.metadata.namespace.clone()?;
+            let svc = p.metadata.labels.as_ref()?.get(SERVICE_LABEL)?.clone();
+            Some((ns, svc))
+        })
+        .collect())
+}
+
+/// The identity Secret with a new certificate, keeping what else the existing one has
+/// (its resourceVersion makes the replace fail rather than overwrite a newer one).
+fn workload_secret(
+    existing: Option<&Secret>,
+    name: &str,
+    service: &str,
+    ca_cert: &str,
+    cert: &str,
+    key: &str,
+    not_after: Timestamp,
+) -> Secret {
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    let mut secret = existing.cloned().unwrap_or_else(|| Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some({
+                let mut labels = crate::labels::managed_by();
+                labels.insert(SERVICE_LABEL.to_string(), service.to_string());
+                labels
+            }),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".to_string()),
+        ..Default::default()
+    });
+    secret.data = Some(BTreeMap::from([
+        ("ca.crt".to_string(), bytes(ca_cert)),
+        ("tls.crt".to_string(), bytes(cert)),
+        ("tls.key".to_string(), bytes(key)),
+    ]));
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(NOT_AFTER.to_string(), not_after.to_string());
+    secret
+}
+
 /// Deletes the identity Secret of a service that has no pod left, if we made it.
 async fn remove(client: &kube::Client, namespace: &str, service: &str) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let name = secret_name(service);
     let ours = match secrets.get_opt(&name).await {
-        Ok(Some(secret)) => secret
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("app.kubernetes.io/managed-by"))
-            .is_some_and(|v| v == "streamgate"),
+        Ok(Some(secret)) => {
+            crate::labels::is_managed_by_streamgate(secret.metadata.labels.as_ref())
+        }
         Ok(None) => return,
         Err(e) => {
             warn!(%namespace, %service, error = %e, "could not read the workload certificate");

@@ -17,6 +17,19 @@ pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "streamgate";
 
+/// The one label on every object the operator creates outside a service's own children
+/// (Secrets, webhook configurations), so `kubectl get -l` finds them all.
+pub fn managed_by() -> BTreeMap<String, String> {
+    BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())])
+}
+
+/// Whether an object carries [`managed_by`]'s label: only those does the operator rewrite.
+pub fn is_managed_by_streamgate(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|v| v == MANAGED_BY_VALUE)
+}
+
 /// The labels selecting the pods of the StreamGateService `name`.
 pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([

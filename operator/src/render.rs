@@ -13,18 +13,18 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 use streamgate_crds::SidecarSpec;
-use streamgate_crds::sidecar_config::{ADMIN_PORT, CONFIG_ENV, INBOUND_PORT, SidecarConfig};
+use streamgate_crds::contract::mounts::{NATS_CREDS_DIR, SPOOL_DIR};
+use streamgate_crds::sidecar_config::{
+    ADMIN_PORT, APP_PORT, CONFIG_ENV, INBOUND_PORT, SidecarConfig,
+};
 
 /// Name of the sidecar container.
 pub const SIDECAR_NAME: &str = "streamgate-sidecar";
-/// The address the app reaches its sidecar at, given to the app as `STREAMGATE_SIDECAR_ADDR`.
-pub const SIDECAR_ADDR: &str = "127.0.0.1:15001";
+/// Names the address the app reaches its sidecar at (`127.0.0.1:APP_PORT`).
 pub const SIDECAR_ADDR_ENV: &str = "STREAMGATE_SIDECAR_ADDR";
 const SPOOL_VOLUME: &str = "streamgate-spool";
-const SPOOL_DIR: &str = "/var/lib/streamgate/spool";
 const NATS_CREDS_VOLUME: &str = "streamgate-nats-credentials";
 const MTLS_VOLUME: &str = "streamgate-mtls";
-const NATS_CREDS_DIR: &str = "/etc/streamgate/nats";
 /// Non-root user the sidecar runs as (PodSecurity `restricted`).
 const SIDECAR_UID: i64 = 65532;
 
@@ -49,97 +49,14 @@ pub fn render_sidecar(
     spec: &SidecarSpec,
     settings: &SidecarSettings,
 ) -> RenderedSidecar {
-    let mut config = config.clone();
-    config.consul.address = Some(settings.consul_address.clone());
-    config.nats.url = Some(settings.nats_url.clone());
-    config.spool_dir = Some(SPOOL_DIR.to_string());
-    config.log_level = spec.log_level;
-    if settings.nats_credentials_secret.is_some() {
-        config.nats.credentials_dir = Some(NATS_CREDS_DIR.to_string());
-    }
+    let config = completed_config(config, spec, settings);
     let config_yaml = serde_yaml::to_string(&config).expect("sidecar config always serializes");
     let config_hash = digest(&config_yaml);
-
-    let mut env = vec![EnvVar {
-        name: CONFIG_ENV.to_string(),
-        value: Some(config_yaml.clone()),
-        ..Default::default()
-    }];
-    for (name, path) in [
-        ("POD_NAME", "metadata.name"),
-        ("POD_NAMESPACE", "metadata.namespace"),
-        ("POD_UID", "metadata.uid"),
-        ("POD_IP", "status.podIP"),
-    ] {
-        env.push(field_env(name, path));
-    }
-    if let Some(secret) = &settings.consul_token_secret {
-        env.push(EnvVar {
-            name: "CONSUL_HTTP_TOKEN".to_string(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.clone(),
-                    key: "token".to_string(),
-                    optional: Some(true),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
-
-    let mut volumes = vec![Volume {
-        name: SPOOL_VOLUME.to_string(),
-        empty_dir: Some(EmptyDirVolumeSource {
-            size_limit: Some(Quantity("256Mi".to_string())),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }];
-    let mut mounts = vec![VolumeMount {
-        name: SPOOL_VOLUME.to_string(),
-        mount_path: SPOOL_DIR.to_string(),
-        ..Default::default()
-    }];
-    // The service's mTLS identity, issued by the operator (see `identity`). Optional: a
-    // pod never waits for it; the kubelet adds the files once the Secret exists.
-    volumes.push(Volume {
-        name: MTLS_VOLUME.to_string(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(crate::identity::secret_name(&config.service.service_name)),
-            optional: Some(true),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    mounts.push(VolumeMount {
-        name: MTLS_VOLUME.to_string(),
-        mount_path: crate::identity::MTLS_DIR.to_string(),
-        read_only: Some(true),
-        ..Default::default()
-    });
-    if let Some(secret) = &settings.nats_credentials_secret {
-        volumes.push(Volume {
-            name: NATS_CREDS_VOLUME.to_string(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
-                optional: Some(true),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: NATS_CREDS_VOLUME.to_string(),
-            mount_path: NATS_CREDS_DIR.to_string(),
-            read_only: Some(true),
-            ..Default::default()
-        });
-    }
-
+    let (volumes, mounts) = volumes(&config.service.service_name, settings);
     let container = Container {
         name: SIDECAR_NAME.to_string(),
         image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
-        env: Some(env),
+        env: Some(sidecar_env(&config_yaml, settings)),
         ports: Some(vec![
             port("sg-inbound", INBOUND_PORT),
             port("sg-admin", ADMIN_PORT),
@@ -167,11 +84,114 @@ pub fn render_sidecar(
     }
 }
 
+/// The configuration document with what the operator decides: where Consul, NATS and
+/// the spool are, and the log level.
+fn completed_config(
+    config: &SidecarConfig,
+    spec: &SidecarSpec,
+    settings: &SidecarSettings,
+) -> SidecarConfig {
+    let mut config = config.clone();
+    config.consul.address = Some(settings.consul_address.clone());
+    config.nats.url = Some(settings.nats_url.clone());
+    config.spool_dir = Some(SPOOL_DIR.to_string());
+    config.log_level = spec.log_level;
+    if settings.nats_credentials_secret.is_some() {
+        config.nats.credentials_dir = Some(NATS_CREDS_DIR.to_string());
+    }
+    config
+}
+
+/// The configuration document, the pod's identity from the downward API, and the Consul
+/// token from its Secret when there is one.
+fn sidecar_env(config_yaml: &str, settings: &SidecarSettings) -> Vec<EnvVar> {
+    let mut env = vec![EnvVar {
+        name: CONFIG_ENV.to_string(),
+        value: Some(config_yaml.to_string()),
+        ..Default::default()
+    }];
+    for (name, path) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("POD_UID", "metadata.uid"),
+        ("POD_IP", "status.podIP"),
+    ] {
+        env.push(field_env(name, path));
+    }
+    if let Some(secret) = &settings.consul_token_secret {
+        env.push(EnvVar {
+            name: "CONSUL_HTTP_TOKEN".to_string(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.clone(),
+                    key: "token".to_string(),
+                    optional: Some(true),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    env
+}
+
+/// The spool, the service's mTLS identity and the NATS credentials, with their mounts.
+fn volumes(service: &str, settings: &SidecarSettings) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![Volume {
+        name: SPOOL_VOLUME.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("256Mi".to_string())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: SPOOL_VOLUME.to_string(),
+        mount_path: SPOOL_DIR.to_string(),
+        ..Default::default()
+    }];
+    // The service's mTLS identity, issued by the operator (see `identity`). Optional: a
+    // pod never waits for it; the kubelet adds the files once the Secret exists.
+    volumes.push(secret_volume(
+        MTLS_VOLUME,
+        crate::identity::secret_name(service),
+    ));
+    mounts.push(read_only_mount(MTLS_VOLUME, crate::identity::MTLS_DIR));
+    if let Some(secret) = &settings.nats_credentials_secret {
+        volumes.push(secret_volume(NATS_CREDS_VOLUME, secret.clone()));
+        mounts.push(read_only_mount(NATS_CREDS_VOLUME, NATS_CREDS_DIR));
+    }
+    (volumes, mounts)
+}
+
+/// An optional Secret volume: the pod starts without it and gets the files once the
+/// Secret exists.
+fn secret_volume(name: &str, secret: String) -> Volume {
+    Volume {
+        name: name.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn read_only_mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
 /// The environment variable that tells the app where its sidecar is.
 pub fn sidecar_addr_env() -> EnvVar {
     EnvVar {
         name: SIDECAR_ADDR_ENV.to_string(),
-        value: Some(SIDECAR_ADDR.to_string()),
+        value: Some(format!("127.0.0.1:{APP_PORT}")),
         ..Default::default()
     }
 }

@@ -1,13 +1,15 @@
 //! `streamgate-operator run`: wires the client, metrics server, leader election, the
 //! controller and the ghost sweep, and shuts them down gracefully on SIGTERM.
 
-use crate::cli::RunArgs;
+use crate::cli::{LogFormat, RunArgs};
 use crate::consul::Consul;
+use crate::identity::Issuer;
 use crate::known::Known;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::settings::SidecarSettings;
+use crate::webhook::Webhook;
 use crate::written::WrittenStatuses;
 use anyhow::{Context as _, Result};
 use futures::StreamExt;
@@ -26,7 +28,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 pub fn main(args: RunArgs) -> ExitCode {
-    init_tracing(&args.log_format);
+    init_tracing(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -47,13 +49,13 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().with_current_span(true).init();
     } else {
         use std::io::IsTerminal;
@@ -66,50 +68,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let identity = args.leader.identity.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
-    });
-
+    let identity = replica_identity(&args);
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
-        .await
-        .with_context(|| format!("binding --metrics-listen {}", args.metrics_listen))?;
-    let router = crate::server::router(Arc::new(registry), ready_rx);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            error!(error = %e, "metrics server stopped");
-        }
-    });
-
-    let token = match &args.consul.consul_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading --consul-token-file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => args.consul.consul_token.clone(),
-    };
-    let consul = Consul::new(&args.consul.consul_address, token)?;
-    let settings = SidecarSettings {
-        image: args.sidecar.sidecar_image.clone(),
-        resources: crate::settings::sidecar_resources(
-            &args.sidecar.sidecar_cpu_request,
-            &args.sidecar.sidecar_memory_request,
-            &args.sidecar.sidecar_memory_limit,
-        ),
-        consul_address: args
-            .sidecar
-            .sidecar_consul_address
-            .clone()
-            .unwrap_or_else(|| args.consul.consul_address.clone()),
-        consul_token_secret: args.sidecar.consul_token_secret.clone(),
-        nats_url: args.sidecar.nats_url.clone(),
-        nats_credentials_secret: args.sidecar.nats_credentials_secret.clone(),
-    };
+    let ready = serve_metrics(&args, registry).await?;
+    let consul = consul_client(&args)?;
     let (deployment_cache, deployment_writer) = reflector::store::<Deployment>();
     let (service_cache, service_writer) = reflector::store::<Service>();
     let ctx = Arc::new(Context {
@@ -123,7 +86,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         ),
         consul: consul.clone(),
         metrics: metrics.clone(),
-        settings,
+        settings: sidecar_settings(&args),
         deployments: Known::new(deployment_cache),
         services: Known::new(service_cache),
         statuses: WrittenStatuses::default(),
@@ -131,27 +94,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         resync_ready: args.timing.resync_ready,
         resync_not_ready: args.timing.resync_not_ready,
     });
-    // Every replica, leader or standby, serves the webhook; it is ready once the webhook
-    // listens with its certificate (or at once when it serves none).
-    if let Some(listen) = args.webhook.webhook_listen {
-        let config = webhook_config(&args, listen);
-        let client = client.clone();
-        let settings = ctx.settings.clone();
-        let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            if let Err(e) = crate::webhook::run(client, config, settings, listening_tx).await {
-                error!(error = format!("{e:#}"), "the injection webhook stopped");
-                std::process::exit(1);
-            }
-        });
-        tokio::spawn(async move {
-            if listening_rx.await.is_ok() {
-                let _ = ready_tx.send(true);
-            }
-        });
-    } else {
-        let _ = ready_tx.send(true);
-    }
+    let issuer = start_webhook(&args, &client, &ctx.settings, ready).await?;
 
     let mut shutdown = Box::pin(shutdown_signal());
     let elector = args.leader.leader_election.then(|| {
@@ -185,7 +128,10 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         _ = &mut election => return Ok(ExitCode::FAILURE),
     }
     metrics.leader.set(1);
-    info!(%identity, "leading: starting the controller and the ghost sweep");
+    info!(%identity, "leading: starting the controller, the ghost sweep and the identity issuer");
+    if let Some(issuer) = issuer {
+        tokio::spawn(issuer.run());
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let caches = Caches {
@@ -221,6 +167,102 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(code)
 }
 
+/// The name this replica holds the lease under: `--identity`, else host and PID.
+fn replica_identity(args: &RunArgs) -> String {
+    args.leader.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz`; readiness follows the returned sender.
+async fn serve_metrics(args: &RunArgs, registry: Registry) -> Result<watch::Sender<bool>> {
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding --metrics-listen {}", args.metrics_listen))?;
+    let router = crate::server::router(Arc::new(registry), ready_rx);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(ready_tx)
+}
+
+fn consul_client(args: &RunArgs) -> Result<Consul> {
+    let token = match &args.consul.consul_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --consul-token-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => args.consul.consul_token.clone(),
+    };
+    Ok(Consul::new(&args.consul.consul_address, token)?)
+}
+
+/// What every rendered sidecar gets from the operator's flags.
+fn sidecar_settings(args: &RunArgs) -> SidecarSettings {
+    SidecarSettings {
+        image: args.sidecar.sidecar_image.clone(),
+        resources: crate::settings::sidecar_resources(
+            &args.sidecar.sidecar_cpu_request,
+            &args.sidecar.sidecar_memory_request,
+            &args.sidecar.sidecar_memory_limit,
+        ),
+        consul_address: args
+            .sidecar
+            .sidecar_consul_address
+            .clone()
+            .unwrap_or_else(|| args.consul.consul_address.clone()),
+        consul_token_secret: args.sidecar.consul_token_secret.clone(),
+        nats_url: args.sidecar.nats_url.clone(),
+        nats_credentials_secret: args.sidecar.nats_credentials_secret.clone(),
+    }
+}
+
+/// Every replica, leader or standby, serves the webhook and renews its certificate; the
+/// replica is ready once the webhook listens (or at once when it serves none). Returns
+/// the identity issuer for the leader to run: the workload CA is the webhook's.
+async fn start_webhook(
+    args: &RunArgs,
+    client: &kube::Client,
+    settings: &SidecarSettings,
+    ready: watch::Sender<bool>,
+) -> Result<Option<Issuer>> {
+    let Some(listen) = args.webhook.webhook_listen else {
+        let _ = ready.send(true);
+        return Ok(None);
+    };
+    let config = webhook_config(args, listen);
+    let issuer = Issuer {
+        client: client.clone(),
+        ca_secrets: crate::webhook::secrets(client, &config),
+        ca_secret_name: config.secret_name.clone(),
+        scope: args.namespace.clone(),
+        validity: config.cert_validity,
+        period: crate::webhook::check_period(&config),
+    };
+    let period = crate::webhook::check_period(&config);
+    let webhook = Webhook::prepare(client.clone(), config, settings.clone()).await?;
+    tokio::spawn(webhook.renewal().run(period));
+    let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Err(e) = webhook.serve(listening_tx).await {
+            error!(error = format!("{e:#}"), "the injection webhook stopped");
+            std::process::exit(1);
+        }
+    });
+    tokio::spawn(async move {
+        if listening_rx.await.is_ok() {
+            let _ = ready.send(true);
+        }
+    });
+    Ok(Some(issuer))
+}
+
 fn webhook_config(args: &RunArgs, listen: std::net::SocketAddr) -> crate::webhook::WebhookConfig {
     use crate::webhook::registration::Endpoint;
     let w = &args.webhook;
@@ -237,7 +279,7 @@ fn webhook_config(args: &RunArgs, listen: std::net::SocketAddr) -> crate::webhoo
         registration_name: w.webhook_config_name.clone(),
         secret_name: w.webhook_secret.clone(),
         operator_namespace,
-        failure_policy: w.webhook_failure_policy.clone(),
+        failure_policy: w.webhook_failure_policy,
         timeout_seconds: w.webhook_timeout_seconds,
         cert_validity: w.webhook_cert_validity,
         only_namespace: args.namespace.clone(),

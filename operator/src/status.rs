@@ -25,51 +25,121 @@ pub fn compute_status(
     let name = sgs.metadata.name.clone().unwrap_or_default();
     let generation = sgs.metadata.generation;
     let desired = sgs.spec.replicas;
-    let dep_status = deployment
-        .and_then(|d| d.status.clone())
-        .unwrap_or_default();
-    let replicas = dep_status.replicas.unwrap_or(0);
-    let ready = dep_status.ready_replicas.unwrap_or(0);
-    let updated = dep_status.updated_replicas.unwrap_or(0);
-    let dep_observed = dep_status.observed_generation.unwrap_or(0);
-    let dep_generation = deployment.and_then(|d| d.metadata.generation).unwrap_or(0);
-    let rollout_done = deployment.is_some()
-        && dep_observed >= dep_generation
-        && updated >= desired
-        && replicas == desired;
-    let replica_failure = dep_status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
-        .map(|c| c.message.clone().unwrap_or_default());
+    let rollout = Rollout::of(deployment, desired);
+    let previous = sgs.status.as_ref();
+    let health = ConsulHealth::of(consul, previous.map(|s| &s.consul));
+    let summary = summary(&rollout, desired, &health, consul);
+    let verdicts = [
+        (READY, ready(&rollout, desired, &health, consul, &summary)),
+        (PROGRESSING, progressing(&rollout, desired)),
+        (DEGRADED, degraded(&rollout, &health, consul, &summary)),
+    ];
+    let previous_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
+    let conditions = verdicts
+        .into_iter()
+        .map(|(type_, verdict)| condition(previous_conditions, type_, verdict, generation, &now))
+        .collect();
+    StreamGateServiceStatus {
+        observed_generation: generation,
+        replicas: rollout.replicas,
+        ready_replicas: rollout.ready,
+        consul: health.counts,
+        selector: selector_string(&name),
+        conditions,
+    }
+}
 
-    let (consul_status, critical) = match consul {
-        Ok(instances) => {
-            let passing = instances.iter().filter(|i| i.is_passing()).count();
-            let critical: Vec<String> = instances
-                .iter()
-                .filter(|i| !i.is_passing())
-                .map(|i| i.id.clone())
-                .collect();
-            (
-                ConsulStatus {
-                    passing: passing as i32,
+/// The Deployment's side of the picture.
+struct Rollout {
+    exists: bool,
+    replicas: i32,
+    ready: i32,
+    updated: i32,
+    /// The Deployment controller has seen the latest template and every replica runs it.
+    done: bool,
+    /// The message of a `ReplicaFailure` condition (quota, admission refusal).
+    failure: Option<String>,
+}
+
+impl Rollout {
+    fn of(deployment: Option<&Deployment>, desired: i32) -> Rollout {
+        let status = deployment
+            .and_then(|d| d.status.clone())
+            .unwrap_or_default();
+        let replicas = status.replicas.unwrap_or(0);
+        let updated = status.updated_replicas.unwrap_or(0);
+        let observed = status.observed_generation.unwrap_or(0);
+        let generation = deployment.and_then(|d| d.metadata.generation).unwrap_or(0);
+        let failure = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+            .map(|c| c.message.clone().unwrap_or_default());
+        Rollout {
+            exists: deployment.is_some(),
+            replicas,
+            ready: status.ready_replicas.unwrap_or(0),
+            updated,
+            done: deployment.is_some()
+                && observed >= generation
+                && updated >= desired
+                && replicas == desired,
+            failure,
+        }
+    }
+}
+
+/// Consul's side: the counts, and the instances that are not passing.
+struct ConsulHealth {
+    counts: ConsulStatus,
+    critical: Vec<String>,
+}
+
+impl ConsulHealth {
+    /// When Consul cannot be asked, the counts last shown stay (and nothing is called
+    /// critical on no evidence).
+    fn of(consul: &ConsulView, shown: Option<&ConsulStatus>) -> ConsulHealth {
+        match consul {
+            Ok(instances) => ConsulHealth {
+                counts: ConsulStatus {
+                    passing: instances.iter().filter(|i| i.is_passing()).count() as i32,
                     total: instances.len() as i32,
                 },
-                critical,
-            )
+                critical: instances
+                    .iter()
+                    .filter(|i| !i.is_passing())
+                    .map(|i| i.id.clone())
+                    .collect(),
+            },
+            Err(_) => ConsulHealth {
+                counts: shown.cloned().unwrap_or_default(),
+                critical: Vec::new(),
+            },
         }
-        Err(_) => (
-            sgs.status
-                .as_ref()
-                .map(|s| s.consul.clone())
-                .unwrap_or_default(),
-            Vec::new(),
-        ),
-    };
+    }
+}
 
-    let mut summary = format!("{ready}/{desired} replicas ready");
+/// A condition's status, reason and message.
+struct Verdict {
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+fn verdict(status: &'static str, reason: &'static str, message: impl Into<String>) -> Verdict {
+    Verdict {
+        status,
+        reason,
+        message: message.into(),
+    }
+}
+
+/// One line a person reads first, e.g. "2/3 replicas ready; 1 instance critical in
+/// Consul: upload-media-upload-x".
+fn summary(rollout: &Rollout, desired: i32, health: &ConsulHealth, consul: &ConsulView) -> String {
+    let mut summary = format!("{}/{desired} replicas ready", rollout.ready);
+    let critical = &health.critical;
     if !critical.is_empty() {
         summary.push_str(&format!(
             "; {} instance{} critical in Consul: {}",
@@ -81,107 +151,76 @@ pub fn compute_status(
     if let Err(e) = consul {
         summary.push_str(&format!("; Consul unreachable: {e}"));
     }
+    summary
+}
 
-    let consul_ok = consul.is_ok() && consul_status.passing >= desired;
-    let all_ready = deployment.is_some() && ready >= desired && rollout_done;
-    let (ready_status, ready_reason) = if deployment.is_none() {
+fn ready(
+    rollout: &Rollout,
+    desired: i32,
+    health: &ConsulHealth,
+    consul: &ConsulView,
+    summary: &str,
+) -> Verdict {
+    let all_ready = rollout.exists && rollout.ready >= desired && rollout.done;
+    let (status, reason) = if !rollout.exists {
         ("False", "DeploymentMissing")
     } else if !all_ready {
         ("False", "ReplicasNotReady")
     } else if consul.is_err() {
         ("False", "ConsulUnreachable")
-    } else if !consul_ok {
+    } else if health.counts.passing < desired {
         ("False", "ConsulInstancesNotPassing")
     } else {
         ("True", "AllReplicasReady")
     };
-    let (progressing_status, progressing_reason, progressing_message) = if rollout_done {
-        (
-            "False",
-            "RolloutComplete",
-            format!("{replicas} replicas up to date"),
-        )
+    verdict(status, reason, summary)
+}
+
+fn progressing(rollout: &Rollout, desired: i32) -> Verdict {
+    if rollout.done {
+        let message = format!("{} replicas up to date", rollout.replicas);
+        verdict("False", "RolloutComplete", message)
     } else {
-        (
-            "True",
-            "RollingOut",
-            format!("{updated}/{desired} replicas updated, {ready} ready"),
-        )
-    };
-    let (degraded_status, degraded_reason, degraded_message) = if let Some(msg) = replica_failure {
-        ("True", "ReplicaFailure", msg)
-    } else if !critical.is_empty() {
-        ("True", "ConsulInstancesCritical", summary.clone())
+        let (updated, ready) = (rollout.updated, rollout.ready);
+        let message = format!("{updated}/{desired} replicas updated, {ready} ready");
+        verdict("True", "RollingOut", message)
+    }
+}
+
+fn degraded(
+    rollout: &Rollout,
+    health: &ConsulHealth,
+    consul: &ConsulView,
+    summary: &str,
+) -> Verdict {
+    if let Some(message) = &rollout.failure {
+        verdict("True", "ReplicaFailure", message.as_str())
+    } else if !health.critical.is_empty() {
+        verdict("True", "ConsulInstancesCritical", summary)
     } else if let Err(e) = consul {
-        ("True", "ConsulUnreachable", e.clone())
+        verdict("True", "ConsulUnreachable", e.as_str())
     } else {
-        ("False", "Healthy", "no failures".to_string())
-    };
-
-    let previous = sgs
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let conditions = vec![
-        condition(
-            &previous,
-            READY,
-            ready_status,
-            ready_reason,
-            &summary,
-            generation,
-            &now,
-        ),
-        condition(
-            &previous,
-            PROGRESSING,
-            progressing_status,
-            progressing_reason,
-            &progressing_message,
-            generation,
-            &now,
-        ),
-        condition(
-            &previous,
-            DEGRADED,
-            degraded_status,
-            degraded_reason,
-            &degraded_message,
-            generation,
-            &now,
-        ),
-    ];
-
-    StreamGateServiceStatus {
-        observed_generation: generation,
-        replicas,
-        ready_replicas: ready,
-        consul: consul_status,
-        selector: selector_string(&name),
-        conditions,
+        verdict("False", "Healthy", "no failures")
     }
 }
 
 fn condition(
     previous: &[Condition],
     type_: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
+    verdict: Verdict,
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
     let last_transition_time = previous
         .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
+        .find(|c| c.type_ == type_ && c.status == verdict.status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| now.clone());
     Condition {
         type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message: message.to_string(),
+        status: verdict.status.to_string(),
+        reason: verdict.reason.to_string(),
+        message: verdict.message,
         observed_generation: generation,
         last_transition_time,
     }

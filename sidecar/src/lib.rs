@@ -17,7 +17,11 @@
 //!   serves it with `/livez`, `/metrics` ([`metrics`]) and `/config`.
 //! - [`events`] relays events between the app and NATS JetStream (publish API, spool,
 //!   subscriptions); [`app_listener`] serves the app-facing port that carries its API.
-//! - [`shutdown`] turns SIGTERM into the drain sequence; [`run`] wires everything.
+//! - [`forward`] carries the app's gRPC calls to other services and other services'
+//!   calls to the app: discovery from Consul, balancing, retries, timeouts, circuit
+//!   breaking, pooled HTTP/2 connections with mTLS, and `allowedCallers` on the way in.
+//! - [`shutdown`] turns SIGTERM into the drain sequence; [`run`] wires everything and
+//!   [`error`] names what stopped it from starting.
 
 pub mod admin;
 pub mod app_listener;
@@ -25,6 +29,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod consul;
+pub mod error;
 pub mod events;
 pub mod forward;
 pub mod health;

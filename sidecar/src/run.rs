@@ -8,15 +8,16 @@
 //! 3. exit 0 when all that is done, or at once (exit 1) on a second signal or when
 //!    `drainTimeout` runs out.
 
+use crate::EXIT_FAILURE;
 use crate::admin::{self, AdminState};
 use crate::app_listener;
 use crate::config::Settings;
 use crate::consul::{ConsulClient, Instance, Registrar};
+use crate::error::StartError;
 use crate::health::{self, AppHealth, probe::Probe};
 use crate::metrics::Metrics;
 use crate::shutdown::{Drain, Signals};
 use crate::state::Readiness;
-use crate::{EXIT_FAILURE, error_chain};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -33,19 +34,15 @@ pub async fn run(settings: Settings) -> u8 {
     }
 }
 
-async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, String> {
-    let mut signals = Signals::listen().map_err(|e| format!("cannot listen for signals: {e}"))?;
+async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, StartError> {
+    let mut signals = Signals::listen().map_err(StartError::Signals)?;
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::new(metrics.clone()));
     let mut instance = Instance::from_settings(&settings);
 
-    let listener = admin::bind(settings.listen.admin).await.map_err(|e| {
-        format!(
-            "listen.admin: cannot listen on {}: {}",
-            settings.listen.admin,
-            error_chain(&e)
-        )
-    })?;
+    let listener = admin::bind(settings.listen.admin)
+        .await
+        .map_err(listen_error("listen.admin", settings.listen.admin))?;
     let admin_state = AdminState {
         readiness: readiness.clone(),
         metrics: metrics.clone(),
@@ -75,33 +72,24 @@ async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, String> 
     let forwarding = crate::forward::start(&settings, metrics.forward.clone()).await?;
     if forwarding.mtls {
         instance.meta.insert(
-            crate::forward::tls::INBOUND_META.to_string(),
-            crate::forward::tls::INBOUND_MTLS.to_string(),
+            streamgate_crds::contract::consul::META_INBOUND.to_string(),
+            streamgate_crds::contract::consul::INBOUND_MTLS.to_string(),
         );
     }
     let inbound_listener = TcpListener::bind(settings.listen.inbound)
         .await
-        .map_err(|e| {
-            format!(
-                "listen.inbound: cannot listen on {}: {}",
-                settings.listen.inbound,
-                error_chain(&e)
-            )
-        })?;
+        .map_err(listen_error("listen.inbound", settings.listen.inbound))?;
     tokio::spawn(forwarding.inbound.clone().serve(inbound_listener));
-    let app_listener = app_listener::bind(settings.listen.app).await.map_err(|e| {
-        format!(
-            "listen.app: cannot listen on {}: {}",
-            settings.listen.app,
-            error_chain(&e)
-        )
-    })?;
+    let app_listener = app_listener::bind(settings.listen.app)
+        .await
+        .map_err(listen_error("listen.app", settings.listen.app))?;
     tokio::spawn(app_listener::serve(
         app_listener,
         app_listener::router(events, forwarding.outbound.clone()),
     ));
 
-    let client = ConsulClient::new(&settings.consul, metrics.clone())?;
+    let client =
+        ConsulClient::new(&settings.consul, metrics.clone()).map_err(StartError::ConsulClient)?;
     let registrar = Arc::new(Registrar::new(
         client,
         instance,
@@ -142,6 +130,17 @@ async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, String> 
             tracing::warn!(in_flight = drain.active(), "drainTimeout reached: exiting now");
             Ok(EXIT_FAILURE)
         }
+    }
+}
+
+fn listen_error(
+    field: &'static str,
+    addr: std::net::SocketAddr,
+) -> impl FnOnce(std::io::Error) -> StartError {
+    move |source| StartError::Listen {
+        field,
+        addr,
+        source,
     }
 }
 

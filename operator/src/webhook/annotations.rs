@@ -59,7 +59,7 @@ const KNOWN: &[&str] = &[
     SIDECAR_MEMORY_REQUEST,
     SIDECAR_MEMORY_LIMIT,
     INJECTED,
-    "streamgate.io/config-hash",
+    crate::labels::CONFIG_HASH_ANNOTATION,
 ];
 
 /// Which annotation carries each field of the sidecar config, to name it in errors.
@@ -135,94 +135,27 @@ pub fn parse(
     {
         return Err(bad(unknown, "unknown StreamGate annotation"));
     }
-    let service_name = match (annotations.get(SERVICE_NAME), default_name) {
-        (Some(name), _) => name.trim().to_string(),
-        (None, Some(name)) => name.to_string(),
-        (None, None) => {
-            return Err(bad(
-                SERVICE_NAME,
-                "required: the pod has no app.kubernetes.io/name or app label to default it from",
-            ));
-        }
-    };
-    let port = match (int(annotations, APP_PORT)?, container_ports) {
-        (Some(port), _) => port,
-        (None, [only]) => *only,
-        (None, _) => {
-            return Err(bad(
-                APP_PORT,
-                "required: the app containers do not declare exactly one port",
-            ));
-        }
-    };
-    let protocol = match annotations.get(PROTOCOL).map(|s| s.trim()) {
-        None | Some("grpc") => Protocol::Grpc,
-        Some("http") => Protocol::Http,
-        Some(other) => return Err(bad(PROTOCOL, format!("{other:?} is not grpc or http"))),
-    };
-    let mut health = HealthCheck {
-        kind: match annotations.get(HEALTH_TYPE).map(|s| s.trim()) {
-            None | Some("http") => HealthCheckType::Http,
-            Some("grpc") => HealthCheckType::Grpc,
-            Some("tcp") => HealthCheckType::Tcp,
-            Some(other) => {
-                return Err(bad(
-                    HEALTH_TYPE,
-                    format!("{other:?} is not http, grpc or tcp"),
-                ));
-            }
-        },
-        path: annotations.get(HEALTH_PATH).map(|p| p.trim().to_string()),
-        port: int(annotations, HEALTH_PORT)?,
-        ..Default::default()
-    };
-    if let Some(v) = int(annotations, HEALTH_PERIOD)? {
-        health.period_seconds = v;
-    }
-    if let Some(v) = int(annotations, HEALTH_TIMEOUT)? {
-        health.timeout_seconds = v;
-    }
-    if let Some(v) = int(annotations, HEALTH_FAILURES)? {
-        health.failure_threshold = v;
-    }
-    if let Some(v) = int(annotations, HEALTH_SUCCESSES)? {
-        health.success_threshold = v;
-    }
-    let events = Events {
-        publish: annotations
-            .get(PUBLISH)
-            .map(|v| list(PUBLISH, v))
-            .transpose()?
-            .unwrap_or_default(),
-        subscribe: annotations
-            .get(SUBSCRIBE)
-            .map(|v| parse_subscriptions(v))
-            .transpose()?
-            .unwrap_or_default(),
-    };
-    let upstreams = annotations
-        .get(UPSTREAMS)
-        .map(|v| parse_upstreams(v))
-        .transpose()?
-        .unwrap_or_default();
     let service = ServiceConfig {
-        service_name,
-        port,
-        protocol,
-        tags: annotations
-            .get(TAGS)
-            .map(|v| list(TAGS, v))
-            .transpose()?
-            .unwrap_or_default(),
+        service_name: service_name(annotations, default_name)?,
+        port: app_port(annotations, container_ports)?,
+        protocol: protocol(annotations)?,
+        tags: list_of(annotations, TAGS)?,
         meta: BTreeMap::new(),
-        health,
-        events,
-        upstreams,
-        allowed_callers: annotations
-            .get(ALLOWED_CALLERS)
-            .map(|v| list(ALLOWED_CALLERS, v))
+        health: health(annotations)?,
+        events: Events {
+            publish: list_of(annotations, PUBLISH)?,
+            subscribe: annotations
+                .get(SUBSCRIBE)
+                .map(|v| parse_subscriptions(v))
+                .transpose()?
+                .unwrap_or_default(),
+        },
+        upstreams: annotations
+            .get(UPSTREAMS)
+            .map(|v| parse_upstreams(v))
             .transpose()?
             .unwrap_or_default(),
+        allowed_callers: list_of(annotations, ALLOWED_CALLERS)?,
     };
     service.validate().map_err(|e| {
         let annotation = FIELD_ANNOTATIONS
@@ -232,18 +165,7 @@ pub fn parse(
             .unwrap_or(INJECT);
         bad(annotation, format!("{} ({})", e.reason, e.field))
     })?;
-
-    let log_level = match annotations.get(SIDECAR_LOG_LEVEL).map(|s| s.trim()) {
-        None => LogLevel::Info,
-        Some(text) => {
-            serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|_| {
-                bad(
-                    SIDECAR_LOG_LEVEL,
-                    format!("{text:?} is not error, warn, info, debug or trace"),
-                )
-            })?
-        }
-    };
+    let log_level = log_level(annotations)?;
     let sidecar = SidecarSpec {
         image: annotations.get(SIDECAR_IMAGE).map(|s| s.trim().to_string()),
         resources: parse_resources(annotations)?,
@@ -254,6 +176,97 @@ pub fn parse(
             .map_err(|e| bad(INJECT, e))?;
     config.log_level = log_level;
     Ok(AnnotatedSidecar { config, sidecar })
+}
+
+/// The annotation's comma-separated list, empty when it is absent.
+fn list_of(annotations: &BTreeMap<String, String>, key: &str) -> Result<Vec<String>, FieldError> {
+    annotations
+        .get(key)
+        .map(|v| list(key, v))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+fn service_name(
+    annotations: &BTreeMap<String, String>,
+    default_name: Option<&str>,
+) -> Result<String, FieldError> {
+    match (annotations.get(SERVICE_NAME), default_name) {
+        (Some(name), _) => Ok(name.trim().to_string()),
+        (None, Some(name)) => Ok(name.to_string()),
+        (None, None) => Err(bad(
+            SERVICE_NAME,
+            "required: the pod has no app.kubernetes.io/name or app label to default it from",
+        )),
+    }
+}
+
+fn app_port(
+    annotations: &BTreeMap<String, String>,
+    container_ports: &[i32],
+) -> Result<i32, FieldError> {
+    match (int(annotations, APP_PORT)?, container_ports) {
+        (Some(port), _) => Ok(port),
+        (None, [only]) => Ok(*only),
+        (None, _) => Err(bad(
+            APP_PORT,
+            "required: the app containers do not declare exactly one port",
+        )),
+    }
+}
+
+fn protocol(annotations: &BTreeMap<String, String>) -> Result<Protocol, FieldError> {
+    match annotations.get(PROTOCOL).map(|s| s.trim()) {
+        None | Some("grpc") => Ok(Protocol::Grpc),
+        Some("http") => Ok(Protocol::Http),
+        Some(other) => Err(bad(PROTOCOL, format!("{other:?} is not grpc or http"))),
+    }
+}
+
+fn health(annotations: &BTreeMap<String, String>) -> Result<HealthCheck, FieldError> {
+    let kind = match annotations.get(HEALTH_TYPE).map(|s| s.trim()) {
+        None | Some("http") => HealthCheckType::Http,
+        Some("grpc") => HealthCheckType::Grpc,
+        Some("tcp") => HealthCheckType::Tcp,
+        Some(other) => {
+            return Err(bad(
+                HEALTH_TYPE,
+                format!("{other:?} is not http, grpc or tcp"),
+            ));
+        }
+    };
+    let mut health = HealthCheck {
+        kind,
+        path: annotations.get(HEALTH_PATH).map(|p| p.trim().to_string()),
+        port: int(annotations, HEALTH_PORT)?,
+        ..Default::default()
+    };
+    let numbers = [
+        (HEALTH_PERIOD, &mut health.period_seconds),
+        (HEALTH_TIMEOUT, &mut health.timeout_seconds),
+        (HEALTH_FAILURES, &mut health.failure_threshold),
+        (HEALTH_SUCCESSES, &mut health.success_threshold),
+    ];
+    for (annotation, field) in numbers {
+        if let Some(v) = int(annotations, annotation)? {
+            *field = v;
+        }
+    }
+    Ok(health)
+}
+
+fn log_level(annotations: &BTreeMap<String, String>) -> Result<LogLevel, FieldError> {
+    match annotations.get(SIDECAR_LOG_LEVEL).map(|s| s.trim()) {
+        None => Ok(LogLevel::Info),
+        Some(text) => {
+            serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|_| {
+                bad(
+                    SIDECAR_LOG_LEVEL,
+                    format!("{text:?} is not error, warn, info, debug or trace"),
+                )
+            })
+        }
+    }
 }
 
 /// `type=path[:maxDeliver]`, comma-separated: `transcoding.completed=/events:5,job.failed=/jobs`.

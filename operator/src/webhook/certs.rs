@@ -13,6 +13,7 @@ use rcgen::{
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
+use streamgate_crds::contract::identity;
 
 /// Secret annotation recording when the serving certificate expires (read back without
 /// parsing X.509).
@@ -107,8 +108,8 @@ pub fn issue_workload(
 ) -> Result<(String, String, Timestamp), rcgen::Error> {
     let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(ca_key)?);
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![format!("{service}.{namespace}.streamgate")])?;
-    let uri = format!("spiffe://streamgate/ns/{namespace}/svc/{service}");
+    let mut params = CertificateParams::new(vec![identity::server_name(namespace, service)])?;
+    let uri = identity::spiffe_id(namespace, service);
     params
         .subject_alt_names
         .push(rcgen::SanType::URI(uri.as_str().try_into()?));
@@ -169,10 +170,7 @@ fn to_secret(name: &str, material: &Material, base: Option<&Secret>) -> Secret {
     let mut secret = base.cloned().unwrap_or_else(|| Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_string(),
-                "streamgate".to_string(),
-            )])),
+            labels: Some(crate::labels::managed_by()),
             ..Default::default()
         },
         type_: Some("Opaque".to_string()),
@@ -191,6 +189,11 @@ fn to_secret(name: &str, material: &Material, base: Option<&Secret>) -> Secret {
     annotations.insert(NOT_AFTER.to_string(), material.not_after.to_string());
     annotations.insert(HOSTS.to_string(), material.hosts.join(","));
     secret
+}
+
+/// The material in the Secret as it is, renewing nothing (for readers of the CA).
+pub async fn read(api: &Api<Secret>, name: &str) -> Result<Material, CertError> {
+    from_secret(&api.get(name).await?)
 }
 
 /// Reads the Secret, creating or reissuing what is missing or about to expire. Replicas

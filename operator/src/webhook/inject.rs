@@ -4,7 +4,9 @@
 
 use super::annotations::{self, INJECT, INJECTED};
 use crate::labels::CONFIG_HASH_ANNOTATION;
-use crate::render::{SIDECAR_ADDR_ENV, SIDECAR_NAME, render_sidecar, sidecar_addr_env};
+use crate::render::{
+    RenderedSidecar, SIDECAR_ADDR_ENV, SIDECAR_NAME, render_sidecar, sidecar_addr_env,
+};
 use crate::settings::SidecarSettings;
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeMap;
@@ -35,45 +37,10 @@ pub struct Target<'a> {
 }
 
 pub fn decide(pod: &Pod, target: &Target<'_>, settings: &SidecarSettings) -> Decision {
-    if target.namespace == "kube-system" || target.namespace == target.operator_namespace {
-        return Decision::Skip("system or operator namespace");
+    if let Some(no) = not_requested(pod, target) {
+        return no;
     }
-    let empty = BTreeMap::new();
-    let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-    match pod_annotations.get(INJECT).map(|v| v.trim()) {
-        Some("false") => return Decision::Skip("opted out"),
-        Some("true") => {}
-        Some(other) => {
-            return Decision::Reject(FieldError::new(
-                INJECT,
-                format!("{other:?} is not \"true\" or \"false\""),
-            ));
-        }
-        None if target.namespace_enabled => {}
-        None => return Decision::Skip("not requested"),
-    }
-    let spec = pod.spec.clone().unwrap_or_default();
-    let has_sidecar = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter())
-        .any(|c| c.name == SIDECAR_NAME);
-    if has_sidecar || pod_annotations.contains_key(INJECTED) {
-        return Decision::Skip("already injected");
-    }
-
-    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-    let default_name = labels
-        .get("app.kubernetes.io/name")
-        .or_else(|| labels.get("app"))
-        .map(String::as_str);
-    let ports: Vec<i32> = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten().map(|p| p.container_port))
-        .collect();
-    let mut wanted = match annotations::parse(pod_annotations, default_name, &ports) {
+    let mut wanted = match wanted_sidecar(pod) {
         Ok(wanted) => wanted,
         Err(e) => return Decision::Reject(e),
     };
@@ -82,13 +49,77 @@ pub fn decide(pod: &Pod, target: &Target<'_>, settings: &SidecarSettings) -> Dec
         .resources
         .map(|named| crate::settings::merge_resources(&named, &settings.resources));
     let rendered = render_sidecar(&wanted.config, &wanted.sidecar, settings);
+    match with_sidecar(pod, &rendered, &wanted.config.service.service_name) {
+        Ok(mutated) => {
+            let before = serde_json::to_value(pod).unwrap_or_default();
+            let after = serde_json::to_value(&mutated).unwrap_or_default();
+            Decision::Inject(json_patch::diff(&before, &after))
+        }
+        Err(e) => Decision::Reject(e),
+    }
+}
 
+/// The decision when the pod gets no sidecar: it is in a system namespace, opted out,
+/// did not ask, asked wrongly, or already has one.
+fn not_requested(pod: &Pod, target: &Target<'_>) -> Option<Decision> {
+    if target.namespace == "kube-system" || target.namespace == target.operator_namespace {
+        return Some(Decision::Skip("system or operator namespace"));
+    }
+    let empty = BTreeMap::new();
+    let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    match pod_annotations.get(INJECT).map(|v| v.trim()) {
+        Some("false") => return Some(Decision::Skip("opted out")),
+        Some("true") => {}
+        Some(other) => {
+            return Some(Decision::Reject(FieldError::new(
+                INJECT,
+                format!("{other:?} is not \"true\" or \"false\""),
+            )));
+        }
+        None if target.namespace_enabled => {}
+        None => return Some(Decision::Skip("not requested")),
+    }
+    let spec = pod.spec.as_ref();
+    let has_sidecar = spec
+        .iter()
+        .flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+        })
+        .any(|c| c.name == SIDECAR_NAME);
+    (has_sidecar || pod_annotations.contains_key(INJECTED))
+        .then_some(Decision::Skip("already injected"))
+}
+
+/// The sidecar the pod's annotations describe, its name and port defaulted from the pod.
+fn wanted_sidecar(pod: &Pod) -> Result<annotations::AnnotatedSidecar, FieldError> {
+    let empty = BTreeMap::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let default_name = labels
+        .get(crate::labels::NAME_LABEL)
+        .or_else(|| labels.get("app"))
+        .map(String::as_str);
+    let ports: Vec<i32> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten().map(|p| p.container_port))
+        .collect();
+    let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    annotations::parse(pod_annotations, default_name, &ports)
+}
+
+/// The pod with the sidecar first among its init containers, its volumes, the sidecar's
+/// address in every app container, and the labels and annotations that mark it.
+fn with_sidecar(pod: &Pod, rendered: &RenderedSidecar, service: &str) -> Result<Pod, FieldError> {
     let mut mutated = pod.clone();
     let pod_spec = mutated.spec.get_or_insert_with(Default::default);
     let volumes = pod_spec.volumes.get_or_insert_with(Vec::new);
     for volume in &rendered.volumes {
         if volumes.iter().any(|v| v.name == volume.name) {
-            return Decision::Reject(FieldError::new(
+            return Err(FieldError::new(
                 INJECT,
                 format!(
                     "the pod already has a volume named {}, which the sidecar needs",
@@ -116,18 +147,18 @@ pub fn decide(pod: &Pod, target: &Target<'_>, settings: &SidecarSettings) -> Dec
         .get_or_insert_with(BTreeMap::new)
         .insert(
             crate::labels::SERVICE_LABEL.to_string(),
-            wanted.config.service.service_name.clone(),
+            service.to_string(),
         );
     let annotations = mutated
         .metadata
         .annotations
         .get_or_insert_with(BTreeMap::new);
     annotations.insert(INJECTED.to_string(), "true".to_string());
-    annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), rendered.config_hash);
-
-    let before = serde_json::to_value(pod).unwrap_or_default();
-    let after = serde_json::to_value(&mutated).unwrap_or_default();
-    Decision::Inject(json_patch::diff(&before, &after))
+    annotations.insert(
+        CONFIG_HASH_ANNOTATION.to_string(),
+        rendered.config_hash.clone(),
+    );
+    Ok(mutated)
 }
 
 #[cfg(test)]

@@ -8,13 +8,16 @@
 //! - [`registration`]: the MutatingWebhookConfiguration, applied server-side.
 //! - [`server`]: the HTTPS endpoint.
 //!
-//! [`run`] ties them together: certificates first, then the configuration, then the
-//! server, and a loop that renews the serving certificate and reloads it in place.
+//! - [`renewal`]: the task that renews the serving certificate and reloads it in place.
+//!
+//! [`Webhook::prepare`] ties them together: certificates first, then the configuration;
+//! the run module then starts [`Webhook::serve`] and the renewal on every replica.
 
 pub mod annotations;
 pub mod certs;
 pub mod inject;
 pub mod registration;
+pub mod renewal;
 pub mod server;
 
 use crate::settings::SidecarSettings;
@@ -26,7 +29,7 @@ use registration::{Endpoint, Registration};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::info;
 
 /// Everything the webhook needs from the command line.
 #[derive(Clone, Debug)]
@@ -36,7 +39,7 @@ pub struct WebhookConfig {
     pub registration_name: String,
     pub secret_name: String,
     pub operator_namespace: String,
-    pub failure_policy: String,
+    pub failure_policy: crate::cli::FailurePolicy,
     pub timeout_seconds: i32,
     pub cert_validity: Duration,
     pub only_namespace: Option<String>,
@@ -67,119 +70,113 @@ pub fn serving_hosts(config: &WebhookConfig) -> Vec<String> {
     }
 }
 
-/// Serves the webhook until the process stops. `listening` fires once the server
-/// accepts connections with its certificate loaded (the replica's readiness waits for it:
-/// a Service must not send the API server's calls to a replica that cannot answer).
-pub async fn run(
+/// The webhook of one replica, prepared: its certificate loaded and the
+/// MutatingWebhookConfiguration applied with its CA.
+pub struct Webhook {
     client: kube::Client,
     config: WebhookConfig,
-    settings: SidecarSettings,
-    listening: tokio::sync::oneshot::Sender<()>,
-) -> Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.operator_namespace);
-    let hosts = serving_hosts(&config);
-    let material = certs::ensure(&secrets, &config.secret_name, &hosts, config.cert_validity)
+    state: Arc<server::WebhookState>,
+    registration: Registration,
+    tls: RustlsConfig,
+    served_cert: String,
+}
+
+impl Webhook {
+    /// Certificates first (created on the first replica's start, shared through the
+    /// Secret), then the configuration that points the API server here.
+    pub async fn prepare(
+        client: kube::Client,
+        config: WebhookConfig,
+        settings: SidecarSettings,
+    ) -> Result<Webhook> {
+        let material = certs::ensure(
+            &secrets(&client, &config),
+            &config.secret_name,
+            &serving_hosts(&config),
+            config.cert_validity,
+        )
         .await
         .context("preparing the webhook certificates")?;
-    let registration = Registration {
+        let tls = RustlsConfig::from_pem(
+            material.cert.clone().into_bytes(),
+            material.key.clone().into_bytes(),
+        )
+        .await
+        .context("loading the webhook's serving certificate")?;
+        let registration = registration_of(&config);
+        registration::apply(&client, &registration, &material.ca_cert)
+            .await
+            .context("applying the MutatingWebhookConfiguration")?;
+        let state = Arc::new(server::WebhookState {
+            settings,
+            operator_namespace: config.operator_namespace.clone(),
+        });
+        Ok(Webhook {
+            client,
+            config,
+            state,
+            registration,
+            tls,
+            served_cert: material.cert,
+        })
+    }
+
+    /// The task that keeps this replica's serving certificate fresh (every replica runs
+    /// one: each serves its own copy).
+    pub fn renewal(&self) -> renewal::Renewal {
+        renewal::Renewal {
+            client: self.client.clone(),
+            secrets: secrets(&self.client, &self.config),
+            secret_name: self.config.secret_name.clone(),
+            hosts: serving_hosts(&self.config),
+            validity: self.config.cert_validity,
+            registration: self.registration.clone(),
+            tls: self.tls.clone(),
+            served_cert: self.served_cert.clone(),
+        }
+    }
+
+    /// Serves until the process stops. `listening` fires once the server accepts
+    /// connections with its certificate loaded (the replica's readiness waits for it: a
+    /// Service must not send the API server's calls to a replica that cannot answer).
+    pub async fn serve(self, listening: tokio::sync::oneshot::Sender<()>) -> Result<()> {
+        let listen = self.config.listen;
+        let handle = axum_server::Handle::new();
+        let bound = handle.clone();
+        tokio::spawn(async move {
+            if bound.listening().await.is_some() {
+                info!(%listen, "serving the injection webhook");
+                let _ = listening.send(());
+            }
+        });
+        axum_server::bind_rustls(listen, self.tls)
+            .handle(handle)
+            .serve(server::router(self.state).into_make_service())
+            .await
+            .context("webhook server")
+    }
+}
+
+/// The Secrets of the operator's namespace, where the webhook's PKI lives.
+pub fn secrets(client: &kube::Client, config: &WebhookConfig) -> Api<Secret> {
+    Api::namespaced(client.clone(), &config.operator_namespace)
+}
+
+/// How often the serving certificate and the workload identities are looked at: often
+/// enough that a certificate is renewed well within its last third.
+pub fn check_period(config: &WebhookConfig) -> Duration {
+    (config.cert_validity / 6).clamp(Duration::from_secs(1), Duration::from_secs(15))
+}
+
+fn registration_of(config: &WebhookConfig) -> Registration {
+    Registration {
         name: config.registration_name.clone(),
         endpoint: config.endpoint.clone(),
-        failure_policy: config.failure_policy.clone(),
+        failure_policy: config.failure_policy,
         timeout_seconds: config.timeout_seconds,
         only_namespace: config.only_namespace.clone(),
         excluded_namespaces: vec!["kube-system".to_string(), config.operator_namespace.clone()],
-    };
-    let tls = RustlsConfig::from_pem(
-        material.cert.clone().into_bytes(),
-        material.key.clone().into_bytes(),
-    )
-    .await
-    .context("loading the webhook's serving certificate")?;
-    registration::apply(&client, &registration, &material.ca_cert)
-        .await
-        .context("applying the MutatingWebhookConfiguration")?;
-
-    let state = Arc::new(server::WebhookState {
-        settings,
-        operator_namespace: config.operator_namespace.clone(),
-    });
-    let listen = config.listen;
-    let renewal = {
-        let tls = tls.clone();
-        let mut served = material.cert.clone();
-        // One loop reads the Secret once a period: it renews the serving certificate and
-        // issues the services' identities from the same CA.
-        let period =
-            (config.cert_validity / 6).clamp(Duration::from_secs(1), Duration::from_secs(15));
-        let scope = config.only_namespace.clone();
-        // The services with pods at the last pass: one gone since gets its Secret removed.
-        let mut identities = std::collections::BTreeSet::new();
-        async move {
-            loop {
-                match certs::ensure(&secrets, &config.secret_name, &hosts, config.cert_validity)
-                    .await
-                {
-                    Ok(current) => {
-                        if current.cert != served {
-                            match tls
-                                .reload_from_pem(
-                                    current.cert.clone().into_bytes(),
-                                    current.key.clone().into_bytes(),
-                                )
-                                .await
-                            {
-                                Ok(()) => {
-                                    info!(not_after = %current.not_after, "serving a renewed webhook certificate");
-                                    served = current.cert.clone();
-                                }
-                                Err(e) => {
-                                    warn!(error = %e, "could not load the renewed webhook certificate")
-                                }
-                            }
-                        }
-                        if let Err(e) =
-                            registration::apply(&client, &registration, &current.ca_cert).await
-                        {
-                            warn!(error = %e, "could not apply the MutatingWebhookConfiguration");
-                        }
-                        if let Err(e) = crate::identity::issue_all(
-                            &client,
-                            scope.as_deref(),
-                            &current.ca_cert,
-                            &current.ca_key,
-                            config.cert_validity,
-                            &mut identities,
-                        )
-                        .await
-                        {
-                            warn!(
-                                error = format!("{e:#}"),
-                                "issuing workload certificates failed; retrying"
-                            );
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "webhook certificate check failed; retrying"),
-                }
-                tokio::time::sleep(period).await;
-            }
-        }
-    };
-    tokio::spawn(renewal);
-
-    let handle = axum_server::Handle::new();
-    let bound = handle.clone();
-    tokio::spawn(async move {
-        if bound.listening().await.is_some() {
-            info!(%listen, "serving the injection webhook");
-            let _ = listening.send(());
-        }
-    });
-    axum_server::bind_rustls(listen, tls)
-        .handle(handle)
-        .serve(server::router(state).into_make_service())
-        .await
-        .context("webhook server")?;
-    Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -193,7 +190,7 @@ mod tests {
             registration_name: "x".into(),
             secret_name: "x".into(),
             operator_namespace: "streamgate-system".into(),
-            failure_policy: "Fail".into(),
+            failure_policy: crate::cli::FailurePolicy::Fail,
             timeout_seconds: 5,
             cert_validity: Duration::from_secs(60),
             only_namespace: None,

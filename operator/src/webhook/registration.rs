@@ -40,7 +40,7 @@ pub struct Registration {
     pub name: String,
     pub endpoint: Endpoint,
     /// `Fail` (the default: a pod is never started silently without its sidecar) or `Ignore`.
-    pub failure_policy: String,
+    pub failure_policy: crate::cli::FailurePolicy,
     pub timeout_seconds: i32,
     /// Only this namespace (an operator scoped with `--namespace`), else every namespace
     /// but these excluded ones.
@@ -99,7 +99,7 @@ pub fn desired(registration: &Registration, ca: &str) -> MutatingWebhookConfigur
         name: name.to_string(),
         admission_review_versions: vec!["v1".to_string()],
         client_config: client_config(&registration.endpoint, path, ca),
-        failure_policy: Some(registration.failure_policy.clone()),
+        failure_policy: Some(registration.failure_policy.as_str().to_string()),
         match_policy: Some("Equivalent".to_string()),
         namespace_selector: Some(LabelSelector {
             match_expressions: Some(vec![scope.clone(), label]),
@@ -126,13 +126,7 @@ pub fn desired(registration: &Registration, ca: &str) -> MutatingWebhookConfigur
     MutatingWebhookConfiguration {
         metadata: ObjectMeta {
             name: Some(registration.name.clone()),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "streamgate".to_string(),
-                )]
-                .into(),
-            ),
+            labels: Some(crate::labels::managed_by()),
             ..Default::default()
         },
         webhooks: Some(vec![
@@ -181,7 +175,7 @@ mod tests {
         let r = Registration {
             name: "streamgate-sidecar-injector".into(),
             endpoint: Endpoint::Url("https://127.0.0.1:9443".into()),
-            failure_policy: "Fail".into(),
+            failure_policy: crate::cli::FailurePolicy::Fail,
             timeout_seconds: 5,
             only_namespace: None,
             excluded_namespaces: vec!["kube-system".into(), "streamgate-system".into()],

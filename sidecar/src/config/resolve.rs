@@ -118,7 +118,7 @@ pub fn resolve(mut doc: SidecarConfig, env: EnvLookup<'_>) -> Result<Settings, F
         events,
         drain_timeout: doc.drain_timeout.as_duration(),
         log_level: doc.log_level,
-        mtls_dir: crate::forward::tls::DEFAULT_DIR.into(),
+        mtls_dir: streamgate_crds::contract::mounts::MTLS_DIR.into(),
         document: doc,
     })
 }

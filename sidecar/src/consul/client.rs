@@ -35,11 +35,10 @@ pub struct ConsulClient {
 }
 
 impl ConsulClient {
-    pub fn new(settings: &ConsulSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(settings: &ConsulSettings, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
         let http = crate::http_client()
             .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| format!("Consul HTTP client: {e}"))?;
+            .build()?;
         Ok(ConsulClient {
             http,
             base: settings.address.clone(),

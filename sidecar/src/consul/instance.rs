@@ -5,8 +5,10 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Meta key marking instances this sidecar (and the operator's cleanup) owns.
-pub const MANAGED_BY: (&str, &str) = ("managed-by", "streamgate");
+use streamgate_crds::contract::consul::{
+    MANAGED_BY_STREAMGATE, META_MANAGED_BY, META_NAMESPACE, META_POD, META_POD_UID, check_id,
+    instance_id,
+};
 /// The shortest TTL: enough for the sidecar to refresh the check three times.
 pub const MIN_TTL: Duration = Duration::from_secs(3);
 
@@ -40,13 +42,6 @@ pub struct Instance {
     pub deregister_critical_after: Duration,
 }
 
-/// `<serviceName>-<namespace>-<podName>`: unique per pod (pod names are unique in a
-/// namespace), stable across sidecar restarts in the same pod so a restart replaces
-/// rather than duplicates, and readable in the Consul UI.
-pub fn instance_id(service: &str, namespace: &str, pod: &str) -> String {
-    format!("{service}-{namespace}-{pod}")
-}
-
 /// The TTL for a probe period: three periods, so one slow or lost refresh never flips
 /// the check, and at least [`MIN_TTL`].
 pub fn ttl_for(period: Duration) -> Duration {
@@ -59,14 +54,14 @@ impl Instance {
         let service_id = instance_id(&doc.service.service_name, &doc.pod.namespace, &doc.pod.name);
         let mut meta = doc.service.meta.clone();
         // Ours win over the user's: the operator finds and cleans instances by them.
-        meta.insert("k8s-namespace".into(), doc.pod.namespace.clone());
-        meta.insert("k8s-pod".into(), doc.pod.name.clone());
+        meta.insert(META_NAMESPACE.into(), doc.pod.namespace.clone());
+        meta.insert(META_POD.into(), doc.pod.name.clone());
         if !doc.pod.uid.is_empty() {
-            meta.insert("k8s-pod-uid".into(), doc.pod.uid.clone());
+            meta.insert(META_POD_UID.into(), doc.pod.uid.clone());
         }
-        meta.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+        meta.insert(META_MANAGED_BY.into(), MANAGED_BY_STREAMGATE.into());
         Instance {
-            check_id: format!("service:{service_id}"),
+            check_id: check_id(&service_id),
             service_id,
             name: doc.service.service_name.clone(),
             address: s.pod_ip.to_string(),

@@ -6,6 +6,7 @@
 //! `creds` or `nats.creds` (a JWT creds file), `nkey` or `nkey.seed` (an nkey seed),
 //! `token`, `username` + `password`. `ca.crt`, when present, is trusted for TLS.
 
+use super::error::{StartError, StreamError};
 use crate::config::events::EventSettings;
 use async_nats::jetstream::{self, stream};
 use async_nats::{ConnectOptions, Event};
@@ -23,7 +24,7 @@ pub enum Credentials {
 }
 
 /// Reads the credentials directory into connect options.
-pub async fn options(dir: Option<&Path>) -> Result<(ConnectOptions, Credentials), String> {
+pub async fn options(dir: Option<&Path>) -> Result<(ConnectOptions, Credentials), StartError> {
     let mut options = ConnectOptions::new();
     let Some(dir) = dir else {
         return Ok((options, Credentials::None));
@@ -35,10 +36,7 @@ pub async fn options(dir: Option<&Path>) -> Result<(ConnectOptions, Credentials)
             .filter(|s| !s.is_empty())
     };
     if !dir.is_dir() {
-        return Err(format!(
-            "nats.credentialsDir: {} is not a directory",
-            dir.display()
-        ));
+        return Err(StartError::CredentialsNotADirectory(dir.to_path_buf()));
     }
     if let Some(ca) = ["ca.crt", "ca.pem"]
         .iter()
@@ -52,10 +50,12 @@ pub async fn options(dir: Option<&Path>) -> Result<(ConnectOptions, Credentials)
         .map(|n| dir.join(n))
         .find(|p| p.exists());
     let found = if let Some(path) = creds {
-        options = options
-            .credentials_file(&path)
-            .await
-            .map_err(|e| format!("nats.credentialsDir: {}: {e}", path.display()))?;
+        options = options.credentials_file(&path).await.map_err(|source| {
+            StartError::CredentialsFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
         Credentials::CredsFile(path)
     } else if let Some(seed) = read("nkey").or_else(|| read("nkey.seed")) {
         options = options.nkey(seed);
@@ -76,7 +76,7 @@ pub async fn options(dir: Option<&Path>) -> Result<(ConnectOptions, Credentials)
 pub async fn connect(
     settings: &EventSettings,
     name: &str,
-) -> Result<(async_nats::Client, watch::Receiver<bool>), String> {
+) -> Result<(async_nats::Client, watch::Receiver<bool>), StartError> {
     let (options, credentials) = options(settings.credentials_dir.as_deref()).await?;
     let (tx, rx) = watch::channel(false);
     let options = options
@@ -108,7 +108,10 @@ pub async fn connect(
     let client = options
         .connect(settings.url.as_str())
         .await
-        .map_err(|e| format!("nats.url: {}: {e}", settings.url))?;
+        .map_err(|source| StartError::Connect {
+            url: settings.url.clone(),
+            source,
+        })?;
     Ok((client, rx))
 }
 
@@ -128,7 +131,7 @@ pub fn context(client: async_nats::Client, settings: &EventSettings) -> jetstrea
 pub async fn ensure_stream(
     js: &jetstream::Context,
     settings: &EventSettings,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let config = stream::Config {
         name: settings.stream.clone(),
         subjects: vec![format!("{}>", super::envelope::SUBJECT_PREFIX)],
@@ -140,7 +143,10 @@ pub async fn ensure_stream(
     js.create_or_update_stream(config)
         .await
         .map(|_| ())
-        .map_err(|e| format!("stream {}: {e}", settings.stream))
+        .map_err(|source| StreamError {
+            stream: settings.stream.clone(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use super::dedupe::Dedupe;
 use super::envelope::id_of;
+use super::error::{DeadLetterError, DeliveryError};
 use super::metrics::EventMetrics;
 use crate::backoff::Backoff;
 use crate::health::AppHealth;
@@ -68,6 +69,7 @@ pub async fn deliver(target: &Target, message: Message) {
         }
         Err(error) if attempt >= target.max_deliver => {
             tracing::warn!(%id, attempt, %error, subject = %target.dlq_subject(), "dead-lettering");
+            let error = error.to_string();
             match dead_letter(target, &message, &id, attempt, &error).await {
                 Ok(()) => {
                     target.metrics.dead_lettered.inc();
@@ -112,7 +114,12 @@ async fn wait_healthy(target: &Target, message: &Message) {
     }
 }
 
-async fn post(target: &Target, message: &Message, id: &str, attempt: i64) -> Result<(), String> {
+async fn post(
+    target: &Target,
+    message: &Message,
+    id: &str,
+    attempt: i64,
+) -> Result<(), DeliveryError> {
     let response = target
         .http
         .post(&target.url)
@@ -122,14 +129,17 @@ async fn post(target: &Target, message: &Message, id: &str, attempt: i64) -> Res
         .body(message.payload.to_vec())
         .send()
         .await
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(DeliveryError::Request)?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
     }
     let body = response.text().await.unwrap_or_default();
     let body: String = body.chars().take(200).collect();
-    Err(format!("the app answered {status}: {}", body.trim()))
+    Err(DeliveryError::Refused {
+        status,
+        body: body.trim().to_string(),
+    })
 }
 
 async fn dead_letter(
@@ -138,7 +148,7 @@ async fn dead_letter(
     id: &str,
     attempts: i64,
     error: &str,
-) -> Result<(), String> {
+) -> Result<(), DeadLetterError> {
     let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
         String::from_utf8_lossy(&message.payload)
             .into_owned()
@@ -159,10 +169,10 @@ async fn dead_letter(
         .js
         .send_publish(target.dlq_subject(), publish)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(DeadLetterError)?
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(DeadLetterError)
 }
 
 async fn settle(message: &Message, kind: AckKind) {

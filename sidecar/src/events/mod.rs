@@ -10,13 +10,15 @@
 //! each event to the app and acks, naks with backoff or dead-letters it; [`dedupe`]
 //! keeps an id the app accepted from reaching it twice.
 //!
-//! [`connect`] owns the connection, credentials and the stream; [`metrics`] counts it all.
+//! [`connect`] owns the connection, credentials and the stream; [`metrics`] counts it all;
+//! [`error`] names what failed.
 
 pub mod api;
 pub mod connect;
 pub mod dedupe;
 pub mod delivery;
 pub mod envelope;
+pub mod error;
 pub mod flusher;
 pub mod metrics;
 pub mod publisher;
@@ -27,7 +29,9 @@ use crate::config::Settings;
 use crate::health::AppHealth;
 use crate::shutdown::Drain;
 use api::EventsApi;
+use async_nats::jetstream;
 use delivery::Target;
+pub use error::StartError;
 use metrics::EventMetrics;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,7 +49,7 @@ pub async fn start(
     metrics: Arc<EventMetrics>,
     drain: Drain,
     stop: watch::Receiver<bool>,
-) -> Result<EventsApi, String> {
+) -> Result<EventsApi, StartError> {
     let service = &settings.document.service;
     let mut api = EventsApi {
         service: service.service_name.as_str().into(),
@@ -54,10 +58,25 @@ pub async fn start(
         drain,
         max_payload: Arc::new(AtomicUsize::new(api::DEFAULT_MAX_PAYLOAD)),
     };
-    let events = &settings.events;
-    if !events.enabled {
+    if !settings.events.enabled {
         return Ok(api);
     }
+    let (js, connected) = connect_relay(settings, api.max_payload.clone()).await?;
+    if !service.events.publish.is_empty() {
+        api.publisher = Some(start_publisher(settings, &js, connected, metrics.clone())?);
+    }
+    start_subscribers(settings, &js, health, metrics, stop)?;
+    Ok(api)
+}
+
+/// The JetStream context over a connection made in the background, the stream created
+/// now if NATS is up (else by the flusher and subscribers later), and the server's
+/// `max_payload` followed into `max_payload`.
+async fn connect_relay(
+    settings: &Settings,
+    max_payload: Arc<AtomicUsize>,
+) -> Result<(jetstream::Context, watch::Receiver<bool>), StartError> {
+    let events = &settings.events;
     let name = format!(
         "streamgate-sidecar {}/{}",
         settings.document.pod.namespace, settings.document.pod.name
@@ -67,7 +86,7 @@ pub async fn start(
     tokio::spawn(track_max_payload(
         js.client().clone(),
         connected.clone(),
-        api.max_payload.clone(),
+        max_payload,
     ));
     if connected.borrow().to_owned()
         || js.client().connection_state() == async_nats::connection::State::Connected
@@ -77,31 +96,52 @@ pub async fn start(
             tracing::warn!(error = %e, "cannot create the stream yet");
         }
     }
+    Ok((js, connected))
+}
 
-    if !service.events.publish.is_empty() {
-        let spool = spool::Spool::open(&events.spool_dir, events.spool_max_bytes, metrics.clone())
-            .map_err(|e| format!("spoolDir: {}: {e}", events.spool_dir.display()))?;
-        let window = publisher::Window::new(events.publish_in_flight);
-        tokio::spawn(flusher::run(
-            js.clone(),
-            connected.clone(),
-            spool.clone(),
-            window.clone(),
-            events.clone(),
-            metrics.clone(),
-        ));
-        api.publisher = Some(Arc::new(publisher::Publisher::new(
-            js.clone(),
-            window,
-            spool,
-            metrics.clone(),
-        )));
-    }
+/// The spool, its flusher, and the publisher the app's events go through.
+fn start_publisher(
+    settings: &Settings,
+    js: &jetstream::Context,
+    connected: watch::Receiver<bool>,
+    metrics: Arc<EventMetrics>,
+) -> Result<Arc<publisher::Publisher>, StartError> {
+    let events = &settings.events;
+    let spool = spool::Spool::open(&events.spool_dir, events.spool_max_bytes, metrics.clone())
+        .map_err(|source| StartError::Spool {
+            dir: events.spool_dir.clone(),
+            source,
+        })?;
+    let window = publisher::Window::new(events.publish_in_flight);
+    tokio::spawn(flusher::run(
+        js.clone(),
+        connected,
+        spool.clone(),
+        window.clone(),
+        events.clone(),
+        metrics.clone(),
+    ));
+    Ok(Arc::new(publisher::Publisher::new(
+        js.clone(),
+        window,
+        spool,
+        metrics,
+    )))
+}
 
+/// One subscriber per subscription, delivering to the app's path for it.
+fn start_subscribers(
+    settings: &Settings,
+    js: &jetstream::Context,
+    health: watch::Receiver<AppHealth>,
+    metrics: Arc<EventMetrics>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let (events, service) = (&settings.events, &settings.document.service);
     let http = crate::http_client()
         .timeout(events.delivery_timeout)
         .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
+        .map_err(StartError::HttpClient)?;
     for subscription in &service.events.subscribe {
         let target = Arc::new(Target {
             service: service.service_name.clone(),
@@ -127,7 +167,7 @@ pub async fn start(
             stop.clone(),
         ));
     }
-    Ok(api)
+    Ok(())
 }
 
 /// Keeps `limit` at the connected server's `max_payload` (servers of a cluster, or one

@@ -6,6 +6,7 @@
 
 use super::connect::ensure_stream;
 use super::delivery::{self, Target};
+use super::error::PullError;
 use crate::backoff::Backoff;
 use crate::config::events::EventSettings;
 use crate::health::thresholds::Health;
@@ -37,7 +38,7 @@ pub async fn run(
         // The stream first: a sidecar that only subscribes may be the first to connect.
         let ensured = match ensure_stream(&js, &settings).await {
             Ok(()) => ensure_consumer(&js, &settings.stream, &name, &target).await,
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         let consumer = match ensured {
             Ok(consumer) => consumer,
@@ -70,7 +71,7 @@ async fn ensure_consumer(
     stream: &str,
     name: &str,
     target: &Target,
-) -> Result<consumer::PullConsumer, String> {
+) -> Result<consumer::PullConsumer, PullError> {
     let config = consumer::pull::Config {
         durable_name: Some(name.to_string()),
         filter_subject: format!("streamgate.{}", target.event_type),
@@ -83,7 +84,7 @@ async fn ensure_consumer(
     };
     js.create_consumer_on_stream(config, stream)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(PullError::Consumer)
 }
 
 /// Pulls batches as long as slots are free and the app is healthy.
@@ -91,17 +92,17 @@ async fn pull_loop(
     consumer: &consumer::PullConsumer,
     target: &Arc<Target>,
     slots: &Arc<Semaphore>,
-) -> Result<(), String> {
+) -> Result<(), PullError> {
     let mut health = target.health.clone();
     loop {
         while health.borrow_and_update().health != Health::Healthy {
             health
                 .changed()
                 .await
-                .map_err(|_| "health checker stopped")?;
+                .map_err(|_| PullError::HealthStopped)?;
         }
         // Wait for one free slot, then ask for as many events as there are free slots.
-        drop(slots.acquire().await.map_err(|e| e.to_string())?);
+        drop(slots.acquire().await.map_err(|_| PullError::SlotsClosed)?);
         let want = slots.available_permits().max(1);
         let mut batch = consumer
             .batch()
@@ -109,14 +110,14 @@ async fn pull_loop(
             .expires(PULL_EXPIRES)
             .messages()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(PullError::Batch)?;
         while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| e.to_string())?;
+            let message = message.map_err(PullError::Receive)?;
             let slot = slots
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| PullError::SlotsClosed)?;
             let target = target.clone();
             tokio::spawn(async move {
                 delivery::deliver(&target, message).await;

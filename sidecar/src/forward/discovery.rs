@@ -28,9 +28,7 @@ const MIN_QUERY_SPACING: Duration = Duration::from_millis(50);
 const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Consul meta keys the sidecar registers (see the consul module).
-const META_NAMESPACE: &str = "k8s-namespace";
-const META_INBOUND: &str = "streamgate-inbound";
+use streamgate_crds::contract::consul::{INBOUND_MTLS, META_INBOUND, META_NAMESPACE};
 
 /// One passing instance of a service: where its sidecar's inbound listener is.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -95,7 +93,7 @@ pub fn parse_health_entries(
             id: service.id,
             addr: SocketAddr::new(ip, service.port),
             namespace: meta.get(META_NAMESPACE).cloned(),
-            mtls: meta.get(META_INBOUND).is_some_and(|v| v == "mtls"),
+            mtls: meta.get(META_INBOUND).is_some_and(|v| v == INBOUND_MTLS),
         });
     }
     endpoints.sort();
@@ -143,7 +141,7 @@ struct Shared {
     token: Option<String>,
     /// Building a client fails only when TLS cannot be set up; then nothing resolves
     /// and every watch says why in the log.
-    http: Result<reqwest::Client, String>,
+    http: Result<reqwest::Client, Arc<reqwest::Error>>,
     /// The sender of each followed service: `watch` subscribes to it, its task ends
     /// (and removes it) when the last receiver is gone.
     watches: Mutex<HashMap<String, Arc<watch::Sender<Resolution>>>>,
@@ -155,7 +153,7 @@ impl Discovery {
         let http = crate::http_client()
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
-            .map_err(|e| format!("Consul HTTP client: {}", crate::error_chain(&e)));
+            .map_err(Arc::new);
         Discovery {
             shared: Arc::new(Shared {
                 base: address.trim_end_matches('/').to_string(),
@@ -215,8 +213,11 @@ impl Shared {
         &self,
         service: &str,
         index: Option<u64>,
-    ) -> Result<(Option<u64>, Vec<u8>), String> {
-        let http = self.http.as_ref().map_err(Clone::clone)?;
+    ) -> Result<(Option<u64>, Vec<u8>), QueryError> {
+        let http = self
+            .http
+            .as_ref()
+            .map_err(|e| QueryError::Client(e.clone()))?;
         let mut url = format!("{}/v1/health/service/{service}?passing=true", self.base);
         let mut timeout = CALL_SLACK;
         if let Some(index) = index {
@@ -228,12 +229,9 @@ impl Shared {
         if let Some(token) = &self.token {
             request = request.header("X-Consul-Token", token);
         }
-        let unreachable = |e: reqwest::Error| {
-            format!(
-                "Consul at {} is unreachable: {}",
-                self.base,
-                crate::error_chain(&e)
-            )
+        let unreachable = |source| QueryError::Unreachable {
+            base: self.base.clone(),
+            source,
         };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
@@ -247,10 +245,30 @@ impl Shared {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)])
                 .trim()
                 .to_string();
-            return Err(format!("Consul answered {status}: {text}"));
+            return Err(QueryError::Status { status, body: text });
         }
         Ok((new_index, body.to_vec()))
     }
+}
+
+/// Why a health query gave no instances (the last known ones are kept).
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("Consul HTTP client: {}", crate::error_chain(&**.0))]
+    Client(Arc<reqwest::Error>),
+    #[error("Consul at {base} is unreachable: {}", crate::error_chain(source))]
+    Unreachable {
+        base: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("Consul answered {status}: {body}")]
+    Status {
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    #[error("Consul's answer is not a health list: {0}")]
+    NotAHealthList(#[source] serde_json::Error),
 }
 
 /// The index for the next blocking query, per Consul's advice on blocking queries:
@@ -284,7 +302,7 @@ async fn follow(shared: Arc<Shared>, service: String, sender: Arc<watch::Sender<
         let parsed = answer.and_then(|(new_index, body)| {
             parse_health_entries(&body)
                 .map(|parsed| (new_index, parsed))
-                .map_err(|e| format!("Consul's answer is not a health list: {e}"))
+                .map_err(QueryError::NotAHealthList)
         });
         let pause = match parsed {
             Ok((new_index, (endpoints, skipped))) => {

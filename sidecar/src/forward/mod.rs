@@ -42,6 +42,15 @@ use crate::config::Settings;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// Why forwarding could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("mTLS identity: {0}")]
+    Identity(#[from] tls::IdentityError),
+    #[error("appHost: cannot resolve {0}")]
+    AppAddress(String),
+}
+
 /// The outbound forwarder (for the app listener) and the inbound listener's handler.
 pub struct Forwarding {
     pub outbound: Arc<outbound::Forwarder>,
@@ -55,9 +64,8 @@ pub struct Forwarding {
 pub async fn start(
     settings: &Settings,
     metrics: Arc<metrics::ForwardMetrics>,
-) -> Result<Forwarding, String> {
-    let store =
-        tls::IdentityStore::open(&settings.mtls_dir).map_err(|e| format!("mTLS identity: {e}"))?;
+) -> Result<Forwarding, StartError> {
+    let store = tls::IdentityStore::open(&settings.mtls_dir)?;
     store.spawn_reload();
     let mtls = store.current().is_some();
     if let Some(identity) = store.current() {
@@ -96,7 +104,7 @@ pub async fn start(
     })
 }
 
-async fn app_address(authority: &str) -> Result<SocketAddr, String> {
+async fn app_address(authority: &str) -> Result<SocketAddr, StartError> {
     if let Ok(addr) = authority.parse() {
         return Ok(addr);
     }
@@ -104,5 +112,5 @@ async fn app_address(authority: &str) -> Result<SocketAddr, String> {
         .await
         .ok()
         .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| format!("appHost: cannot resolve {authority}"))
+        .ok_or_else(|| StartError::AppAddress(authority.to_string()))
 }

@@ -46,7 +46,26 @@ impl Default for PoolLimits {
 #[error("cannot connect to {addr}: {reason}")]
 pub struct DialError {
     pub addr: std::net::SocketAddr,
-    pub reason: String,
+    pub reason: DialFailure,
+}
+
+/// What went wrong while opening a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum DialFailure {
+    #[error("no answer within {0:?}")]
+    ConnectTimeout(std::time::Duration),
+    #[error("{0}")]
+    Connect(std::io::Error),
+    #[error("the instance requires mTLS and this sidecar has no identity mounted")]
+    NoIdentity,
+    #[error("{0} is not a valid TLS name")]
+    InvalidServerName(String),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("HTTP/2 handshake: {0}")]
+    Http2(hyper::Error),
 }
 
 /// Opens connections: plaintext HTTP/2, or mTLS to instances that advertise it.
@@ -65,39 +84,44 @@ impl Dialer {
     }
 
     pub async fn dial(&self, service: &str, endpoint: &Endpoint) -> Result<Sender, DialError> {
-        let failed = |reason: String| DialError {
+        let failed = |reason: DialFailure| DialError {
             addr: endpoint.addr,
             reason,
         };
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint.addr))
             .await
-            .map_err(|_| failed(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|_| failed(DialFailure::ConnectTimeout(CONNECT_TIMEOUT)))?
+            .map_err(|e| failed(DialFailure::Connect(e)))?;
         // gRPC messages are small and latency-bound; never wait for Nagle.
         let _ = tcp.set_nodelay(true);
         if !endpoint.mtls {
-            return handshake(tcp).await.map_err(failed);
+            return handshake(tcp)
+                .await
+                .map_err(|e| failed(DialFailure::Http2(e)));
         }
         let identity = self
             .identity
             .as_ref()
             .and_then(|s| s.current())
-            .ok_or_else(|| {
-                failed("the instance requires mTLS and this sidecar has no identity mounted".into())
-            })?;
+            .ok_or_else(|| failed(DialFailure::NoIdentity))?;
         let namespace = endpoint.namespace.as_deref().unwrap_or(&self.namespace);
-        let name = tls::server_name(service, namespace)
-            .ok_or_else(|| failed(format!("{service}.{namespace} is not a valid TLS name")))?;
+        let name = tls::server_name(service, namespace).ok_or_else(|| {
+            failed(DialFailure::InvalidServerName(format!(
+                "{service}.{namespace}"
+            )))
+        })?;
         let connector = tokio_rustls::TlsConnector::from(identity.client.clone());
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
             .await
-            .map_err(|_| failed("TLS handshake timed out".into()))?
-            .map_err(|e| failed(format!("TLS handshake: {e}")))?;
-        handshake(stream).await.map_err(failed)
+            .map_err(|_| failed(DialFailure::TlsTimeout))?
+            .map_err(|e| failed(DialFailure::Tls(e)))?;
+        handshake(stream)
+            .await
+            .map_err(|e| failed(DialFailure::Http2(e)))
     }
 }
 
-async fn handshake<IO>(io: IO) -> Result<Sender, String>
+async fn handshake<IO>(io: IO) -> Result<Sender, hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -106,8 +130,7 @@ where
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        .await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "upstream connection closed");

@@ -17,13 +17,16 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Where the operator mounts the workload certificate.
-pub const DEFAULT_DIR: &str = "/etc/streamgate/mtls";
-/// Consul meta key an instance sets when its inbound listener requires mTLS.
-pub const INBOUND_META: &str = "streamgate-inbound";
-/// The value of [`INBOUND_META`] for an mTLS inbound listener.
-pub const INBOUND_MTLS: &str = "mtls";
-const SPIFFE_PREFIX: &str = "spiffe://streamgate/ns/";
+use streamgate_crds::contract::identity;
+
+/// A mounted identity file that cannot be used, and why (parse and rustls errors have
+/// no common type; the reason is their message).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct IdentityError {
+    pub path: std::path::PathBuf,
+    pub reason: String,
+}
 
 /// This sidecar's certificate, key and CA, ready as rustls configurations.
 pub struct Identity {
@@ -43,12 +46,15 @@ impl std::fmt::Debug for Identity {
 
 /// Loads the identity from `dir`; `Ok(None)` when the directory holds no certificate
 /// (mTLS off), an error naming the file when it holds a broken one.
-pub fn load(dir: &Path) -> Result<Option<Identity>, String> {
+pub fn load(dir: &Path) -> Result<Option<Identity>, IdentityError> {
     let (ca, cert, key) = (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"));
     if !cert.exists() {
         return Ok(None);
     }
-    let named = |path: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let named = |path: &Path, e: &dyn std::fmt::Display| IdentityError {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&ca)
         .and_then(|certs| certs.collect())
         .map_err(|e| named(&ca, &e))?;
@@ -78,7 +84,7 @@ pub fn load(dir: &Path) -> Result<Option<Identity>, String> {
         .map_err(|e| named(&ca, &e))?;
     let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| named(&key, &e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), private_key.clone_key())
         .map_err(|e| named(&key, &e))?;
@@ -86,7 +92,7 @@ pub fn load(dir: &Path) -> Result<Option<Identity>, String> {
 
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| named(&key, &e))?
         .with_root_certificates(store)
         .with_client_auth_cert(chain, private_key)
         .map_err(|e| named(&key, &e))?;
@@ -116,7 +122,7 @@ const RELOAD_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl IdentityStore {
     /// Loads the identity from `dir` (`Ok` with none when no certificate is mounted).
-    pub fn open(dir: &Path) -> Result<Arc<Self>, String> {
+    pub fn open(dir: &Path) -> Result<Arc<Self>, IdentityError> {
         let store = Arc::new(IdentityStore {
             dir: dir.to_path_buf(),
             current: std::sync::RwLock::new(None),
@@ -135,7 +141,7 @@ impl IdentityStore {
 
     /// Reads the files again if the certificate changed; a broken new set keeps the
     /// old identity (and is reported), so a half-written update never drops mTLS.
-    fn reload(&self) -> Result<bool, String> {
+    fn reload(&self) -> Result<bool, IdentityError> {
         let cert = std::fs::read(self.dir.join("tls.crt")).unwrap_or_default();
         let mut loaded = self
             .loaded
@@ -174,7 +180,7 @@ impl IdentityStore {
 
 /// The server name a caller checks: `<service>.<namespace>.streamgate`.
 pub fn server_name(service: &str, namespace: &str) -> Option<ServerName<'static>> {
-    ServerName::try_from(format!("{service}.{namespace}.streamgate")).ok()
+    ServerName::try_from(identity::server_name(namespace, service)).ok()
 }
 
 /// The service named by the certificate's `spiffe://streamgate/ns/<ns>/svc/<service>` URI.
@@ -189,9 +195,8 @@ pub fn spiffe_service(cert: &CertificateDer<'_>) -> Option<String> {
 }
 
 fn service_from_uri(uri: &str) -> Option<String> {
-    let rest = uri.strip_prefix(SPIFFE_PREFIX)?;
-    let (_namespace, service) = rest.split_once("/svc/")?;
-    (!service.is_empty() && !service.contains('/')).then(|| service.to_string())
+    let (_namespace, service) = identity::parse_spiffe_id(uri)?;
+    Some(service.to_string())
 }
 
 #[cfg(test)]
@@ -270,10 +275,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("tls.crt"), "not a certificate").unwrap();
         let error = load(&dir).unwrap_err();
-        assert!(
-            error.contains("ca.crt") || error.contains("tls.crt"),
-            "{error}"
-        );
+        let file = error.path.file_name().and_then(|f| f.to_str());
+        assert!(matches!(file, Some("ca.crt" | "tls.crt")), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

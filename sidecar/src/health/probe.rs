@@ -43,9 +43,18 @@ pub enum Probe {
     },
 }
 
+/// Why a probe could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("HTTP client: {}", crate::error_chain(.0))]
+    HttpClient(#[source] reqwest::Error),
+    #[error("gRPC endpoint: {0}")]
+    GrpcEndpoint(#[source] tonic::transport::Error),
+}
+
 impl Probe {
     /// Builds the probe; needs a running Tokio runtime (the gRPC channel's worker).
-    pub fn new(settings: &HealthSettings) -> Result<Probe, String> {
+    pub fn new(settings: &HealthSettings) -> Result<Probe, ProbeError> {
         let target = settings.authority();
         match settings.kind {
             HealthCheckType::Http => {
@@ -56,13 +65,13 @@ impl Probe {
                     .redirect(reqwest::redirect::Policy::none())
                     .pool_max_idle_per_host(1)
                     .build()
-                    .map_err(|e| format!("HTTP client: {e}"))?;
+                    .map_err(ProbeError::HttpClient)?;
                 let url = format!("http://{target}{}", settings.path);
                 Ok(Probe::Http { client, url })
             }
             HealthCheckType::Grpc => {
                 let channel = Endpoint::from_shared(format!("http://{target}"))
-                    .map_err(|e| format!("gRPC endpoint: {e}"))?
+                    .map_err(ProbeError::GrpcEndpoint)?
                     .connect_timeout(settings.timeout)
                     .timeout(settings.timeout)
                     .connect_lazy();

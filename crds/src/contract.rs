@@ -1,0 +1,101 @@
+//! The contract between the operator and the sidecar that is not part of the sidecar's
+//! configuration document: how an instance is named and labelled in Consul, how a
+//! workload's identity is spelled in its certificate, and where the operator mounts what
+//! the sidecar reads. Both sides use these items and nothing else, so a change here is a
+//! change of both (and of the seed-compatible names DESIGN.md fixes).
+
+/// Consul: the instance a sidecar registers for its pod, and the meta keys the operator's
+/// sweep and the callers' discovery read back.
+pub mod consul {
+    /// Meta key marking instances a StreamGate sidecar registered (the operator's sweep
+    /// only ever removes these).
+    pub const META_MANAGED_BY: &str = "managed-by";
+    /// The value of [`META_MANAGED_BY`].
+    pub const MANAGED_BY_STREAMGATE: &str = "streamgate";
+    /// Meta key: the pod's namespace.
+    pub const META_NAMESPACE: &str = "k8s-namespace";
+    /// Meta key: the pod's name.
+    pub const META_POD: &str = "k8s-pod";
+    /// Meta key: the pod's UID (a recreated pod with the same name is another instance).
+    pub const META_POD_UID: &str = "k8s-pod-uid";
+    /// Meta key an instance sets when its inbound listener requires mTLS.
+    pub const META_INBOUND: &str = "streamgate-inbound";
+    /// The value of [`META_INBOUND`] for an mTLS inbound listener.
+    pub const INBOUND_MTLS: &str = "mtls";
+
+    /// `<serviceName>-<namespace>-<podName>`: unique per pod (pod names are unique in a
+    /// namespace), stable across sidecar restarts in the same pod so a restart replaces
+    /// rather than duplicates, and readable in the Consul UI.
+    pub fn instance_id(service: &str, namespace: &str, pod: &str) -> String {
+        format!("{service}-{namespace}-{pod}")
+    }
+
+    /// The ID of the TTL check the sidecar keeps for an instance (Consul's own
+    /// convention for a service's check).
+    pub fn check_id(instance_id: &str) -> String {
+        format!("service:{instance_id}")
+    }
+}
+
+/// Workload identity: the names a service's certificate carries.
+pub mod identity {
+    const TRUST_DOMAIN: &str = "streamgate";
+
+    /// The DNS name a caller checks as the server name: `<service>.<namespace>.streamgate`.
+    pub fn server_name(namespace: &str, service: &str) -> String {
+        format!("{service}.{namespace}.{TRUST_DOMAIN}")
+    }
+
+    /// The SPIFFE ID a server reads as the caller's identity:
+    /// `spiffe://streamgate/ns/<namespace>/svc/<service>`.
+    pub fn spiffe_id(namespace: &str, service: &str) -> String {
+        format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/svc/{service}")
+    }
+
+    /// The (namespace, service) a SPIFFE ID names, if it is one of ours.
+    pub fn parse_spiffe_id(uri: &str) -> Option<(&str, &str)> {
+        let rest = uri.strip_prefix("spiffe://")?.strip_prefix(TRUST_DOMAIN)?;
+        let (namespace, service) = rest.strip_prefix("/ns/")?.split_once("/svc/")?;
+        let valid = |s: &str| !s.is_empty() && !s.contains('/');
+        (valid(namespace) && valid(service)).then_some((namespace, service))
+    }
+}
+
+/// Where the operator mounts what the sidecar reads, and the sidecar's defaults.
+pub mod mounts {
+    /// The workload certificate's Secret (`ca.crt`, `tls.crt`, `tls.key`).
+    pub const MTLS_DIR: &str = "/etc/streamgate/mtls";
+    /// The NATS credentials Secret, when the service has one.
+    pub const NATS_CREDS_DIR: &str = "/etc/streamgate/nats";
+    /// The event spool's volume.
+    pub const SPOOL_DIR: &str = "/var/lib/streamgate/spool";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spiffe_id_round_trips_and_foreign_ones_are_refused() {
+        let id = identity::spiffe_id("media", "upload");
+        assert_eq!(id, "spiffe://streamgate/ns/media/svc/upload");
+        assert_eq!(identity::parse_spiffe_id(&id), Some(("media", "upload")));
+        for foreign in [
+            "spiffe://cluster.local/ns/media/sa/upload",
+            "spiffe://streamgatex/ns/media/svc/upload",
+            "spiffe://streamgate/ns//svc/upload",
+            "spiffe://streamgate/ns/media/svc/",
+            "spiffe://streamgate/ns/media/svc/a/b",
+            "https://streamgate/ns/media/svc/upload",
+        ] {
+            assert_eq!(identity::parse_spiffe_id(foreign), None, "{foreign}");
+        }
+    }
+
+    #[test]
+    fn instance_and_check_ids_are_the_seed_compatible_ones() {
+        let id = consul::instance_id("upload", "media", "upload-7d9f-x2");
+        assert_eq!(id, "upload-media-upload-7d9f-x2");
+        assert_eq!(consul::check_id(&id), "service:upload-media-upload-7d9f-x2");
+    }
+}

@@ -1,0 +1,79 @@
+//! The event relay's errors: what stops it from starting (naming the configuration
+//! field), and what makes a subscription start over (retried with backoff).
+
+use async_nats::jetstream::consumer::pull::BatchError;
+use async_nats::jetstream::context::{CreateStreamError, PublishError};
+use async_nats::jetstream::stream::ConsumerError;
+use std::path::PathBuf;
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("nats.credentialsDir: {} is not a directory", .0.display())]
+    CredentialsNotADirectory(PathBuf),
+    #[error("nats.credentialsDir: {}: {source}", path.display())]
+    CredentialsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nats.url: {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("spoolDir: {}: {source}", dir.display())]
+    Spool {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP client for deliveries: {}", crate::error_chain(.0))]
+    HttpClient(#[source] reqwest::Error),
+}
+
+/// Why the stream could not be created or updated (retried by its callers).
+#[derive(Debug, thiserror::Error)]
+#[error("stream {stream}: {source}")]
+pub struct StreamError {
+    pub stream: String,
+    #[source]
+    pub source: CreateStreamError,
+}
+
+/// Why a subscription stopped pulling; it starts over after a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("consumer: {0}")]
+    Consumer(#[source] ConsumerError),
+    #[error("the health checker stopped")]
+    HealthStopped,
+    #[error("pull request: {0}")]
+    Batch(#[source] BatchError),
+    /// async-nats reports a broken batch as a boxed error.
+    #[error("receiving a batch: {0}")]
+    Receive(async_nats::Error),
+    #[error("the delivery slots were closed")]
+    SlotsClosed,
+}
+
+/// Why an event could not be handed to the app (it is redelivered, then dead-lettered).
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("{}", crate::error_chain(.0))]
+    Request(#[source] reqwest::Error),
+    #[error("the app answered {status}: {body}")]
+    Refused {
+        status: reqwest::StatusCode,
+        /// The start of the app's answer, for the log and the dead letter.
+        body: String,
+    },
+}
+
+/// Why a dead letter could not be published.
+#[derive(Debug, thiserror::Error)]
+#[error("dead-letter publish: {0}")]
+pub struct DeadLetterError(#[source] pub PublishError);
