@@ -36,17 +36,36 @@ pub async fn run(settings: Settings) -> u8 {
 
 async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, StartError> {
     let mut signals = Signals::listen().map_err(StartError::Signals)?;
+    let running = start(&settings, drain).await?;
+    let signal = signals.next().await;
+    tracing::info!(signal, drain_timeout = ?settings.drain_timeout, "shutting down");
+    Ok(running.stop(&mut signals, settings.drain_timeout).await)
+}
+
+/// What runs once the sidecar has started, and what its shutdown needs.
+struct Running {
+    readiness: Arc<Readiness>,
+    registrar: Arc<Registrar>,
+    /// The registration's maintenance task, which ends once `stop` turns true.
+    maintain: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    drain: Drain,
+}
+
+/// Starts every part in order: admin server, health checker, event relay, forwarding
+/// and its listeners, then the Consul registration (the last, so callers find an
+/// instance only once it can answer).
+async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::new(metrics.clone()));
-    let mut instance = Instance::from_settings(&settings);
-
+    let mut instance = Instance::from_settings(settings);
     let listener = admin::bind(settings.listen.admin)
         .await
         .map_err(listen_error("listen.admin", settings.listen.admin))?;
     let admin_state = AdminState {
         readiness: readiness.clone(),
         metrics: metrics.clone(),
-        config_json: effective_config(&settings, &instance).into(),
+        config_json: effective_config(settings, &instance).into(),
     };
     tokio::spawn(admin::serve(listener, admin_state));
 
@@ -62,31 +81,21 @@ async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, StartErr
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let events = crate::events::start(
-        &settings,
+        settings,
         health_rx.clone(),
         metrics.events.clone(),
         drain.clone(),
         stop_rx.clone(),
     )
     .await?;
-    let forwarding = crate::forward::start(&settings, metrics.forward.clone()).await?;
+    let forwarding = crate::forward::start(settings, metrics.forward.clone()).await?;
     if forwarding.mtls {
         instance.meta.insert(
             streamgate_crds::contract::consul::META_INBOUND.to_string(),
             streamgate_crds::contract::consul::INBOUND_MTLS.to_string(),
         );
     }
-    let inbound_listener = TcpListener::bind(settings.listen.inbound)
-        .await
-        .map_err(listen_error("listen.inbound", settings.listen.inbound))?;
-    tokio::spawn(forwarding.inbound.clone().serve(inbound_listener));
-    let app_listener = app_listener::bind(settings.listen.app)
-        .await
-        .map_err(listen_error("listen.app", settings.listen.app))?;
-    tokio::spawn(app_listener::serve(
-        app_listener,
-        app_listener::router(events, forwarding.outbound.clone()),
-    ));
+    serve_listeners(settings, &forwarding, events).await?;
 
     let client =
         ConsulClient::new(&settings.consul, metrics.clone()).map_err(StartError::ConsulClient)?;
@@ -106,29 +115,61 @@ async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, StartErr
         admin = %settings.listen.admin,
         "sidecar started"
     );
+    Ok(Running {
+        readiness,
+        registrar,
+        maintain,
+        stop: stop_tx,
+        drain,
+    })
+}
 
-    let signal = signals.next().await;
-    tracing::info!(signal, drain_timeout = ?settings.drain_timeout, "shutting down");
-    readiness.start_draining();
-    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-    let graceful = async {
-        let _ = stop_tx.send(true);
-        let _ = maintain.await;
-        registrar.leave().await;
-        drain.idle().await;
-    };
-    tokio::select! {
-        _ = graceful => {
-            tracing::info!("shutdown complete");
-            Ok(0)
-        }
-        signal = signals.next() => {
-            tracing::warn!(signal, in_flight = drain.active(), "second signal: exiting now");
-            Ok(EXIT_FAILURE)
-        }
-        _ = tokio::time::sleep_until(deadline) => {
-            tracing::warn!(in_flight = drain.active(), "drainTimeout reached: exiting now");
-            Ok(EXIT_FAILURE)
+/// The inbound listener (other sidecars' calls) and the app-facing one (the app's calls
+/// and events).
+async fn serve_listeners(
+    settings: &Settings,
+    forwarding: &crate::forward::Forwarding,
+    events: crate::events::api::EventsApi,
+) -> Result<(), StartError> {
+    let inbound_listener = TcpListener::bind(settings.listen.inbound)
+        .await
+        .map_err(listen_error("listen.inbound", settings.listen.inbound))?;
+    tokio::spawn(forwarding.inbound.clone().serve(inbound_listener));
+    let app_listener = app_listener::bind(settings.listen.app)
+        .await
+        .map_err(listen_error("listen.app", settings.listen.app))?;
+    tokio::spawn(app_listener::serve(
+        app_listener,
+        app_listener::router(events, forwarding.outbound.clone()),
+    ));
+    Ok(())
+}
+
+impl Running {
+    /// The drain sequence; the exit code says whether it completed in time.
+    async fn stop(self, signals: &mut Signals, drain_timeout: std::time::Duration) -> u8 {
+        self.readiness.start_draining();
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        let drain = self.drain.clone();
+        let graceful = async {
+            let _ = self.stop.send(true);
+            let _ = self.maintain.await;
+            self.registrar.leave().await;
+            drain.idle().await;
+        };
+        tokio::select! {
+            _ = graceful => {
+                tracing::info!("shutdown complete");
+                0
+            }
+            signal = signals.next() => {
+                tracing::warn!(signal, in_flight = drain.active(), "second signal: exiting now");
+                EXIT_FAILURE
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(in_flight = drain.active(), "drainTimeout reached: exiting now");
+                EXIT_FAILURE
+            }
         }
     }
 }

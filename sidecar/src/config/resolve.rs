@@ -20,7 +20,33 @@ pub fn resolve(mut doc: SidecarConfig, env: EnvLookup<'_>) -> Result<Settings, F
         return Err(FieldError::new("service.serviceName", "is required"));
     }
     doc.service.validate()?;
+    let pod_ip = resolve_pod(&mut doc, env)?;
+    check_host("appHost", &doc.app_host)?;
+    let listen = resolve_listen(&mut doc, pod_ip)?;
+    let consul = resolve_consul(&mut doc, env)?;
+    check_nats_url(doc.nats.url.as_deref())?;
+    if doc.drain_timeout.as_duration() > Duration::from_secs(3600) {
+        return Err(FieldError::new(
+            "drainTimeout",
+            format!("{} is longer than 1h", doc.drain_timeout),
+        ));
+    }
+    let events = super::events::resolve(&mut doc, env)?;
+    Ok(Settings {
+        pod_ip,
+        listen,
+        consul,
+        health: health_settings(&doc),
+        events,
+        drain_timeout: doc.drain_timeout.as_duration(),
+        log_level: doc.log_level,
+        mtls_dir: streamgate_crds::contract::mounts::MTLS_DIR.into(),
+        document: doc,
+    })
+}
 
+/// The pod's IP, name and namespace, defaulted for a sidecar run by hand; the IP parsed.
+fn resolve_pod(doc: &mut SidecarConfig, env: EnvLookup<'_>) -> Result<IpAddr, FieldError> {
     if doc.pod.ip.is_empty() {
         doc.pod.ip = DEFAULT_POD_IP.to_string();
     }
@@ -39,15 +65,15 @@ pub fn resolve(mut doc: SidecarConfig, env: EnvLookup<'_>) -> Result<Settings, F
         doc.pod.namespace = "default".into();
     }
     check_name("pod.namespace", &doc.pod.namespace)?;
-    check_host("appHost", &doc.app_host)?;
+    Ok(pod_ip)
+}
 
+/// The three listeners: the app's on loopback, inbound and admin on the pod IP, each on
+/// its own address.
+fn resolve_listen(doc: &mut SidecarConfig, pod_ip: IpAddr) -> Result<Listen, FieldError> {
+    let loopback = IpAddr::from([127, 0, 0, 1]);
     let listen = Listen {
-        app: listen_addr(
-            "listen.app",
-            &mut doc.listen.app,
-            IpAddr::from([127, 0, 0, 1]),
-            APP_PORT,
-        )?,
+        app: listen_addr("listen.app", &mut doc.listen.app, loopback, APP_PORT)?,
         inbound: listen_addr(
             "listen.inbound",
             &mut doc.listen.inbound,
@@ -68,34 +94,43 @@ pub fn resolve(mut doc: SidecarConfig, env: EnvLookup<'_>) -> Result<Settings, F
             format!("{} is already used by listen.app", listen.inbound),
         ));
     }
+    Ok(listen)
+}
 
+fn resolve_consul(
+    doc: &mut SidecarConfig,
+    env: EnvLookup<'_>,
+) -> Result<ConsulSettings, FieldError> {
     let address = consul_address(doc.consul.address.as_deref(), env)?;
     doc.consul.address = Some(address.clone());
-    let token = consul_token(doc.consul.token_file.as_deref(), env)?;
-    let deregister_critical_after = at_least(
-        "consul.deregisterCriticalAfter",
-        doc.consul.deregister_critical_after,
-        Duration::from_secs(1),
-    )?;
-    if let Some(url) = doc.nats.url.as_deref().filter(|u| !u.is_empty()) {
-        let schemes = ["nats://", "tls://", "ws://", "wss://"];
-        if !schemes.iter().any(|s| url.starts_with(s)) || url.len() <= 7 {
-            return Err(FieldError::new(
-                "nats.url",
-                format!("{url:?} is not a nats://, tls://, ws:// or wss:// URL"),
-            ));
-        }
-    }
-    if doc.drain_timeout.as_duration() > Duration::from_secs(3600) {
+    Ok(ConsulSettings {
+        address,
+        token: consul_token(doc.consul.token_file.as_deref(), env)?,
+        deregister_critical_after: at_least(
+            "consul.deregisterCriticalAfter",
+            doc.consul.deregister_critical_after,
+            Duration::from_secs(1),
+        )?,
+    })
+}
+
+fn check_nats_url(url: Option<&str>) -> Result<(), FieldError> {
+    let Some(url) = url.filter(|u| !u.is_empty()) else {
+        return Ok(());
+    };
+    let schemes = ["nats://", "tls://", "ws://", "wss://"];
+    if !schemes.iter().any(|s| url.starts_with(s)) || url.len() <= 7 {
         return Err(FieldError::new(
-            "drainTimeout",
-            format!("{} is longer than 1h", doc.drain_timeout),
+            "nats.url",
+            format!("{url:?} is not a nats://, tls://, ws:// or wss:// URL"),
         ));
     }
+    Ok(())
+}
 
-    let events = super::events::resolve(&mut doc, env)?;
+fn health_settings(doc: &SidecarConfig) -> HealthSettings {
     let h = &doc.service.health;
-    let health = HealthSettings {
+    HealthSettings {
         kind: h.kind,
         host: doc.app_host.clone(),
         // validate() checked both ports are in 1..=65535.
@@ -105,22 +140,7 @@ pub fn resolve(mut doc: SidecarConfig, env: EnvLookup<'_>) -> Result<Settings, F
         timeout: Duration::from_secs(h.timeout_seconds.unsigned_abs().into()),
         failure_threshold: h.failure_threshold.unsigned_abs(),
         success_threshold: h.success_threshold.unsigned_abs(),
-    };
-    Ok(Settings {
-        pod_ip,
-        listen,
-        consul: ConsulSettings {
-            address,
-            token,
-            deregister_critical_after,
-        },
-        health,
-        events,
-        drain_timeout: doc.drain_timeout.as_duration(),
-        log_level: doc.log_level,
-        mtls_dir: streamgate_crds::contract::mounts::MTLS_DIR.into(),
-        document: doc,
-    })
+    }
 }
 
 /// Kubernetes object names and namespaces: what Consul IDs and meta can carry as is.

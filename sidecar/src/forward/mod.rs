@@ -12,6 +12,8 @@
 //! - [`pool`]: persistent HTTP/2 connections per instance, plaintext or mTLS ([`tls`]);
 //! - [`upstream`]: one service's settings, instances and the choice of one;
 //! - [`body`]: the request copy kept for retries and the watched response stream;
+//! - [`outcome`]: the one place a call's status (metrics) and an attempt's verdict on
+//!   its instance (breaker) are observed, each exactly once;
 //! - [`outbound`]: the app's calls, through all of the above; [`inbound`]: other
 //!   sidecars' calls to this app, with the caller's identity and `allowedCallers`;
 //! - [`metrics`] and [`status`]: per-upstream metrics, and the answers the sidecar
@@ -31,6 +33,7 @@ pub mod discovery;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod outcome;
 pub mod pool;
 pub mod retry;
 pub mod status;

@@ -11,11 +11,11 @@
 //! the body copy, the retry budget and the deadline allow.
 
 use super::body::{Observed, Replay};
-use super::breaker::Admission;
 use super::deadline::{effective_timeout, format_grpc_timeout, parse_grpc_timeout};
 use super::discovery::Discovery;
 use super::metrics::ForwardMetrics;
-use super::pool::{Dialer, PoolLimits};
+use super::outcome::{AttemptOutcome, CallOutcome};
+use super::pool::{Dialer, Lease, PoolLimits};
 use super::retry::MAX_RETRY_BODY;
 use super::status::{grpc_error, grpc_status};
 use super::target::{SERVICE_METADATA, target_service};
@@ -196,7 +196,10 @@ impl Forwarder {
             .await
         {
             Ok(instances) => instances,
-            Err(reason) => return self.unavailable(&upstream, reason),
+            Err(reason) => {
+                let call = CallOutcome::new(upstream.clone());
+                return answer(call, Code::Unavailable, unavailable(&upstream, reason));
+            }
         };
         let head = RequestHead::new(parts, &service, &self.own_service);
         let call = Call {
@@ -207,23 +210,6 @@ impl Forwarder {
             deadline,
         };
         call.run(body).await
-    }
-
-    fn unavailable(&self, upstream: &Upstream, reason: NoInstance) -> Response<Body> {
-        let name = &upstream.name;
-        let message = match reason {
-            NoInstance::NonePassing => {
-                format!("unknown service {name}: no passing instance of it in Consul")
-            }
-            NoInstance::AllEjected(n) => {
-                format!("service {name}: all {n} instances are ejected by the circuit breaker")
-            }
-            NoInstance::NotResolved => {
-                format!("service {name}: Consul has not answered about its instances yet")
-            }
-        };
-        upstream.metrics.finished(Code::Unavailable);
-        grpc_error(Code::Unavailable, &message)
     }
 }
 
@@ -298,7 +284,7 @@ struct Call<'a> {
 /// How one attempt ended.
 enum Attempt {
     /// A response whose body (and final status) is still to come.
-    Streaming(Response<Body>),
+    Streaming(Streaming),
     /// A trailers-only answer: the call's status is known already.
     Status(Code, Response<Body>),
     /// Nothing was sent: the connection could not be opened.
@@ -312,10 +298,38 @@ enum Attempt {
     TimedOut,
 }
 
+/// A response being relayed: its end is the call's and the attempt's outcome.
+struct Streaming {
+    response: Response<hyper::body::Incoming>,
+    /// Held until the body ends: the stream's slot on the connection.
+    lease: Lease,
+    attempt: AttemptOutcome,
+}
+
+impl Streaming {
+    /// The response relayed to the app, watched for its final status.
+    fn observed(self, call: CallOutcome, deadline: Deadline) -> Response<Body> {
+        let Streaming {
+            response,
+            lease,
+            attempt,
+        } = self;
+        let on_end = Box::new(move |code: Code| {
+            drop(lease);
+            call.finish(code);
+            attempt.answered(code);
+        });
+        let (parts, incoming) = response.into_parts();
+        let body = Observed::new(Body::new(incoming), None, Some(deadline), on_end);
+        Response::from_parts(parts, Body::new(body))
+    }
+}
+
 impl Call<'_> {
     async fn run(self, body: Body) -> Response<Body> {
         let upstream = self.upstream;
         let policy = &upstream.settings.retry;
+        let call = CallOutcome::new(upstream.clone());
         upstream.budget.deposit(Instant::now());
         // Kept for every call, not only those with retries configured: a request the
         // instance refused unprocessed (an instance shutting down sends GOAWAY, an
@@ -328,20 +342,22 @@ impl Call<'_> {
             attempts += 1;
             let (index, admission) = match upstream.pick(self.instances, &tried, Instant::now()) {
                 Ok(chosen) => chosen,
-                Err(reason) => return self.forwarder.unavailable(upstream, reason),
+                Err(reason) => {
+                    return answer(call, Code::Unavailable, unavailable(upstream, reason));
+                }
             };
             tried.push(index);
-            let outcome = self
-                .attempt(&self.instances[index], admission, || replay.attempt())
-                .await;
+            let instance = &self.instances[index];
+            let observed = AttemptOutcome::new(upstream.clone(), instance.clone(), admission);
+            let outcome = self.attempt(instance, observed, || replay.attempt()).await;
             // What a retry would answer if it is not made.
             let (code, last, nothing_sent) = match outcome {
-                Attempt::Streaming(response) => return response,
+                Attempt::Streaming(streaming) => return streaming.observed(call, self.deadline),
                 Attempt::Status(code, response) if policy.retries(code) => {
                     (code, Ok(response), false)
                 }
                 Attempt::Status(code, response) => {
-                    upstream.metrics.finished(code);
+                    call.finish(code);
                     return response;
                 }
                 Attempt::NotSent(reason) | Attempt::Refused(reason) => {
@@ -349,10 +365,8 @@ impl Call<'_> {
                 }
                 Attempt::Failed(reason) => (Code::Unavailable, Err(reason), false),
                 Attempt::TimedOut => {
-                    upstream.metrics.finished(Code::DeadlineExceeded);
-                    let name = &upstream.name;
-                    let message = format!("{name}: no response before the deadline");
-                    return grpc_error(Code::DeadlineExceeded, &message);
+                    let message = format!("{}: no response before the deadline", upstream.name);
+                    return answer(call, Code::DeadlineExceeded, message);
                 }
             };
             // Nothing the instance processed (no connection, or a refused stream): always
@@ -370,10 +384,12 @@ impl Call<'_> {
                 && Deadline::now() + delay < self.deadline
                 && upstream.budget.try_withdraw(Instant::now());
             if !may_retry {
-                upstream.metrics.finished(code);
                 return match last {
-                    Ok(response) => response,
-                    Err(reason) => grpc_error(code, &format!("{}: {reason}", upstream.name)),
+                    Ok(response) => {
+                        call.finish(code);
+                        response
+                    }
+                    Err(reason) => answer(call, code, format!("{}: {reason}", upstream.name)),
                 };
             }
             upstream.metrics.retries.inc();
@@ -382,10 +398,12 @@ impl Call<'_> {
         }
     }
 
+    /// One attempt on `instance`; `observed` is told how the instance did (or dropped,
+    /// when the attempt says nothing about it).
     async fn attempt(
         &self,
         instance: &Arc<Instance>,
-        admission: Admission,
+        observed: AttemptOutcome,
         body: impl FnOnce() -> Body,
     ) -> Attempt {
         let upstream = self.upstream;
@@ -400,7 +418,7 @@ impl Call<'_> {
         let lease = match leased {
             Err(_) => return Attempt::TimedOut,
             Ok(Err(e)) => {
-                record(upstream, instance, false);
+                observed.instance_failed();
                 return Attempt::NotSent(e.to_string());
             }
             Ok(Ok(lease)) => lease,
@@ -413,11 +431,11 @@ impl Call<'_> {
         let sent = tokio::time::timeout_at(self.deadline, sender.send_request(request)).await;
         let response = match sent {
             Err(_) => {
-                record(upstream, instance, false);
+                observed.instance_failed();
                 return Attempt::TimedOut;
             }
             Ok(Err(e)) => {
-                record(upstream, instance, false);
+                observed.instance_failed();
                 let reason = crate::error_chain(&e);
                 return if never_processed(&e) {
                     Attempt::Refused(reason)
@@ -430,28 +448,38 @@ impl Call<'_> {
         let took = started.elapsed();
         pending.complete(took, Instant::now());
         upstream.metrics.observe_latency(took);
-
-        let (parts, incoming) = response.into_parts();
-        if let Some(code) = grpc_status(&parts.headers) {
-            record(upstream, instance, !is_instance_failure(code));
+        if let Some(code) = grpc_status(response.headers()) {
+            observed.answered(code);
+            let (parts, incoming) = response.into_parts();
             return Attempt::Status(code, Response::from_parts(parts, Body::new(incoming)));
         }
-        let on_end = {
-            let instance = instance.clone();
-            let upstream = upstream.clone();
-            Box::new(move |code: Code| {
-                // The stream's slot on the connection is free once the body is done.
-                drop(lease);
-                upstream.metrics.finished(code);
-                if code != Code::Cancelled {
-                    record(&upstream, &instance, !is_instance_failure(code));
-                } else if let (Some(breaker), Admission::Probe) = (&instance.breaker, admission) {
-                    breaker.release_probe();
-                }
-            })
-        };
-        let body = Observed::new(Body::new(incoming), None, Some(self.deadline), on_end);
-        Attempt::Streaming(Response::from_parts(parts, Body::new(body)))
+        Attempt::Streaming(Streaming {
+            response,
+            lease,
+            attempt: observed,
+        })
+    }
+}
+
+/// Ends the call with a status the sidecar makes itself.
+fn answer(call: CallOutcome, code: Code, message: impl AsRef<str>) -> Response<Body> {
+    call.finish(code);
+    grpc_error(code, message.as_ref())
+}
+
+/// Why no instance can take the call, for the app to read.
+fn unavailable(upstream: &Upstream, reason: NoInstance) -> String {
+    let name = &upstream.name;
+    match reason {
+        NoInstance::NonePassing => {
+            format!("unknown service {name}: no passing instance of it in Consul")
+        }
+        NoInstance::AllEjected(n) => {
+            format!("service {name}: all {n} instances are ejected by the circuit breaker")
+        }
+        NoInstance::NotResolved => {
+            format!("service {name}: Consul has not answered about its instances yet")
+        }
     }
 }
 
@@ -477,27 +505,6 @@ fn never_processed(error: &hyper::Error) -> bool {
         source = e.source();
     }
     false
-}
-
-/// Statuses that say the instance (not the request) is in trouble.
-fn is_instance_failure(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::Internal | Code::Unknown)
-}
-
-/// Tells the instance's breaker how a call went, counting an ejection it causes.
-fn record(upstream: &Upstream, instance: &Instance, success: bool) {
-    if let Some(breaker) = &instance.breaker {
-        let before = breaker.ejections();
-        breaker.record(success, Instant::now());
-        if breaker.ejections() > before {
-            upstream.metrics.ejections.inc();
-            tracing::warn!(
-                upstream = %upstream.name,
-                instance = %instance.endpoint.id,
-                "instance ejected by the circuit breaker"
-            );
-        }
-    }
 }
 
 #[cfg(test)]
