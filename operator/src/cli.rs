@@ -133,17 +133,17 @@ pub struct SidecarArgs {
     #[arg(long, env = "STREAMGATE_NATS_CREDENTIALS_SECRET")]
     pub nats_credentials_secret: Option<String>,
     /// Default CPU request of the sidecar container.
-    #[arg(long, env = "STREAMGATE_SIDECAR_CPU_REQUEST", default_value = crate::settings::DEFAULT_CPU_REQUEST)]
+    #[arg(long, env = "STREAMGATE_SIDECAR_CPU_REQUEST", default_value = crate::sidecar_defaults::DEFAULT_CPU_REQUEST)]
     pub sidecar_cpu_request: String,
     /// Default memory request of the sidecar container.
     #[arg(
         long,
         env = "STREAMGATE_SIDECAR_MEMORY_REQUEST",
-        default_value = crate::settings::DEFAULT_MEMORY_REQUEST
+        default_value = crate::sidecar_defaults::DEFAULT_MEMORY_REQUEST
     )]
     pub sidecar_memory_request: String,
     /// Default memory limit of the sidecar container.
-    #[arg(long, env = "STREAMGATE_SIDECAR_MEMORY_LIMIT", default_value = crate::settings::DEFAULT_MEMORY_LIMIT)]
+    #[arg(long, env = "STREAMGATE_SIDECAR_MEMORY_LIMIT", default_value = crate::sidecar_defaults::DEFAULT_MEMORY_LIMIT)]
     pub sidecar_memory_limit: String,
 }
 

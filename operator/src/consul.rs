@@ -27,7 +27,7 @@ pub enum ConsulError {
 
 /// One registered instance, with the health of its checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Instance {
+pub struct RegisteredInstance {
     pub id: String,
     pub service: String,
     pub node: String,
@@ -36,7 +36,7 @@ pub struct Instance {
     pub status: String,
 }
 
-impl Instance {
+impl RegisteredInstance {
     pub fn is_managed(&self) -> bool {
         self.meta.get(META_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_STREAMGATE)
     }
@@ -151,7 +151,7 @@ impl Consul {
     }
 
     /// Every instance of `service`, passing or not.
-    pub async fn instances(&self, service: &str) -> Result<Vec<Instance>, ConsulError> {
+    pub async fn instances(&self, service: &str) -> Result<Vec<RegisteredInstance>, ConsulError> {
         let what = format!("GET /v1/health/service/{service}");
         let body = self
             .send(
@@ -165,7 +165,7 @@ impl Consul {
         let entries: Vec<HealthEntry> = serde_json::from_str(&body).unwrap_or_default();
         Ok(entries
             .into_iter()
-            .map(|e| Instance {
+            .map(|e| RegisteredInstance {
                 status: aggregate(&e.checks),
                 id: e.service.id,
                 service: e.service.service,
@@ -180,7 +180,7 @@ impl Consul {
         &self,
         service: &str,
         namespace: &str,
-    ) -> Result<Vec<Instance>, ConsulError> {
+    ) -> Result<Vec<RegisteredInstance>, ConsulError> {
         Ok(self
             .instances(service)
             .await?
@@ -222,7 +222,7 @@ impl Consul {
     /// is removed from the catalog.
     pub async fn deregister(
         &self,
-        instance: &Instance,
+        instance: &RegisteredInstance,
         agent_node: &str,
     ) -> Result<(), ConsulError> {
         if instance.node == agent_node {

@@ -4,7 +4,7 @@
 
 use crate::labels::{CONFIG_HASH_ANNOTATION, NAME_LABEL, SERVICE_LABEL, selector_labels};
 use crate::render::{RenderedSidecar, render_sidecar, sidecar_addr_env};
-use crate::settings::SidecarSettings;
+use crate::sidecar_defaults::SidecarDefaults;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
@@ -65,7 +65,7 @@ pub fn sidecar_config(sgs: &StreamGateService) -> SidecarConfig {
 pub fn desired(
     sgs: &StreamGateService,
     config: &SidecarConfig,
-    settings: &SidecarSettings,
+    settings: &SidecarDefaults,
 ) -> Desired {
     let name = sgs.metadata.name.clone().unwrap_or_default();
     let sidecar = render_sidecar(config, &sgs.spec.sidecar, settings);
@@ -250,7 +250,7 @@ mod tests {
     fn build(yaml_spec: &str) -> Desired {
         let s = sgs(yaml_spec);
         let config = validate(&s).unwrap();
-        desired(&s, &config, &SidecarSettings::for_tests())
+        desired(&s, &config, &SidecarDefaults::for_tests())
     }
 
     #[test]

@@ -11,14 +11,12 @@
 
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-/// How long a creation's answer stands in for a cache that has not shown it yet. Past it
-/// the cache is trusted again, whatever it holds (a watch is normally milliseconds behind).
-pub const CATCH_UP: Duration = Duration::from_secs(5);
+pub use crate::recent::CATCH_UP;
+use crate::recent::Recent;
 
 /// One owned object as last seen.
 pub struct Current<K> {
@@ -28,41 +26,6 @@ pub struct Current<K> {
     pub provisional: bool,
 }
 
-/// Values the operator wrote or was answered moments ago, each kept until the cache shows
-/// it (the caller tells) or for at most [`CATCH_UP`]. Shared by the children's creation
-/// answers here and the statuses in `written`.
-pub struct Recent<Key, V> {
-    entries: Mutex<HashMap<Key, (V, Instant)>>,
-}
-
-impl<Key: Eq + Hash, V: Clone> Default for Recent<Key, V> {
-    fn default() -> Self {
-        Recent {
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl<Key: Eq + Hash, V: Clone> Recent<Key, V> {
-    /// The value remembered for `key`, unless it is older than [`CATCH_UP`] or
-    /// `caught_up` says the cache now shows it (or supersedes it): then it is forgotten.
-    pub fn get(&self, key: &Key, now: Instant, caught_up: impl FnOnce(&V) -> bool) -> Option<V> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let (value, at) = entries.get(key)?;
-        if caught_up(value) || now.duration_since(*at) > CATCH_UP {
-            entries.remove(key);
-            return None;
-        }
-        Some(value.clone())
-    }
-
-    pub fn insert(&self, key: Key, value: V, now: Instant) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        // Entries nobody asked for again (their resource was deleted) go once stale.
-        entries.retain(|_, (_, at)| now.duration_since(*at) <= CATCH_UP);
-        entries.insert(key, (value, now));
-    }
-}
 
 pub struct Known<K>
 where

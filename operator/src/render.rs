@@ -3,7 +3,7 @@
 //! injection webhook both call [`render_sidecar`], so an injected pod and a
 //! StreamGateService pod get the same sidecar.
 
-use crate::settings::SidecarSettings;
+use crate::sidecar_defaults::SidecarDefaults;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, Probe, SeccompProfile, SecretKeySelector,
@@ -47,7 +47,7 @@ pub struct RenderedSidecar {
 pub fn render_sidecar(
     config: &SidecarConfig,
     spec: &SidecarSpec,
-    settings: &SidecarSettings,
+    settings: &SidecarDefaults,
 ) -> RenderedSidecar {
     let config = completed_config(config, spec, settings);
     let config_yaml = serde_yaml::to_string(&config).expect("sidecar config always serializes");
@@ -89,7 +89,7 @@ pub fn render_sidecar(
 fn completed_config(
     config: &SidecarConfig,
     spec: &SidecarSpec,
-    settings: &SidecarSettings,
+    settings: &SidecarDefaults,
 ) -> SidecarConfig {
     let mut config = config.clone();
     config.consul.address = Some(settings.consul_address.clone());
@@ -104,7 +104,7 @@ fn completed_config(
 
 /// The configuration document, the pod's identity from the downward API, and the Consul
 /// token from its Secret when there is one.
-fn sidecar_env(config_yaml: &str, settings: &SidecarSettings) -> Vec<EnvVar> {
+fn sidecar_env(config_yaml: &str, settings: &SidecarDefaults) -> Vec<EnvVar> {
     let mut env = vec![EnvVar {
         name: CONFIG_ENV.to_string(),
         value: Some(config_yaml.to_string()),
@@ -136,7 +136,7 @@ fn sidecar_env(config_yaml: &str, settings: &SidecarSettings) -> Vec<EnvVar> {
 }
 
 /// The spool, the service's mTLS identity and the NATS credentials, with their mounts.
-fn volumes(service: &str, settings: &SidecarSettings) -> (Vec<Volume>, Vec<VolumeMount>) {
+fn volumes(service: &str, settings: &SidecarDefaults) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = vec![Volume {
         name: SPOOL_VOLUME.to_string(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -275,7 +275,7 @@ mod tests {
         let r = render_sidecar(
             &config(),
             &SidecarSpec::default(),
-            &SidecarSettings::for_tests(),
+            &SidecarDefaults::for_tests(),
         );
         assert_eq!(r.container.restart_policy.as_deref(), Some("Always"));
         assert!(r.container.startup_probe.is_some());
@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn hash_changes_with_the_configuration_only() {
-        let settings = SidecarSettings::for_tests();
+        let settings = SidecarDefaults::for_tests();
         let a = render_sidecar(&config(), &SidecarSpec::default(), &settings);
         let again = render_sidecar(&config(), &SidecarSpec::default(), &settings);
         assert_eq!(a.config_hash, again.config_hash);
@@ -319,10 +319,10 @@ mod tests {
 
     #[test]
     fn spec_image_and_secrets_are_honoured() {
-        let settings = SidecarSettings {
+        let settings = SidecarDefaults {
             consul_token_secret: Some("consul-acl".into()),
             nats_credentials_secret: Some("nats-creds".into()),
-            ..SidecarSettings::for_tests()
+            ..SidecarDefaults::for_tests()
         };
         let spec = SidecarSpec {
             image: Some("example/sidecar:dev".into()),

@@ -8,7 +8,7 @@ use crate::known::Known;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
-use crate::settings::SidecarSettings;
+use crate::sidecar_defaults::SidecarDefaults;
 use crate::webhook::Webhook;
 use crate::written::WrittenStatuses;
 use anyhow::{Context as _, Result};
@@ -204,10 +204,10 @@ fn consul_client(args: &RunArgs) -> Result<Consul> {
 }
 
 /// What every rendered sidecar gets from the operator's flags.
-fn sidecar_settings(args: &RunArgs) -> SidecarSettings {
-    SidecarSettings {
+fn sidecar_settings(args: &RunArgs) -> SidecarDefaults {
+    SidecarDefaults {
         image: args.sidecar.sidecar_image.clone(),
-        resources: crate::settings::sidecar_resources(
+        resources: crate::sidecar_defaults::sidecar_resources(
             &args.sidecar.sidecar_cpu_request,
             &args.sidecar.sidecar_memory_request,
             &args.sidecar.sidecar_memory_limit,
@@ -229,7 +229,7 @@ fn sidecar_settings(args: &RunArgs) -> SidecarSettings {
 async fn start_webhook(
     args: &RunArgs,
     client: &kube::Client,
-    settings: &SidecarSettings,
+    settings: &SidecarDefaults,
     ready: watch::Sender<bool>,
 ) -> Result<Option<Issuer>> {
     let Some(listen) = args.webhook.webhook_listen else {

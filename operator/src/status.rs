@@ -1,7 +1,7 @@
 //! The "status" step's logic: from the Deployment's state and Consul's, the status a
 //! person can act on. Pure, so every case is unit-tested.
 
-use crate::consul::Instance;
+use crate::consul::RegisteredInstance;
 use crate::labels::selector_string;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -12,7 +12,7 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 
 /// What Consul said about the service, or why it could not be asked.
-pub type ConsulView = Result<Vec<Instance>, String>;
+pub type ConsulView = Result<Vec<RegisteredInstance>, String>;
 
 /// Computes the status. `now` stamps conditions whose status changed; unchanged ones
 /// keep their `lastTransitionTime`.
@@ -266,8 +266,8 @@ mod tests {
         }
     }
 
-    fn instance(id: &str, status: &str) -> Instance {
-        Instance {
+    fn instance(id: &str, status: &str) -> RegisteredInstance {
+        RegisteredInstance {
             id: id.into(),
             service: "upload".into(),
             node: "n".into(),

@@ -2,7 +2,7 @@
 //! exists (killed without a clean shutdown, node lost) are deregistered. An instance
 //! whose pod exists, or one StreamGate does not manage, is never touched.
 
-use crate::consul::{Consul, ConsulError, Instance};
+use crate::consul::{Consul, ConsulError, RegisteredInstance};
 use crate::metrics::Metrics;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 /// Why an instance is a ghost, or `None` when its pod is alive.
-pub fn ghost_reason(instance: &Instance, pod: Option<&Pod>) -> Option<String> {
+pub fn ghost_reason(instance: &RegisteredInstance, pod: Option<&Pod>) -> Option<String> {
     let pod_name = instance.pod()?;
     match pod {
         None => Some(format!("pod {pod_name} no longer exists")),
@@ -92,8 +92,8 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn instance(pod: &str, uid: &str) -> Instance {
-        Instance {
+    fn instance(pod: &str, uid: &str) -> RegisteredInstance {
+        RegisteredInstance {
             id: format!("upload-{pod}"),
             service: "upload".into(),
             node: "n".into(),

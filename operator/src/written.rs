@@ -8,7 +8,7 @@
 //! freshly computed status with what was written (and computing it from that, so condition
 //! transition times carry over) avoids them.
 
-use crate::known::Recent;
+use crate::recent::Recent;
 use kube::runtime::reflector::ObjectRef;
 use std::time::Instant;
 use streamgate_crds::{StreamGateService, StreamGateServiceStatus};

@@ -12,7 +12,7 @@ use crate::EXIT_FAILURE;
 use crate::admin::{self, AdminState};
 use crate::app_listener;
 use crate::config::Settings;
-use crate::consul::{ConsulClient, Instance, Registrar};
+use crate::consul::{ConsulClient, PodInstance, Registrar};
 use crate::error::StartError;
 use crate::health::{self, AppHealth, probe::Probe};
 use crate::metrics::Metrics;
@@ -58,7 +58,7 @@ struct Running {
 async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::new(metrics.clone()));
-    let mut instance = Instance::from_settings(settings);
+    let mut instance = PodInstance::from_settings(settings);
     let listener = admin::bind(settings.listen.admin)
         .await
         .map_err(listen_error("listen.admin", settings.listen.admin))?;
@@ -187,7 +187,7 @@ fn listen_error(
 
 /// `/config`'s body: the effective document, the resolved Consul address and
 /// instance, and whether a token is set, never the token itself.
-fn effective_config(settings: &Settings, instance: &Instance) -> String {
+fn effective_config(settings: &Settings, instance: &PodInstance) -> String {
     let value = serde_json::json!({
         "config": settings.document,
         "consul": {

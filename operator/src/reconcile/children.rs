@@ -1,7 +1,7 @@
 //! Step 3: apply the Deployment and Service wanted, each only when it differs from what
 //! the cache shows (server-side apply, our field manager).
 
-use super::{Context, Target, events};
+use super::{Context, Subject, events};
 use crate::apply::{self, Applied as Action};
 use crate::desired::Desired;
 use crate::error::{Error, Result};
@@ -34,7 +34,7 @@ impl Applied {
 
 pub(super) async fn apply_children(
     ctx: &Context,
-    target: &Target,
+    target: &Subject,
     want: &Desired,
 ) -> Result<Applied> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &target.namespace);
@@ -67,7 +67,7 @@ pub(super) async fn apply_children(
 /// the step's error (and a Warning Event naming the child).
 async fn record(
     ctx: &Context,
-    target: &Target,
+    target: &Subject,
     applied: &mut Applied,
     kind: &'static str,
     result: Result<Action, kube::Error>,

@@ -2,7 +2,7 @@
 //! let the owned objects be garbage-collected. Gives up on Consul after a grace period
 //! so an unreachable Consul never blocks a deletion forever.
 
-use super::{Context, Target, events};
+use super::{Context, Subject, events};
 use crate::error::{Error, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Resource;
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 const CONSUL_CLEANUP_GRACE: Duration = Duration::from_secs(60);
 
 pub(super) async fn cleanup(sgs: &StreamGateService, ctx: &Context) -> Result<Action> {
-    let target = Target::of(sgs)?;
+    let target = Subject::of(sgs)?;
     stop_pods(ctx, &target).await?;
     let service = sgs.consul_name();
     match deregister_all(ctx, &service, &target.namespace).await {
@@ -54,7 +54,7 @@ pub(super) async fn cleanup(sgs: &StreamGateService, ctx: &Context) -> Result<Ac
 }
 
 /// Deleting the pods first stops their sidecars from registering again.
-async fn stop_pods(ctx: &Context, target: &Target) -> Result<()> {
+async fn stop_pods(ctx: &Context, target: &Subject) -> Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &target.namespace);
     match deployments
         .delete(&target.name, &DeleteParams::background())

@@ -1,14 +1,14 @@
 //! Kubernetes Events about a reconcile: for people, so recorded in the background.
 
 use super::children::Applied;
-use super::{Context, Target};
+use super::{Context, Subject};
 use crate::apply::Applied as Action;
 use kube::runtime::events::{Event, EventType};
 use tracing::warn;
 
 /// One Event per reconcile that changed something, e.g. "Created Deployment and Service
 /// upload".
-pub(super) async fn announce_changes(ctx: &Context, target: &Target, applied: &Applied) {
+pub(super) async fn announce_changes(ctx: &Context, target: &Subject, applied: &Applied) {
     let Some((first, _)) = applied.changes.first() else {
         return;
     };
@@ -25,7 +25,7 @@ pub(super) async fn announce_changes(ctx: &Context, target: &Target, applied: &A
 /// Records an Event in the background: a slow events API must not slow reconciles down.
 pub(super) async fn publish(
     ctx: &Context,
-    target: &Target,
+    target: &Subject,
     type_: EventType,
     reason: &str,
     note: &str,

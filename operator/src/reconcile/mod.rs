@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::known::Known;
 use crate::labels::FINALIZER;
 use crate::metrics::Metrics;
-use crate::settings::SidecarSettings;
+use crate::sidecar_defaults::SidecarDefaults;
 use crate::written::WrittenStatuses;
 use children::apply_children;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -46,7 +46,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub consul: Consul,
     pub metrics: Metrics,
-    pub settings: SidecarSettings,
+    pub settings: SidecarDefaults,
     /// The owned Deployments and Services, from caches fed by the controller's watches, so
     /// a reconcile reads its children without a request.
     pub deployments: Known<Deployment>,
@@ -62,15 +62,15 @@ pub struct Context {
 }
 
 /// The object being reconciled, as every step names it.
-struct Target {
+struct Subject {
     namespace: String,
     name: String,
     reference: ObjectReference,
 }
 
-impl Target {
-    fn of(sgs: &StreamGateService) -> Result<Target> {
-        Ok(Target {
+impl Subject {
+    fn of(sgs: &StreamGateService) -> Result<Subject> {
+        Ok(Subject {
             namespace: sgs.namespace().ok_or(Error::MissingField("namespace"))?,
             name: sgs.name_any(),
             reference: sgs.object_ref(&()),
@@ -127,7 +127,7 @@ fn first_retry(error: &Error) -> Duration {
 
 /// The steps for a live resource: validate, build, apply, then the status.
 async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action> {
-    let target = Target::of(sgs)?;
+    let target = Subject::of(sgs)?;
     let config = validated(sgs, ctx, &target).await?;
     let want = desired(sgs, &config, &ctx.settings);
     let changes = apply_children(ctx, &target, &want).await?;
@@ -147,7 +147,7 @@ async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action>
 async fn validated(
     sgs: &StreamGateService,
     ctx: &Context,
-    target: &Target,
+    target: &Subject,
 ) -> Result<SidecarConfig> {
     match validate(sgs) {
         Ok(config) => Ok(config),

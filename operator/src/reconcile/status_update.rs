@@ -2,7 +2,7 @@
 //! only when it differs from what the resource shows (or was last written).
 
 use super::children::Applied;
-use super::{Context, Target};
+use super::{Context, Subject};
 use crate::error::{Error, Result};
 use crate::labels::FIELD_MANAGER;
 use crate::status::{compute_status, is_ready};
@@ -43,7 +43,7 @@ impl StatusUpdate {
 pub(super) async fn observe(
     sgs: &StreamGateService,
     ctx: &Context,
-    target: &Target,
+    target: &Subject,
     applied: &Applied,
 ) -> StatusUpdate {
     let consul = ctx
@@ -77,7 +77,7 @@ pub(super) async fn observe(
 
 pub(super) async fn write(
     ctx: &Context,
-    target: &Target,
+    target: &Subject,
     sgs: &StreamGateService,
     update: &StatusUpdate,
 ) -> Result<()> {

@@ -7,7 +7,7 @@ use crate::labels::CONFIG_HASH_ANNOTATION;
 use crate::render::{
     RenderedSidecar, SIDECAR_ADDR_ENV, SIDECAR_NAME, render_sidecar, sidecar_addr_env,
 };
-use crate::settings::SidecarSettings;
+use crate::sidecar_defaults::SidecarDefaults;
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeMap;
 use streamgate_crds::FieldError;
@@ -28,7 +28,7 @@ pub enum Decision {
 }
 
 /// Where the pod is being created.
-pub struct Target<'a> {
+pub struct InjectionScope<'a> {
     pub namespace: &'a str,
     /// True when the namespace is labelled `streamgate.io/inject=enabled`.
     pub namespace_enabled: bool,
@@ -36,7 +36,7 @@ pub struct Target<'a> {
     pub operator_namespace: &'a str,
 }
 
-pub fn decide(pod: &Pod, target: &Target<'_>, settings: &SidecarSettings) -> Decision {
+pub fn decide(pod: &Pod, target: &InjectionScope<'_>, settings: &SidecarDefaults) -> Decision {
     if let Some(no) = not_requested(pod, target) {
         return no;
     }
@@ -47,7 +47,7 @@ pub fn decide(pod: &Pod, target: &Target<'_>, settings: &SidecarSettings) -> Dec
     wanted.sidecar.resources = wanted
         .sidecar
         .resources
-        .map(|named| crate::settings::merge_resources(&named, &settings.resources));
+        .map(|named| crate::sidecar_defaults::merge_resources(&named, &settings.resources));
     let rendered = render_sidecar(&wanted.config, &wanted.sidecar, settings);
     match with_sidecar(pod, &rendered, &wanted.config.service.service_name) {
         Ok(mutated) => {
@@ -61,7 +61,7 @@ pub fn decide(pod: &Pod, target: &Target<'_>, settings: &SidecarSettings) -> Dec
 
 /// The decision when the pod gets no sidecar: it is in a system namespace, opted out,
 /// did not ask, asked wrongly, or already has one.
-fn not_requested(pod: &Pod, target: &Target<'_>) -> Option<Decision> {
+fn not_requested(pod: &Pod, target: &InjectionScope<'_>) -> Option<Decision> {
     if target.namespace == "kube-system" || target.namespace == target.operator_namespace {
         return Some(Decision::Skip("system or operator namespace"));
     }
@@ -177,8 +177,8 @@ mod tests {
         .unwrap()
     }
 
-    fn target(namespace_enabled: bool) -> Target<'static> {
-        Target {
+    fn target(namespace_enabled: bool) -> InjectionScope<'static> {
+        InjectionScope {
             namespace: "apps",
             namespace_enabled,
             operator_namespace: "streamgate-system",
@@ -194,7 +194,7 @@ mod tests {
     #[test]
     fn annotated_pod_gets_one_native_sidecar_first_and_the_app_its_address() {
         let p = pod(&[(INJECT, "true")]);
-        let Decision::Inject(patch) = decide(&p, &target(false), &SidecarSettings::for_tests())
+        let Decision::Inject(patch) = decide(&p, &target(false), &SidecarDefaults::for_tests())
         else {
             panic!("not injected");
         };
@@ -210,14 +210,14 @@ mod tests {
         assert_eq!(labels[crate::labels::SERVICE_LABEL], "web");
         // A second pass over the injected pod changes nothing.
         assert!(matches!(
-            decide(&injected, &target(false), &SidecarSettings::for_tests()),
+            decide(&injected, &target(false), &SidecarDefaults::for_tests()),
             Decision::Skip("already injected")
         ));
     }
 
     #[test]
     fn namespace_label_injects_and_the_pod_can_opt_out() {
-        let settings = SidecarSettings::for_tests();
+        let settings = SidecarDefaults::for_tests();
         assert!(matches!(
             decide(&pod(&[]), &target(true), &settings),
             Decision::Inject(_)
@@ -235,14 +235,14 @@ mod tests {
 
     #[test]
     fn system_namespaces_are_never_injected() {
-        let system = Target {
+        let system = InjectionScope {
             namespace: "kube-system",
             namespace_enabled: true,
             operator_namespace: "streamgate-system",
         };
         let p = pod(&[(INJECT, "true")]);
         assert!(matches!(
-            decide(&p, &system, &SidecarSettings::for_tests()),
+            decide(&p, &system, &SidecarDefaults::for_tests()),
             Decision::Skip(_)
         ));
     }
@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn bad_inject_value_is_rejected_by_name() {
         let p = pod(&[(INJECT, "yes")]);
-        let Decision::Reject(e) = decide(&p, &target(false), &SidecarSettings::for_tests()) else {
+        let Decision::Reject(e) = decide(&p, &target(false), &SidecarDefaults::for_tests()) else {
             panic!("not rejected");
         };
         assert_eq!(e.field, INJECT);

@@ -20,7 +20,7 @@ pub mod registration;
 pub mod renewal;
 pub mod server;
 
-use crate::settings::SidecarSettings;
+use crate::sidecar_defaults::SidecarDefaults;
 use anyhow::{Context, Result};
 use axum_server::tls_rustls::RustlsConfig;
 use k8s_openapi::api::core::v1::Secret;
@@ -87,7 +87,7 @@ impl Webhook {
     pub async fn prepare(
         client: kube::Client,
         config: WebhookConfig,
-        settings: SidecarSettings,
+        settings: SidecarDefaults,
     ) -> Result<Webhook> {
         let material = certs::ensure(
             &secrets(&client, &config),

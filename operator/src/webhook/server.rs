@@ -1,8 +1,8 @@
 //! The HTTPS admission endpoint: AdmissionReview in, the injection decision out.
 
-use super::inject::{Decision, Target, decide};
+use super::inject::{Decision, InjectionScope, decide};
 use super::registration::{PATH_NAMESPACE, PATH_POD};
-use crate::settings::SidecarSettings;
+use crate::sidecar_defaults::SidecarDefaults;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 pub struct WebhookState {
-    pub settings: SidecarSettings,
+    pub settings: SidecarDefaults,
     pub operator_namespace: String,
 }
 
@@ -53,7 +53,7 @@ pub fn review_pod(
         return response.into_review();
     };
     let namespace = request.namespace.clone().unwrap_or_default();
-    let target = Target {
+    let target = InjectionScope {
         namespace: &namespace,
         namespace_enabled,
         operator_namespace: &state.operator_namespace,

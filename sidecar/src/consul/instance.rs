@@ -28,7 +28,7 @@ impl CheckStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Instance {
+pub struct PodInstance {
     pub service_id: String,
     pub check_id: String,
     pub name: String,
@@ -48,8 +48,8 @@ pub fn ttl_for(period: Duration) -> Duration {
     (period * 3).max(MIN_TTL)
 }
 
-impl Instance {
-    pub fn from_settings(s: &Settings) -> Instance {
+impl PodInstance {
+    pub fn from_settings(s: &Settings) -> PodInstance {
         let doc = &s.document;
         let service_id = instance_id(&doc.service.service_name, &doc.pod.namespace, &doc.pod.name);
         let mut meta = doc.service.meta.clone();
@@ -60,7 +60,7 @@ impl Instance {
             meta.insert(META_POD_UID.into(), doc.pod.uid.clone());
         }
         meta.insert(META_MANAGED_BY.into(), MANAGED_BY_STREAMGATE.into());
-        Instance {
+        PodInstance {
             check_id: check_id(&service_id),
             service_id,
             name: doc.service.service_name.clone(),
@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn registration_carries_pod_identity_and_the_ttl_check() {
-        let instance = Instance::from_settings(&settings("consul: {deregisterCriticalAfter: 90s}"));
+        let instance = PodInstance::from_settings(&settings("consul: {deregisterCriticalAfter: 90s}"));
         let body = instance.registration(CheckStatus::Critical);
         assert_eq!(body["ID"], "upload-media-upload-7d9f-x2");
         assert_eq!(body["Name"], "upload");
@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn port_follows_the_inbound_listener() {
-        let instance = Instance::from_settings(&settings("listen: {inbound: '127.0.0.2:25006'}"));
+        let instance = PodInstance::from_settings(&settings("listen: {inbound: '127.0.0.2:25006'}"));
         assert_eq!(instance.port, 25006);
     }
 

@@ -8,5 +8,5 @@ pub mod instance;
 pub mod registration;
 
 pub use client::{ConsulClient, ConsulError};
-pub use instance::{CheckStatus, Instance};
+pub use instance::{CheckStatus, PodInstance};
 pub use registration::Registrar;

@@ -8,7 +8,7 @@
 //! and needs no case analysis of what Consul lost.
 
 use super::client::{ConsulClient, ConsulError, WATCH_WAIT};
-use super::instance::{CheckStatus, Instance};
+use super::instance::{CheckStatus, PodInstance};
 use crate::backoff::Backoff;
 use crate::health::AppHealth;
 use crate::metrics::Metrics;
@@ -25,7 +25,7 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 
 pub struct Registrar {
     client: ConsulClient,
-    instance: Instance,
+    instance: PodInstance,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
 }
@@ -33,7 +33,7 @@ pub struct Registrar {
 impl Registrar {
     pub fn new(
         client: ConsulClient,
-        instance: Instance,
+        instance: PodInstance,
         readiness: Arc<Readiness>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -45,7 +45,7 @@ impl Registrar {
         }
     }
 
-    pub fn instance(&self) -> &Instance {
+    pub fn instance(&self) -> &PodInstance {
         &self.instance
     }
 

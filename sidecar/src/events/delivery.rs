@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// What one subscription's deliveries share.
-pub struct Target {
+pub struct DeliveryTarget {
     pub service: String,
     pub event_type: String,
     pub url: String,
@@ -28,14 +28,14 @@ pub struct Target {
     pub metrics: Arc<EventMetrics>,
 }
 
-impl Target {
+impl DeliveryTarget {
     pub fn dlq_subject(&self) -> String {
         format!("streamgate.dlq.{}.{}", self.service, self.event_type)
     }
 }
 
 /// Delivers one message and settles it with JetStream.
-pub async fn deliver(target: &Target, message: Message) {
+pub async fn deliver(target: &DeliveryTarget, message: Message) {
     let (attempt, sequence) = match message.info() {
         Ok(info) => (info.delivered, info.stream_sequence),
         Err(_) => (1, 0),
@@ -102,7 +102,7 @@ fn redelivery_delay(attempt: i64) -> Duration {
 
 /// Holds the message while the app is unhealthy, telling JetStream it is still being
 /// worked on so it is not handed to another replica meanwhile.
-async fn wait_healthy(target: &Target, message: &Message) {
+async fn wait_healthy(target: &DeliveryTarget, message: &Message) {
     let mut health = target.health.clone();
     while health.borrow_and_update().health != Health::Healthy {
         let changed = tokio::time::timeout(target.ack_wait / 2, health.changed()).await;
@@ -115,7 +115,7 @@ async fn wait_healthy(target: &Target, message: &Message) {
 }
 
 async fn post(
-    target: &Target,
+    target: &DeliveryTarget,
     message: &Message,
     id: &str,
     attempt: i64,
@@ -143,7 +143,7 @@ async fn post(
 }
 
 async fn dead_letter(
-    target: &Target,
+    target: &DeliveryTarget,
     message: &Message,
     id: &str,
     attempts: i64,

@@ -30,7 +30,7 @@ use crate::health::AppHealth;
 use crate::shutdown::Drain;
 use api::EventsApi;
 use async_nats::jetstream;
-use delivery::Target;
+use delivery::DeliveryTarget;
 pub use error::StartError;
 use metrics::EventMetrics;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -143,7 +143,7 @@ fn start_subscribers(
         .build()
         .map_err(StartError::HttpClient)?;
     for subscription in &service.events.subscribe {
-        let target = Arc::new(Target {
+        let target = Arc::new(DeliveryTarget {
             service: service.service_name.clone(),
             event_type: subscription.event_type.clone(),
             url: format!(

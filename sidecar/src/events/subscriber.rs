@@ -5,7 +5,7 @@
 //! replica instead of piling up in one that cannot take them.
 
 use super::connect::ensure_stream;
-use super::delivery::{self, Target};
+use super::delivery::{self, DeliveryTarget};
 use super::error::PullError;
 use crate::backoff::Backoff;
 use crate::config::events::EventSettings;
@@ -27,7 +27,7 @@ pub fn consumer_name(service: &str, event_type: &str) -> String {
 pub async fn run(
     js: jetstream::Context,
     settings: EventSettings,
-    target: Arc<Target>,
+    target: Arc<DeliveryTarget>,
     in_flight: usize,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -70,7 +70,7 @@ async fn ensure_consumer(
     js: &jetstream::Context,
     stream: &str,
     name: &str,
-    target: &Target,
+    target: &DeliveryTarget,
 ) -> Result<consumer::PullConsumer, PullError> {
     let config = consumer::pull::Config {
         durable_name: Some(name.to_string()),
@@ -90,7 +90,7 @@ async fn ensure_consumer(
 /// Pulls batches as long as slots are free and the app is healthy.
 async fn pull_loop(
     consumer: &consumer::PullConsumer,
-    target: &Arc<Target>,
+    target: &Arc<DeliveryTarget>,
     slots: &Arc<Semaphore>,
 ) -> Result<(), PullError> {
     let mut health = target.health.clone();

@@ -19,7 +19,7 @@ use super::pool::{Dialer, Lease, PoolLimits};
 use super::retry::MAX_RETRY_BODY;
 use super::status::{grpc_error, grpc_status};
 use super::target::{SERVICE_METADATA, target_service};
-use super::upstream::{Instance, NoInstance, Upstream, UpstreamSettings};
+use super::upstream::{Backend, NoInstance, Upstream, UpstreamSettings};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use std::collections::HashMap;
@@ -276,7 +276,7 @@ impl RequestHead {
 struct Call<'a> {
     forwarder: &'a Forwarder,
     upstream: &'a Arc<Upstream>,
-    instances: &'a [Arc<Instance>],
+    instances: &'a [Arc<Backend>],
     head: &'a RequestHead,
     deadline: Deadline,
 }
@@ -402,7 +402,7 @@ impl Call<'_> {
     /// when the attempt says nothing about it).
     async fn attempt(
         &self,
-        instance: &Arc<Instance>,
+        instance: &Arc<Backend>,
         observed: AttemptOutcome,
         body: impl FnOnce() -> Body,
     ) -> Attempt {

@@ -6,7 +6,7 @@
 //! path through the call can forget to count or leave a breaker's probe taken.
 
 use super::breaker::Admission;
-use super::upstream::{Instance, Upstream};
+use super::upstream::{Backend, Upstream};
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::Code;
@@ -48,13 +48,13 @@ impl Drop for CallOutcome {
 /// One attempt on one instance, whose breaker learns how it went at most once.
 pub struct AttemptOutcome {
     upstream: Arc<Upstream>,
-    instance: Arc<Instance>,
+    instance: Arc<Backend>,
     admission: Admission,
     recorded: bool,
 }
 
 impl AttemptOutcome {
-    pub fn new(upstream: Arc<Upstream>, instance: Arc<Instance>, admission: Admission) -> Self {
+    pub fn new(upstream: Arc<Upstream>, instance: Arc<Backend>, admission: Admission) -> Self {
         AttemptOutcome {
             upstream,
             instance,
@@ -129,7 +129,7 @@ mod tests {
     const EJECTION: Duration = Duration::from_secs(10);
 
     /// An upstream with one instance whose breaker ejects after one failure.
-    async fn one_instance() -> (Arc<Upstream>, Arc<Instance>, Registry) {
+    async fn one_instance() -> (Arc<Upstream>, Arc<Backend>, Registry) {
         let metrics = ForwardMetrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);

@@ -52,7 +52,7 @@ impl UpstreamSettings {
 }
 
 /// One instance with everything the forwarder keeps about it.
-pub struct Instance {
+pub struct Backend {
     pub endpoint: Endpoint,
     pub load: PeakEwma,
     pub breaker: Option<Breaker>,
@@ -76,7 +76,7 @@ pub struct Upstream {
     pub budget: RetryBudget,
     pub metrics: UpstreamMetrics,
     resolution: Mutex<watch::Receiver<Resolution>>,
-    instances: Mutex<Arc<[Arc<Instance>]>>,
+    instances: Mutex<Arc<[Arc<Backend>]>>,
     limits: PoolLimits,
     rng: Mutex<fastrand::Rng>,
 }
@@ -105,7 +105,7 @@ impl Upstream {
     pub async fn instances(
         &self,
         deadline: tokio::time::Instant,
-    ) -> Result<Arc<[Arc<Instance>]>, NoInstance> {
+    ) -> Result<Arc<[Arc<Backend>]>, NoInstance> {
         loop {
             let mut waiter = {
                 let mut resolution = lock(&self.resolution);
@@ -131,7 +131,7 @@ impl Upstream {
     fn refresh(&self, endpoints: &[Endpoint]) {
         let mut instances = lock(&self.instances);
         let now = Instant::now();
-        let next: Vec<Arc<Instance>> = endpoints
+        let next: Vec<Arc<Backend>> = endpoints
             .iter()
             .map(|endpoint| {
                 instances
@@ -139,7 +139,7 @@ impl Upstream {
                     .find(|i| i.endpoint == *endpoint)
                     .cloned()
                     .unwrap_or_else(|| {
-                        Arc::new(Instance {
+                        Arc::new(Backend {
                             endpoint: endpoint.clone(),
                             load: PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, now),
                             breaker: self.settings.breaker.clone().map(Breaker::new),
@@ -156,7 +156,7 @@ impl Upstream {
     /// instances the breaker admits, avoiding `tried` ones while others are left.
     pub fn pick(
         &self,
-        instances: &[Arc<Instance>],
+        instances: &[Arc<Backend>],
         tried: &[usize],
         now: Instant,
     ) -> Result<(usize, Admission), NoInstance> {

@@ -49,7 +49,7 @@ async fn main() -> Result<()> {
 /// the baseline writes the same objects the operator writes.
 fn deployment(sgs: &StreamGateService) -> Deployment {
     let config = streamgate_operator::desired::sidecar_config(sgs);
-    let settings = streamgate_operator::settings::SidecarSettings::for_tests();
+    let settings = streamgate_operator::sidecar_defaults::SidecarDefaults::for_tests();
     let mut d = streamgate_operator::desired::desired(sgs, &config, &settings).deployment;
     d.metadata.owner_references = None;
     d.metadata.namespace = None;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 /// What the sidecar renderer needs beyond the service's own spec.
 #[derive(Clone, Debug, PartialEq)]
-pub struct SidecarSettings {
+pub struct SidecarDefaults {
     /// Default sidecar image (a spec's `sidecar.image` wins).
     pub image: String,
     /// Default sidecar resources (a spec's `sidecar.resources` wins).
@@ -22,10 +22,10 @@ pub struct SidecarSettings {
     pub nats_credentials_secret: Option<String>,
 }
 
-impl SidecarSettings {
+impl SidecarDefaults {
     /// Settings for tests and examples: local addresses, default resources.
     pub fn for_tests() -> Self {
-        SidecarSettings {
+        SidecarDefaults {
             image: "streamgate/sidecar:test".into(),
             resources: default_sidecar_resources(),
             consul_address: "http://127.0.0.1:8500".into(),
