@@ -26,7 +26,6 @@ pub struct Current<K> {
     pub provisional: bool,
 }
 
-
 pub struct Known<K>
 where
     K: Resource + Clone + 'static,

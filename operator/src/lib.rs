@@ -1,10 +1,26 @@
-//! The StreamGate operator.
+//! The StreamGate operator. Its design, with the decisions behind it: docs/operator.md.
 //!
-//! - [`cli`]: the command line (`crd`, `run`), flags with environment fallbacks.
-//! - [`crdgen`]: the CRD YAML generated from the API types.
+//! Process and tasks:
 //!
-//! The reconciler is a pipeline of named steps over one `StreamGateService`:
-//! validate → build the desired objects (a pure function) → apply → update status.
+//! - [`cli`]: the command line (`crd`, `run`), flags with environment fallbacks;
+//!   [`crdgen`]: the CRD YAML generated from the API types.
+//! - [`run`]: wires the tasks — metrics server ([`server`], [`metrics`]) and the webhook
+//!   on every replica; after [`leader`] election, the controller, the ghost [`sweep`] and
+//!   the [`identity`] issuer on the leader only.
+//!
+//! The reconciler ([`reconcile`]), typed steps over one `StreamGateService`:
+//!
+//! - validate and build: [`desired`] (pure) with the one sidecar renderer [`render`] and
+//!   the operator-wide [`sidecar_defaults`]; [`labels`] names every label and annotation;
+//! - apply: [`apply`] (server-side apply, skipped when nothing differs), reading the
+//!   children through [`known`];
+//! - status: [`status`] (pure), written once thanks to [`written`] (both built on
+//!   [`recent`]);
+//! - [`error`]: one error per step, the step as the metric label; [`backoff`]: the error
+//!   policy's per-object exponential backoff.
+//!
+//! Outside Kubernetes: [`consul`] (the instances StreamGate registered, and their
+//! removal). Injection into existing workloads: [`webhook`].
 
 pub mod apply;
 pub mod backoff;

@@ -1,15 +1,16 @@
 //! The sidecar against real Consul: the shared platform's agent, or an agent of the
 //! test's own where Consul must die or start late. Real demo app, real sidecar process.
 
-mod sidecar_common;
-
 use anyhow::{Result, ensure};
 use nix::sys::signal::Signal;
 use serde_json::json;
-use sidecar_common::{ConsulView, DemoApp, NAMESPACE, Sidecar, SidecarOptions, log_dir, pod_ip};
 use std::time::{Duration, Instant};
 use streamgate_tests::TestEnv;
 use streamgate_tests::consul_agent::ConsulAgent;
+use streamgate_tests::sidecar::{
+    ConsulView, DemoApp, NAMESPACE, Sidecar, SidecarOptions, SidecarPod, log_dir, pod_ip,
+    started_sidecar,
+};
 use streamgate_tests::wait::eventually;
 
 const PERIOD: Duration = Duration::from_secs(2);
@@ -20,12 +21,13 @@ const SLACK: Duration = Duration::from_millis(700);
 async fn registers_the_pod_and_passes_within_one_period_after_the_app_turns_healthy() -> Result<()>
 {
     let env = TestEnv::new("sidecar-passes").await?;
-    let service = env.unique("upload");
-    let dir = log_dir(&service);
-    let ip = pod_ip();
-    let app = DemoApp::start(&dir, &ip, false).await?;
-    let options = SidecarOptions::new(&service, &ip, app.addr, env.consul_addr());
-    let sidecar = Sidecar::start(&dir, &options)?;
+    let SidecarPod {
+        service,
+        ip,
+        app,
+        sidecar,
+        ..
+    } = started_sidecar(&env, "upload", false, |_| {}).await?;
     let consul = ConsulView::new(env.consul_addr());
 
     // Registered at once, critical while the app is not healthy, and not ready.
@@ -70,15 +72,17 @@ async fn registers_the_pod_and_passes_within_one_period_after_the_app_turns_heal
 #[tokio::test]
 async fn critical_after_failure_threshold_and_passing_after_success_threshold() -> Result<()> {
     let env = TestEnv::new("sidecar-thresholds").await?;
-    let service = env.unique("thresholds");
-    let dir = log_dir(&service);
-    let ip = pod_ip();
-    let app = DemoApp::start(&dir, &ip, true).await?;
-    let mut options = SidecarOptions::new(&service, &ip, app.addr, env.consul_addr());
-    options.health =
-        "{type: http, path: /health, periodSeconds: 2, failureThreshold: 3, successThreshold: 2}"
-            .into();
-    let sidecar = Sidecar::start(&dir, &options)?;
+    const HEALTH: &str =
+        "{type: http, path: /health, periodSeconds: 2, failureThreshold: 3, successThreshold: 2}";
+    let SidecarPod {
+        service,
+        app,
+        sidecar,
+        ..
+    } = started_sidecar(&env, "thresholds", true, |options| {
+        options.health = HEALTH.into();
+    })
+    .await?;
     let consul = ConsulView::new(env.consul_addr());
     let id = sidecar.instance_id.clone();
     consul
@@ -122,13 +126,15 @@ async fn critical_after_failure_threshold_and_passing_after_success_threshold() 
 #[tokio::test]
 async fn grpc_health_check_drives_the_instance() -> Result<()> {
     let env = TestEnv::new("sidecar-grpc").await?;
-    let service = env.unique("grpc");
-    let dir = log_dir(&service);
-    let ip = pod_ip();
-    let app = DemoApp::start(&dir, &ip, true).await?;
-    let mut options = SidecarOptions::new(&service, &ip, app.addr, env.consul_addr());
-    options.health = "{type: grpc, periodSeconds: 2, failureThreshold: 1}".into();
-    let sidecar = Sidecar::start(&dir, &options)?;
+    let SidecarPod {
+        service,
+        app,
+        sidecar,
+        ..
+    } = started_sidecar(&env, "grpc", true, |options| {
+        options.health = "{type: grpc, periodSeconds: 2, failureThreshold: 1}".into();
+    })
+    .await?;
     let consul = ConsulView::new(env.consul_addr());
     let id = sidecar.instance_id.clone();
     consul
@@ -148,13 +154,16 @@ async fn grpc_health_check_drives_the_instance() -> Result<()> {
 #[tokio::test]
 async fn tcp_health_check_drives_the_instance() -> Result<()> {
     let env = TestEnv::new("sidecar-tcp").await?;
-    let service = env.unique("tcp");
-    let dir = log_dir(&service);
-    let ip = pod_ip();
-    let app = DemoApp::start(&dir, &ip, true).await?;
-    let mut options = SidecarOptions::new(&service, &ip, app.addr, env.consul_addr());
-    options.health = "{type: tcp, periodSeconds: 2, failureThreshold: 1}".into();
-    let sidecar = Sidecar::start(&dir, &options)?;
+    let SidecarPod {
+        service,
+        dir,
+        app,
+        sidecar,
+        ..
+    } = started_sidecar(&env, "tcp", true, |options| {
+        options.health = "{type: tcp, periodSeconds: 2, failureThreshold: 1}".into();
+    })
+    .await?;
     let consul = ConsulView::new(env.consul_addr());
     let id = sidecar.instance_id.clone();
     consul
@@ -181,12 +190,12 @@ async fn tcp_health_check_drives_the_instance() -> Result<()> {
 #[tokio::test]
 async fn deregisters_within_one_second_of_sigterm_and_exits_zero() -> Result<()> {
     let env = TestEnv::new("sidecar-sigterm").await?;
-    let service = env.unique("sigterm");
-    let dir = log_dir(&service);
-    let ip = pod_ip();
-    let app = DemoApp::start(&dir, &ip, true).await?;
-    let options = SidecarOptions::new(&service, &ip, app.addr, env.consul_addr());
-    let sidecar = Sidecar::start(&dir, &options)?;
+    let SidecarPod {
+        service,
+        app: _app,
+        sidecar,
+        ..
+    } = started_sidecar(&env, "sigterm", true, |_| {}).await?;
     let consul = ConsulView::new(env.consul_addr());
     consul
         .wait_status(
@@ -321,13 +330,15 @@ async fn keeps_retrying_without_a_tight_loop_and_registers_once_consul_is_up() -
 #[tokio::test]
 async fn consul_removes_the_instance_of_a_killed_sidecar_after_the_critical_window() -> Result<()> {
     let env = TestEnv::new("sidecar-sigkill").await?;
-    let service = env.unique("ghost");
-    let dir = log_dir(&service);
-    let ip = pod_ip();
-    let app = DemoApp::start(&dir, &ip, true).await?;
-    let mut options = SidecarOptions::new(&service, &ip, app.addr, env.consul_addr());
-    options.deregister_critical_after = "5s".into();
-    let sidecar = Sidecar::start(&dir, &options)?;
+    let SidecarPod {
+        service,
+        app: _app,
+        sidecar,
+        ..
+    } = started_sidecar(&env, "ghost", true, |options| {
+        options.deregister_critical_after = "5s".into();
+    })
+    .await?;
     let consul = ConsulView::new(env.consul_addr());
     let id = sidecar.instance_id.clone();
     consul

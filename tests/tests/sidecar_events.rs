@@ -3,12 +3,9 @@
 //! redelivery and dead letters, pausing for an unhealthy app, seed-style publishers,
 //! refusals and token auth. Sidecars and demo apps run as processes.
 
-mod sidecar_common;
-
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use sidecar_common::{DemoApp, Sidecar, SidecarOptions, log_dir, pod_ip};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +13,7 @@ use std::time::Duration;
 use streamgate_tests::TestEnv;
 use streamgate_tests::nats_server::NatsServer;
 use streamgate_tests::ports::free_port;
+use streamgate_tests::sidecar::{DemoApp, Sidecar, SidecarOptions, log_dir, pod_ip};
 use streamgate_tests::wait::eventually;
 
 const STREAM: &str = "STREAMGATE";

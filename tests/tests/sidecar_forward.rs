@@ -5,11 +5,8 @@
 //! balancing, retry, timeout and breaker tests), and client sidecar → server sidecar →
 //! app (the round trips, identity, allowedCallers and mTLS tests).
 
-mod sidecar_common;
-
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
-use sidecar_common::{NAMESPACE, Sidecar, SidecarOptions, http, log_dir, pod_ip};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +21,7 @@ use streamgate_tests::consul_agent::ConsulAgent;
 use streamgate_tests::echo::EchoServer;
 use streamgate_tests::ports::free_port;
 use streamgate_tests::process::Proc;
+use streamgate_tests::sidecar::{NAMESPACE, Sidecar, SidecarOptions, http, log_dir, pod_ip};
 use streamgate_tests::wait::eventually;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};

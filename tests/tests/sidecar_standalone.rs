@@ -2,14 +2,12 @@
 //! and the shutdown deadlines. Consul is pointed at a port where nothing listens, which
 //! is also how "Consul unreachable" looks to the sidecar.
 
-mod sidecar_common;
-
 use anyhow::Result;
 use nix::sys::signal::Signal;
-use sidecar_common::{DemoApp, Sidecar, SidecarOptions, binaries, log_dir, pod_ip};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use streamgate_tests::ports::free_port;
+use streamgate_tests::sidecar::{DemoApp, Sidecar, SidecarOptions, binaries, log_dir, pod_ip};
 
 /// Runs the sidecar to its exit (killed after 10 s: a refusal must be immediate);
 /// returns the exit code and stderr.

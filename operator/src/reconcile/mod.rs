@@ -1,13 +1,13 @@
 //! The reconciler. For one StreamGateService, inside a finalizer whose cleanup removes
 //! the service's Consul instances, the steps are functions with a typed output each:
 //!
-//! 1. [`validate`](crate::desired::validate) → the sidecar configuration, or
+//! 1. [`validate`] → the sidecar configuration, or
 //!    `Error::Invalid` naming the field (and a Warning Event);
-//! 2. [`desired`](crate::desired::desired) → the Deployment and Service wanted (pure);
-//! 3. [`children::apply_children`] → what changed, or `Error::Apply` naming the child;
-//! 4. [`status_update::observe`] → the status wanted, then [`status_update::write`] or
+//! 2. [`desired()`] → the Deployment and Service wanted (pure);
+//! 3. `children::apply_children` → what changed, or `Error::Apply` naming the child;
+//! 4. `status_update::observe` → the status wanted, then `status_update::write` or
 //!    `Error::WriteStatus`;
-//! 5. [`cleanup::cleanup`] on deletion → pods stopped, Consul cleaned, or
+//! 5. `cleanup::cleanup` on deletion → pods stopped, Consul cleaned, or
 //!    `Error::StopPods` / `Error::ConsulCleanup`.
 //!
 //! Each error variant names its step, which is the label the errors metric counts.

@@ -114,7 +114,8 @@ mod tests {
 
     #[test]
     fn registration_carries_pod_identity_and_the_ttl_check() {
-        let instance = PodInstance::from_settings(&settings("consul: {deregisterCriticalAfter: 90s}"));
+        let instance =
+            PodInstance::from_settings(&settings("consul: {deregisterCriticalAfter: 90s}"));
         let body = instance.registration(CheckStatus::Critical);
         assert_eq!(body["ID"], "upload-media-upload-7d9f-x2");
         assert_eq!(body["Name"], "upload");
@@ -135,7 +136,8 @@ mod tests {
 
     #[test]
     fn port_follows_the_inbound_listener() {
-        let instance = PodInstance::from_settings(&settings("listen: {inbound: '127.0.0.2:25006'}"));
+        let instance =
+            PodInstance::from_settings(&settings("listen: {inbound: '127.0.0.2:25006'}"));
         assert_eq!(instance.port, 25006);
     }
 

@@ -1,7 +1,12 @@
-//! What the sidecar's integration tests share: the binaries under test, loopback
-//! addresses, the demo app and the sidecar as real processes, and views of Consul.
-#![allow(dead_code)] // each test binary uses its own subset
+//! Fixtures of the sidecar's integration tests: the binaries under test, loopback
+//! addresses, the demo app and the sidecar as real processes, a pod of both
+//! ([`started_sidecar`]), and views of Consul.
 
+use crate::bins::binary;
+use crate::ports::free_port;
+use crate::process::Proc;
+use crate::tools::repo_root;
+use crate::wait::eventually;
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -12,11 +17,6 @@ use std::process::{Command, ExitStatus};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use streamgate_tests::bins::binary;
-use streamgate_tests::ports::free_port;
-use streamgate_tests::process::Proc;
-use streamgate_tests::tools::repo_root;
-use streamgate_tests::wait::eventually;
 
 pub struct Binaries {
     pub sidecar: PathBuf,
@@ -405,4 +405,39 @@ impl ConsulView {
             .unwrap_or_default()
             .to_string())
     }
+}
+
+/// A pod as the sidecar tests run it: its log directory and loopback IP, the demo app,
+/// and the sidecar beside it.
+pub struct SidecarPod {
+    pub service: String,
+    pub dir: PathBuf,
+    pub ip: String,
+    pub app: DemoApp,
+    pub sidecar: Sidecar,
+}
+
+/// Starts a pod of the service `name` (made unique to the test run by `env`): the demo
+/// app, healthy or not, and a sidecar registering with the platform's Consul, its
+/// options first adjusted by `tweak` (health check, events, drain timeout, ...).
+pub async fn started_sidecar(
+    env: &crate::TestEnv,
+    name: &str,
+    app_healthy: bool,
+    tweak: impl FnOnce(&mut SidecarOptions),
+) -> Result<SidecarPod> {
+    let service = env.unique(name);
+    let dir = log_dir(&service);
+    let ip = pod_ip();
+    let app = DemoApp::start(&dir, &ip, app_healthy).await?;
+    let mut options = SidecarOptions::new(&service, &ip, app.addr, env.consul_addr());
+    tweak(&mut options);
+    let sidecar = Sidecar::start(&dir, &options)?;
+    Ok(SidecarPod {
+        service,
+        dir,
+        ip,
+        app,
+        sidecar,
+    })
 }
