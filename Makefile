@@ -39,7 +39,7 @@ crds:
 	$(CARGO) run --quiet -p streamgate-operator -- crd > crds/streamgateservice.yaml
 	cp crds/streamgateservice.yaml charts/streamgate/crds/streamgateservice.yaml
 
-## bench: each figure beside its baseline, measured in the same run (release builds)
+## bench: each figure beside its baseline, measured in the same run (release builds of the benches/ crate: sidecar-bench, events-bench, forward-bench, operator-bench)
 bench: tools
 	@bash scripts/bench.sh
 

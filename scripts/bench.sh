@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark on release builds, each figure printed beside its baseline
 # measured in the same run. Runs all of them; exits non-zero if any failed or missed a
-# target it enforces.
+# target it enforces. The benchmarks are the binaries of the streamgate-benches crate
+# (benches/); the binaries they start (the sidecar, the demo app) are found beside them
+# in target/release/, the operator through STREAMGATE_BIN_PROFILE.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/versions.sh
@@ -23,5 +25,5 @@ run() {
 run "sidecar: idle RSS and start to /readyz" target/release/sidecar-bench
 run "events: publish through the sidecar vs direct JetStream publish" target/release/events-bench
 run "forward: gRPC through two sidecars vs direct and vs nginx grpc_pass (ghz, 1 KiB unary)" target/release/forward-bench
-run "operator: 1,000 StreamGateServices vs direct Deployment writes" target/release/streamgate-bench operator
+run "operator: 1,000 StreamGateServices vs direct Deployment writes" target/release/operator-bench
 exit $status

@@ -95,7 +95,24 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         resync_not_ready: args.timing.resync_not_ready,
     });
     let issuer = start_webhook(&args, &client, &ctx.settings, ready).await?;
+    let caches = Caches {
+        deployments: deployment_writer,
+        services: service_writer,
+    };
+    Ok(elect_and_lead(&args, &identity, ctx, caches, issuer).await)
+}
 
+/// Stands by until this replica holds the Lease, then runs the leader's tasks until
+/// SIGTERM (exit 0, the Lease released) or the Lease is lost (exit 1, so a fresh
+/// process stands by).
+async fn elect_and_lead(
+    args: &RunArgs,
+    identity: &str,
+    ctx: Arc<Context>,
+    caches: Caches,
+    issuer: Option<Issuer>,
+) -> ExitCode {
+    let (client, consul, metrics) = (ctx.client.clone(), ctx.consul.clone(), ctx.metrics.clone());
     let mut shutdown = Box::pin(shutdown_signal());
     let elector = args.leader.leader_election.then(|| {
         LeaderElector::new(
@@ -103,7 +120,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             LeaseConfig {
                 namespace: args.leader.lease_namespace.clone(),
                 name: args.leader.lease_name.clone(),
-                identity: identity.clone(),
+                identity: identity.to_string(),
                 lease_duration: args.leader.lease_duration,
                 renew_every: args.leader.lease_renew,
             },
@@ -121,11 +138,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     tokio::select! {
         _ = &mut shutdown => {
             info!("stopping before becoming the leader");
-            return Ok(ExitCode::SUCCESS);
+            return ExitCode::SUCCESS;
         }
         _ = leader_rx.wait_for(|leading| *leading) => {}
         // The election future only returns after leadership was held and lost.
-        _ = &mut election => return Ok(ExitCode::FAILURE),
+        _ = &mut election => return ExitCode::FAILURE,
     }
     metrics.leader.set(1);
     info!(%identity, "leading: starting the controller, the ghost sweep and the identity issuer");
@@ -134,11 +151,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let caches = Caches {
-        deployments: deployment_writer,
-        services: service_writer,
-    };
-    let controller = run_controller(&args, client.clone(), ctx.clone(), caches, stop_rx);
+    let controller = run_controller(args, client.clone(), ctx.clone(), caches, stop_rx);
     let sweep = crate::sweep::run(
         client.clone(),
         consul,
@@ -155,7 +168,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         _ = &mut election => {
             error!("lost the leader lease; exiting so a fresh process can stand by");
             let _ = stop_tx.send(true);
-            return Ok(ExitCode::FAILURE);
+            return ExitCode::FAILURE;
         }
         _ = sweep => ExitCode::FAILURE,
         _ = controller => ExitCode::SUCCESS,
@@ -164,7 +177,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         elector.release().await;
     }
     metrics.leader.set(0);
-    Ok(code)
+    code
 }
 
 /// The name this replica holds the lease under: `--identity`, else host and PID.

@@ -1,12 +1,18 @@
-//! `make bench`: each StreamGate figure beside a baseline measured in the same run on the
-//! same local platform, because these machines are shared and noisy.
+//! `operator-bench`: the operator's figures for `make bench`, beside a baseline measured
+//! in the same run on the same local platform (the tests' shared platform, kwok's nodes
+//! only), because these machines are shared and noisy.
 //!
-//! - `operator`: 1,000 StreamGateServices applied and reconciled (Deployment and Service
-//!   exist, status.observedGeneration current) against one client creating the same
-//!   1,000 Deployments directly; reconcile latency p50/p99; the operator's peak RSS.
+//! 1,000 StreamGateServices applied and reconciled (Deployment and Service exist,
+//! status.observedGeneration current) against one client creating the same 1,000
+//! Deployments directly; reconcile latency p50/p99; the operator's peak RSS and CPU; the
+//! API server's reads and writes and each platform process's CPU during both runs.
+//!
+//! Run: `make tools && cargo build --release --workspace --bins &&
+//! STREAMGATE_BIN_PROFILE=release target/release/operator-bench` (the harness finds the
+//! operator binary of that profile). `--count N` changes the number of resources.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -14,6 +20,7 @@ use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use streamgate_benches::procfs::{cpu_time, peak_rss_kib};
 use streamgate_crds::StreamGateService;
 use streamgate_tests::TestEnv;
 use streamgate_tests::operator::{Operator, PRODUCTION_TIMINGS, operator_kubeconfig};
@@ -21,28 +28,18 @@ use streamgate_tests::wait::eventually;
 
 #[derive(Parser)]
 #[command(
-    name = "streamgate-bench",
-    about = "StreamGate benchmarks, each beside its baseline"
+    name = "operator-bench",
+    about = "Operator throughput against direct API-server writes, each beside its baseline"
 )]
 struct Cli {
-    #[command(subcommand)]
-    bench: Bench,
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// Operator throughput against direct API-server writes.
-    Operator {
-        #[arg(long, default_value_t = 1000)]
-        count: usize,
-    },
+    /// StreamGateServices the operator reconciles (and Deployments the baseline creates).
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    match Cli::parse().bench {
-        Bench::Operator { count } => operator_bench(count).await,
-    }
+    operator_bench(Cli::parse().count).await
 }
 
 /// The Deployment the operator renders for `sgs` (app and sidecar), without an owner:
@@ -71,20 +68,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-/// User + system CPU seconds the process has used (from /proc/PID/stat).
+/// User + system CPU seconds the process has used.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    cpu_time(pid).ok().map(|cpu| cpu.as_secs_f64())
 }
 
 async fn operator_bench(count: usize) -> Result<()> {
@@ -183,7 +169,7 @@ async fn operator_bench(count: usize) -> Result<()> {
         .filter_map(|(name, done)| Some(done.saturating_duration_since(*created_at.get(name)?)))
         .collect();
     latencies.sort_unstable();
-    let rss = peak_rss_kib(operator.pid()).map(|k| k as f64 / 1024.0);
+    let rss = peak_rss_kib(operator.pid()).ok().map(|k| k as f64 / 1024.0);
     let cpu = cpu_seconds(operator.pid()).unwrap_or(0.0);
     let ratio = with_operator.as_secs_f64() / direct.as_secs_f64();
     println!(

@@ -8,20 +8,26 @@
 //! - added latency at a fixed 1,000 events/s for 3 s: unary Publish through the sidecar
 //!   minus a direct publish-and-ack at the same rate, p50 and p99 (target p99 <= 1 ms).
 //!
-//! Run the release build: `cargo build --release --workspace --bins && target/release/events-bench`.
-//! NATS comes from `NATS_URL`, else a nats-server with JetStream is started from
-//! `STREAMGATE_NATS_BIN` or `nats-server` on the PATH.
-//! Exits 1 when a figure misses its target.
+//! Run the release build: `cargo build --release --workspace --bins && target/release/events-bench`
+//! (the sidecar is found beside it). NATS comes from `NATS_URL`, else a nats-server with
+//! JetStream is started, as the tests start theirs, from `STREAMGATE_NATS_BIN`, the
+//! `make tools` cache or `nats-server` on the PATH.
+//! Exits 1 when a figure misses its target, 2 when the bench cannot run.
 
-#[path = "support/mod.rs"]
-mod support;
+use anyhow::{Context, Result, ensure};
 use async_nats::jetstream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
+use streamgate_benches::figures::{exit_code, micros, verdict};
+use streamgate_benches::running::Running;
+use streamgate_benches::work_dir::WorkDir;
+use streamgate_benches::{siblings, tools};
 use streamgate_proto::sidecar::v1::events_client::EventsClient;
 use streamgate_proto::sidecar::v1::{PublishBatchRequest, PublishRequest};
-use support::free_port;
+use streamgate_tests::nats_server::NatsServer;
+use streamgate_tests::ports::free_port;
+use streamgate_tests::wait::eventually;
 
 /// Events per throughput round: long enough (about half a second) that one scheduling
 /// hiccup on a shared machine does not decide the figure.
@@ -40,61 +46,37 @@ const RATE_SECONDS: u64 = 3;
 const THROUGHPUT_TARGET: f64 = 0.8;
 const P99_TARGET: Duration = Duration::from_millis(1);
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+type Events = EventsClient<tonic::transport::Channel>;
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("events-bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(bench()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("events-bench: {e}");
-            ExitCode::from(2)
-        }
-    }
+        .context("building the tokio runtime");
+    exit_code(
+        "events-bench",
+        runtime.and_then(|runtime| runtime.block_on(bench())),
+    )
 }
 
-async fn bench() -> Result<bool, String> {
+async fn bench() -> Result<bool> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let work = std::env::temp_dir().join(format!("streamgate-events-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let sidecar_bin = siblings::binary("streamgate-sidecar")?;
+    let work = WorkDir::new("events-bench")?;
     let (nats_url, _nats) = nats(&work).await?;
     let event_type = format!("bench{}.event", std::process::id());
     let subject = format!("streamgate.{event_type}");
 
-    let sidecar_bin = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("streamgate-sidecar")))
-        .filter(|p| p.exists())
-        .ok_or("streamgate-sidecar not found beside events-bench: cargo build --release -p streamgate-sidecar")?;
     let app_listen = format!("127.0.0.1:{}", free_port()?);
     let _sidecar = spawn_sidecar(&sidecar_bin, &nats_url, &app_listen, &event_type, &work)?;
 
     let client = async_nats::connect(&nats_url)
         .await
-        .map_err(|e| e.to_string())?;
+        .with_context(|| format!("connecting to {nats_url}"))?;
     let js = jetstream::new(client);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{app_listen}"))
-        .map_err(|e| e.to_string())?
-        .connect_lazy();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{app_listen}"))?.connect_lazy();
     let grpc = EventsClient::new(channel);
     wait_publish_works(&grpc, &event_type).await?;
     let payload = envelope(&event_type);
@@ -119,9 +101,9 @@ async fn bench() -> Result<bool, String> {
                         .payload(payload.into())
                         .message_id(new_id()),
                 )
-                .await
-                .map_err(|e| e.to_string())?;
-            ack.await.map(|_| ()).map_err(|e| e.to_string())
+                .await?;
+            ack.await?;
+            Ok(())
         }
     })
     .await?;
@@ -129,10 +111,8 @@ async fn bench() -> Result<bool, String> {
         let mut grpc = grpc.clone();
         let event_type = event_type.clone();
         async move {
-            grpc.publish(request(&event_type))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            grpc.publish(request(&event_type)).await?;
+            Ok(())
         }
     })
     .await?;
@@ -168,7 +148,6 @@ async fn bench() -> Result<bool, String> {
         &format!("direct {} (added {})", micros(d99), micros(added99)),
         &verdict(latency_ok, "added p99 <= 1 ms (Dapr: 1.87 ms)"),
     );
-    let _ = std::fs::remove_dir_all(&work);
     Ok(throughput_ok && latency_ok)
 }
 
@@ -196,11 +175,7 @@ fn new_id() -> String {
 }
 
 /// Pipelined publishes with the sidecar's own window ([`DIRECT_WINDOW`] acks in flight).
-async fn direct_throughput(
-    js: &jetstream::Context,
-    subject: &str,
-    payload: &[u8],
-) -> Result<f64, String> {
+async fn direct_throughput(js: &jetstream::Context, subject: &str, payload: &[u8]) -> Result<f64> {
     let started = Instant::now();
     let mut pending = std::collections::VecDeque::with_capacity(DIRECT_WINDOW);
     for _ in 0..EVENTS {
@@ -208,27 +183,20 @@ async fn direct_throughput(
             && let Some(ack) = pending.pop_front()
         {
             let ack: jetstream::context::PublishAckFuture = ack;
-            ack.await.map_err(|e| e.to_string())?;
+            ack.await?;
         }
         let message = jetstream::message::PublishMessage::build()
             .payload(payload.to_vec().into())
             .message_id(new_id());
-        pending.push_back(
-            js.send_publish(subject.to_string(), message)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        pending.push_back(js.send_publish(subject.to_string(), message).await?);
     }
     for ack in pending {
-        ack.await.map_err(|e| e.to_string())?;
+        ack.await?;
     }
     Ok(EVENTS as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn sidecar_throughput(
-    grpc: &EventsClient<tonic::transport::Channel>,
-    event_type: &str,
-) -> Result<f64, String> {
+async fn sidecar_throughput(grpc: &Events, event_type: &str) -> Result<f64> {
     let started = Instant::now();
     let calls = EVENTS / BATCH;
     let mut tasks = Vec::new();
@@ -238,24 +206,22 @@ async fn sidecar_throughput(
         tasks.push(tokio::spawn(async move {
             for _ in (worker..calls).step_by(CALLS_IN_FLIGHT) {
                 let events = (0..BATCH).map(|_| request(&event_type)).collect();
-                grpc.publish_batch(PublishBatchRequest { events })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                grpc.publish_batch(PublishBatchRequest { events }).await?;
             }
-            Ok::<(), String>(())
+            Ok::<(), anyhow::Error>(())
         }));
     }
     for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
+        task.await??;
     }
     Ok(EVENTS as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Starts one call per millisecond for RATE_SECONDS; returns each call's latency.
-async fn at_rate<F, Fut>(call: F) -> Result<Vec<Duration>, String>
+async fn at_rate<F, Fut>(call: F) -> Result<Vec<Duration>>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
 {
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -270,7 +236,7 @@ where
     }
     let mut latencies = Vec::with_capacity(tasks.len());
     for task in tasks {
-        latencies.push(task.await.map_err(|e| e.to_string())??);
+        latencies.push(task.await??);
     }
     latencies.sort();
     Ok(latencies)
@@ -281,43 +247,26 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(index).copied().unwrap_or_default()
 }
 
-async fn wait_publish_works(
-    grpc: &EventsClient<tonic::transport::Channel>,
-    event_type: &str,
-) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match grpc.clone().publish(request(event_type)).await {
-            Ok(r) if !r.get_ref().spooled => return Ok(()),
-            Ok(_) => last = "spooled: NATS not connected yet".into(),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("the sidecar does not publish: {last}"))
+/// Until a Publish is sent on to NATS rather than spooled (the sidecar has connected).
+async fn wait_publish_works(grpc: &Events, event_type: &str) -> Result<()> {
+    eventually(
+        "the sidecar publishes to NATS",
+        Duration::from_secs(30),
+        || {
+            let mut grpc = grpc.clone();
+            let request = request(event_type);
+            async move {
+                let reply = grpc.publish(request).await?;
+                ensure!(!reply.get_ref().spooled, "spooled: NATS not connected yet");
+                Ok(Some(()))
+            }
+        },
+    )
+    .await
 }
 
 fn row(name: &str, value: &str, baseline: &str, target: &str) {
     println!("{name:<36} {value:>10}   {baseline:<52} {target}");
-}
-
-fn micros(d: Duration) -> String {
-    format!("{} µs", d.as_micros())
-}
-
-fn verdict(ok: bool, target: &str) -> String {
-    format!("{target} {}", if ok { "ok" } else { "MISSED" })
-}
-
-fn spawn(command: &mut Command, log: &Path) -> Result<Running, String> {
-    let out = std::fs::File::create(log).map_err(|e| e.to_string())?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    command.stdin(Stdio::null()).stdout(out).stderr(err);
-    command
-        .spawn()
-        .map(Running)
-        .map_err(|e| format!("{command:?}: {e}"))
 }
 
 fn spawn_sidecar(
@@ -325,8 +274,8 @@ fn spawn_sidecar(
     nats: &str,
     app_listen: &str,
     event_type: &str,
-    work: &Path,
-) -> Result<Running, String> {
+    work: &WorkDir,
+) -> Result<Running> {
     // Consul at a port where nothing listens: registration retries in the background
     // and does not touch the events path being measured.
     let document = format!(
@@ -341,36 +290,25 @@ fn spawn_sidecar(
         consul = free_port()?,
         spool = work.join("spool").display(),
     );
-    spawn(
-        Command::new(bin)
-            .env_clear()
-            .env("STREAMGATE_CONFIG", document),
+    let mut command = Command::new(bin);
+    command.env_clear().env("STREAMGATE_CONFIG", document);
+    Running::spawn(
+        "sidecar",
+        command,
         &work.join("sidecar.log"),
+        Duration::ZERO,
     )
 }
 
-/// `NATS_URL`, else a nats-server with JetStream of our own.
-async fn nats(work: &Path) -> Result<(String, Option<Running>), String> {
+/// `NATS_URL`, else a nats-server with JetStream of our own, started as the tests start
+/// theirs and stopped when the returned value is dropped.
+async fn nats(work: &WorkDir) -> Result<(String, Option<NatsServer>)> {
     if let Ok(url) = std::env::var("NATS_URL") {
         return Ok((url, None));
     }
-    let bin = std::env::var("STREAMGATE_NATS_BIN").unwrap_or_else(|_| "nats-server".into());
-    let port = free_port()?;
-    let store: PathBuf = work.join("jetstream");
-    let server = spawn(
-        Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&store),
-        &work.join("nats-server.log"),
-    )
-    .map_err(|e| format!("starting nats-server ({bin}): {e}"))?;
-    let url = format!("nats://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if async_nats::connect(&url).await.is_ok() {
-            return Ok((url, Some(server)));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("nats-server at {url} did not come up"))
+    let bin = tools::NATS_SERVER.locate()?;
+    let server = NatsServer::start_new(&bin, &work.join("nats"), None)
+        .await
+        .with_context(|| format!("starting nats-server ({})", bin.display()))?;
+    Ok((server.url(), Some(server)))
 }
