@@ -331,17 +331,16 @@ impl ConsulView {
         }
     }
 
+    /// A JSON answer of Consul's HTTP API at `path`.
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let response = self.client.get(url).send().await?.error_for_status()?;
+        Ok(response.json().await?)
+    }
+
     /// The instance `id` of `service` in the catalog, if there.
     pub async fn instance(&self, service: &str, id: &str) -> Result<Option<CatalogInstance>> {
-        let url = format!("{}/v1/health/service/{service}", self.base);
-        let entries: Vec<Value> = self
-            .client
-            .get(url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let entries: Vec<Value> = self.get(&format!("/v1/health/service/{service}")).await?;
         let Some(entry) = entries.into_iter().find(|e| e["Service"]["ID"] == id) else {
             return Ok(None);
         };
@@ -391,15 +390,7 @@ impl ConsulView {
     /// The TTL check's output as the local agent has it (the catalog defers
     /// output-only changes for minutes by design).
     pub async fn check_output(&self, id: &str) -> Result<String> {
-        let url = format!("{}/v1/agent/checks", self.base);
-        let checks: Value = self
-            .client
-            .get(url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let checks: Value = self.get("/v1/agent/checks").await?;
         Ok(checks[format!("service:{id}")]["Output"]
             .as_str()
             .unwrap_or_default()

@@ -133,35 +133,33 @@ pub fn print(direct: &Measured, nginx: &Result<Measured>, sidecars: &Result<Meas
             &verdict(*rss <= RSS_TARGET_KIB, "<= 15 MiB"),
         );
     }
-    let total_rate: Duration = s.usage.iter().map(|u| u.1).sum();
-    let total_max: Duration = s.usage.iter().map(|u| u.2).sum();
-    let each = |pick: fn(&(u64, Duration, Duration)) -> Duration, requests| {
-        s.usage
-            .iter()
-            .map(|u| per_k(pick(u), requests))
-            .collect::<Vec<_>>()
-            .join(" + ")
-    };
-    row(
-        &format!("(b) sidecars CPU per 1k at {RATE} RPS"),
-        &per_k(total_rate, s.rate_requests),
-        &format!(
-            "client + server {}; nginx {}",
-            each(|u| u.1, s.rate_requests),
-            nginx_usage.as_ref().map(|n| n.1.as_str()).unwrap_or("-")
+    // CPU per 1,000 calls at the fixed rate (usage.1) and at the maximum (usage.2).
+    let at_rate: fn(&(u64, Duration, Duration)) -> Duration = |u| u.1;
+    let at_max: fn(&(u64, Duration, Duration)) -> Duration = |u| u.2;
+    let cpu_rows = [
+        (
+            format!("(b) sidecars CPU per 1k at {RATE} RPS"),
+            at_rate,
+            s.rate_requests,
+            nginx_usage.as_ref().map(|n| n.1.clone()),
         ),
-        "",
-    );
-    row(
-        "(b) sidecars CPU per 1k at max",
-        &per_k(total_max, s.max_requests),
-        &format!(
-            "client + server {}; nginx {}",
-            each(|u| u.2, s.max_requests),
-            nginx_usage.as_ref().map(|n| n.2.as_str()).unwrap_or("-")
+        (
+            "(b) sidecars CPU per 1k at max".to_string(),
+            at_max,
+            s.max_requests,
+            nginx_usage.as_ref().map(|n| n.2.clone()),
         ),
-        "",
-    );
+    ];
+    for (label, pick, requests, nginx) in cpu_rows {
+        let total: Duration = s.usage.iter().map(pick).sum();
+        let each: Vec<String> = s.usage.iter().map(|u| per_k(pick(u), requests)).collect();
+        let baseline = format!(
+            "client + server {}; nginx {}",
+            each.join(" + "),
+            nginx.as_deref().unwrap_or("-")
+        );
+        row(&label, &per_k(total, requests), &baseline, "");
+    }
     p50_ok && p99_ok && throughput_ok && rss_ok
 }
 
