@@ -111,7 +111,9 @@ pub async fn http_publish(
                 Failure::Spool(e @ SpoolError::Full { .. }) => {
                     (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 }
-                Failure::Spool(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                // Not accepted (e.g. the spool's disk is full): nothing was kept, and the
+                // app may retry later, as with a full spool.
+                Failure::Spool(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
                 Failure::Off => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "the event relay is off".into(),

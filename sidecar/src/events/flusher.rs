@@ -55,10 +55,16 @@ pub async fn run(
             }
         }
         match flush_round(&js, &window, &spool, &metrics).await {
-            Ok(true) => backoff.reset(),
-            Ok(false) => {
+            Ok(Round::AllAcked) => backoff.reset(),
+            Ok(Round::Refused) => {
                 // JetStream refused part of the round: maybe the stream went away.
                 stream_ready = false;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Ok(Round::NothingReadable(pending_bytes)) => {
+                // Bytes are counted as pending but no record can be read: never spin on
+                // it; the log says so and the next round looks again.
+                tracing::warn!(pending_bytes, "spool: pending bytes but no readable record");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => {
@@ -69,19 +75,31 @@ pub async fn run(
     }
 }
 
-/// One round; Ok(true) when every record read was acked.
+/// How a flush round went.
+enum Round {
+    /// Every record read was acked (or there was none and nothing is pending).
+    AllAcked,
+    /// JetStream refused or did not ack part of the round.
+    Refused,
+    /// The spool counts these pending bytes but yields no record.
+    NothingReadable(u64),
+}
+
 async fn flush_round(
     js: &jetstream::Context,
     window: &Window,
     spool: &Arc<Spool>,
     metrics: &EventMetrics,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Round> {
     let reader = spool.clone();
-    let records = tokio::task::spawn_blocking(move || reader.read(ROUND))
+    let (records, pending) = tokio::task::spawn_blocking(move || reader.read_round(ROUND))
         .await
         .map_err(std::io::Error::other)??;
     if records.is_empty() {
-        return Ok(true);
+        return Ok(match pending {
+            0 => Round::AllAcked,
+            bytes => Round::NothingReadable(bytes),
+        });
     }
     let events: Vec<_> = records.iter().map(|r| r.event.clone()).collect();
     let acks = send_all(js, window, &events).await;
@@ -97,5 +115,9 @@ async fn flush_round(
         metrics.acked.inc_by(acked as u64);
         tracing::debug!(count = acked, "flushed spooled events");
     }
-    Ok(acked == records.len())
+    Ok(if acked == records.len() {
+        Round::AllAcked
+    } else {
+        Round::Refused
+    })
 }

@@ -38,6 +38,10 @@ pub struct Log {
     segments: Vec<u64>,
     cursor: Position,
     writer: Option<(u64, File, u64)>,
+    /// A failed append could not be rolled back in this segment: the next append starts
+    /// a new one, so no acknowledged record ever follows torn bytes in a segment (which
+    /// recovery would cut off with them).
+    sealed: Option<u64>,
     pending_bytes: u64,
     _lock: File,
 }
@@ -77,6 +81,7 @@ impl Log {
             segments,
             cursor,
             writer: None,
+            sealed: None,
             pending_bytes: 0,
             _lock: lock,
         };
@@ -93,23 +98,24 @@ impl Log {
         HEADER + (event.subject.len() + event.id.len() + 2 + event.payload.len()) as u64
     }
 
-    /// Appends every event and fsyncs once.
+    /// Appends every event and fsyncs once. On failure (disk full, I/O error) nothing of
+    /// the batch stays: the segment is cut back to its last good size, or, when even that
+    /// fails, sealed so later appends go to a new one. Either way the caller answers the
+    /// app with an error, never "spooled", and later appends stay readable.
     pub fn append(&mut self, events: &[Outgoing]) -> io::Result<()> {
-        let (_, file, size) = self.writer()?;
-        let mut buffer = Vec::new();
-        for event in events {
-            let mut body = Vec::with_capacity(Self::record_size(event) as usize);
-            body.extend_from_slice(event.subject.as_bytes());
-            body.push(b'\n');
-            body.extend_from_slice(event.id.as_bytes());
-            body.push(b'\n');
-            body.extend_from_slice(&event.payload);
-            buffer.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            buffer.extend_from_slice(&checksum(&body).to_le_bytes());
-            buffer.extend_from_slice(&body);
+        let buffer = encode(events);
+        let (segment, file, size) = self.writer()?;
+        let written = file.write_all(&buffer).and_then(|()| file.sync_data());
+        if let Err(error) = written {
+            let (segment, good) = (*segment, *size);
+            let rolled_back = file.set_len(good).and_then(|()| file.sync_data());
+            self.writer = None;
+            if let Err(e) = rolled_back {
+                tracing::warn!(segment, error = %e, "spool: cannot roll back a failed append; sealing the segment");
+                self.sealed = Some(segment);
+            }
+            return Err(error);
         }
-        file.write_all(&buffer)?;
-        file.sync_data()?;
         *size += buffer.len() as u64;
         self.pending_bytes += buffer.len() as u64;
         Ok(())
@@ -176,9 +182,11 @@ impl Log {
             return Ok(self.writer.as_mut().expect("checked above"));
         }
         let target = match (self.writer.as_ref(), self.segments.last()) {
-            // At open: keep appending to the last segment while it has room.
+            // At open or after a rolled-back append: keep appending to the last segment
+            // while it has room, unless it was sealed.
             (None, Some(&last))
-                if has_room(std::fs::metadata(segment_path(&self.dir, last))?.len()) =>
+                if self.sealed != Some(last)
+                    && has_room(std::fs::metadata(segment_path(&self.dir, last))?.len()) =>
             {
                 last
             }
@@ -220,6 +228,23 @@ impl Log {
         }
         Ok(())
     }
+}
+
+/// The records of `events`, one after the other, as they go on disk.
+fn encode(events: &[Outgoing]) -> Vec<u8> {
+    let mut buffer = Vec::new();
+    for event in events {
+        let mut body = Vec::with_capacity(Log::record_size(event) as usize);
+        body.extend_from_slice(event.subject.as_bytes());
+        body.push(b'\n');
+        body.extend_from_slice(event.id.as_bytes());
+        body.push(b'\n');
+        body.extend_from_slice(&event.payload);
+        buffer.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buffer.extend_from_slice(&checksum(&body).to_le_bytes());
+        buffer.extend_from_slice(&body);
+    }
+    buffer
 }
 
 /// The next record, or `None` at the end or at a torn or corrupt record.
@@ -365,5 +390,43 @@ mod tests {
             .collect();
         assert_eq!(ids, ["id-0", "id-2"]);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_append_leaves_nothing_behind_and_later_appends_stay_readable() {
+        let dir = temp_dir("full");
+        Log::open(&dir).unwrap().append(&[event(0)]).unwrap();
+        // The next segment is a full disk: every write to it fails with ENOSPC, and it
+        // cannot even be truncated back.
+        std::os::unix::fs::symlink("/dev/full", segment_path(&dir, 1)).unwrap();
+        let mut log = Log::open(&dir).unwrap();
+        let error = log.append(&[event(1)]).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc_enospc()), "{error}");
+        log.append(&[event(2)]).unwrap();
+        let ids = |log: &Log| -> Vec<String> {
+            log.read(10)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.event.id)
+                .collect()
+        };
+        assert_eq!(
+            ids(&log),
+            ["id-0", "id-2"],
+            "the refused event is not there"
+        );
+        drop(log);
+        let log = Log::open(&dir).unwrap();
+        assert_eq!(
+            ids(&log),
+            ["id-0", "id-2"],
+            "nothing accepted is lost at reopen"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// ENOSPC on Linux.
+    fn libc_enospc() -> i32 {
+        28
     }
 }

@@ -81,9 +81,18 @@ impl Spool {
             .unwrap_or_else(|_| Err(SpoolError::Io("the spool writer stopped".into())))
     }
 
-    /// Up to `max` unsent records, oldest first (blocking: call from the blocking pool).
-    pub fn read(&self, max: usize) -> std::io::Result<Vec<Record>> {
-        self.lock_log().read(max)
+    /// Up to `max` unsent records, oldest first, and the bytes still pending when none
+    /// could be read, both under one lock (so an append in between cannot look like an
+    /// unreadable record). Blocking: call from the blocking pool.
+    pub fn read_round(&self, max: usize) -> std::io::Result<(Vec<Record>, u64)> {
+        let log = self.lock_log();
+        let records = log.read(max)?;
+        let pending = if records.is_empty() {
+            log.pending_bytes()
+        } else {
+            0
+        };
+        Ok((records, pending))
     }
 
     /// Records up to `next` were acked by JetStream (blocking).
