@@ -601,6 +601,67 @@ async fn failing_app_gets_redeliveries_then_the_event_is_dead_lettered() -> Resu
 }
 
 #[tokio::test]
+async fn an_event_too_large_for_its_dead_letter_is_dead_lettered_by_reference_once() -> Result<()> {
+    let env = TestEnv::new("events-dlq-big").await?;
+    let dir = log_dir("events-dlq-big");
+    let t = event_type(&env, "huge");
+    let sink = env.unique("sink");
+    let subscriber = Pod::start(
+        &dir,
+        PodSpec {
+            service: &sink,
+            consul: env.consul_addr(),
+            events: subscribe(&t, 2),
+            nats: nats(env.nats_url()),
+            pod_name: None,
+        },
+    )
+    .await?;
+    subscriber.fail_deliveries(500).await?;
+    wait_consumer(env.nats_url(), &sink, &t).await?;
+    // A seed service publishes straight to NATS (no sidecar at the door), close to the
+    // server's max_payload: the event itself fits, a dead letter wrapping it does not.
+    let client = async_nats::connect(env.nats_url()).await?;
+    let room = client.server_info().max_payload - 512;
+    let filler = "x".repeat(room - 100);
+    let body =
+        json!({"id": "huge-1", "type": t, "source": "upload-service", "data": {"blob": filler}});
+    let js = async_nats::jetstream::new(client);
+    js.publish(format!("streamgate.{t}"), body.to_string().into())
+        .await?
+        .await?;
+
+    let dlq = format!("streamgate.dlq.{sink}.{t}");
+    let letter = eventually(
+        "the dead letter is in the stream",
+        Duration::from_secs(30),
+        || async {
+            let stream = js.get_stream(STREAM).await?;
+            Ok(stream.get_last_raw_message_by_subject(&dlq).await.ok())
+        },
+    )
+    .await?;
+    let letter: Value = serde_json::from_slice(&letter.payload)?;
+    assert!(letter["event"].is_null(), "the event is left out: {letter}");
+    assert!(
+        letter["streamSequence"].as_u64().unwrap_or(0) > 0,
+        "{letter}"
+    );
+    assert!(
+        letter["eventOmitted"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_payload"),
+        "{letter}"
+    );
+    assert_eq!(letter["attempts"], 2, "{letter}");
+    assert_eq!(subscriber.metric("events_dead_lettered_total").await?, 1.0);
+    let attempts = subscriber.received().await?.len();
+    assert_eq!(attempts, 2, "two deliveries to the app, then none");
+    Ok(())
+}
+
+#[tokio::test]
 async fn delivery_pauses_while_the_app_is_unhealthy() -> Result<()> {
     let env = TestEnv::new("events-pause").await?;
     let dir = log_dir("events-pause");

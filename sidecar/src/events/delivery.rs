@@ -53,6 +53,11 @@ pub async fn deliver(target: &DeliveryTarget, message: Message) {
         settle(&message, AckKind::Ack).await;
         return;
     }
+    if attempt > target.max_deliver {
+        // The app had its attempts and dead-lettering failed before: retry only that.
+        let error = format!("the app refused it {} times", target.max_deliver);
+        return dead_letter_or_give_up(target, &message, &id, attempt, sequence, &error).await;
+    }
     wait_healthy(target, &message).await;
 
     let started = Instant::now();
@@ -70,23 +75,49 @@ pub async fn deliver(target: &DeliveryTarget, message: Message) {
         Err(error) if attempt >= target.max_deliver => {
             tracing::warn!(%id, attempt, %error, subject = %target.dlq_subject(), "dead-lettering");
             let error = error.to_string();
-            match dead_letter(target, &message, &id, attempt, &error).await {
-                Ok(()) => {
-                    target.metrics.dead_lettered.inc();
-                    settle(&message, AckKind::Term).await;
-                }
-                // Not lost: JetStream redelivers it and the dead-lettering is retried.
-                Err(e) => {
-                    tracing::warn!(%id, error = %e, "dead-letter publish failed");
-                    settle(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                }
-            }
+            dead_letter_or_give_up(target, &message, &id, attempt, sequence, &error).await;
         }
         Err(error) => {
             let delay = redelivery_delay(attempt);
             tracing::debug!(%id, attempt, %error, ?delay, "delivery failed: redelivering");
             target.metrics.redelivered.inc();
             settle(&message, AckKind::Nak(Some(delay))).await;
+        }
+    }
+}
+
+/// How many times publishing an event's dead letter is tried before the event is given
+/// up (it stays in the stream until its max age).
+const DEAD_LETTER_ATTEMPTS: i64 = 5;
+
+/// Publishes the dead letter and terminates the event; a failed publish is retried
+/// with the redelivery backoff (JetStream redelivers the event, which is not handed to
+/// the app again), and after [`DEAD_LETTER_ATTEMPTS`] the event is given up, loudly:
+/// never an endless loop.
+async fn dead_letter_or_give_up(
+    target: &DeliveryTarget,
+    message: &Message,
+    id: &str,
+    attempt: i64,
+    sequence: u64,
+    error: &str,
+) {
+    let attempts = attempt.min(target.max_deliver);
+    match dead_letter(target, message, id, attempts, sequence, error).await {
+        Ok(()) => {
+            target.metrics.dead_lettered.inc();
+            settle(message, AckKind::Term).await;
+        }
+        Err(e) if attempt - target.max_deliver + 1 >= DEAD_LETTER_ATTEMPTS => {
+            tracing::error!(%id, stream_sequence = sequence, error = %e,
+                "giving the event up: its dead letter cannot be published; it stays in the stream until its max age");
+            target.metrics.dead_letter_failed.inc();
+            settle(message, AckKind::Term).await;
+        }
+        Err(e) => {
+            let delay = redelivery_delay(attempt - target.max_deliver + 1);
+            tracing::warn!(%id, error = %e, ?delay, "dead-letter publish failed; retrying");
+            settle(message, AckKind::Nak(Some(delay))).await;
         }
     }
 }
@@ -147,20 +178,11 @@ async fn dead_letter(
     message: &Message,
     id: &str,
     attempts: i64,
+    sequence: u64,
     error: &str,
 ) -> Result<(), DeadLetterError> {
-    let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
-        String::from_utf8_lossy(&message.payload)
-            .into_owned()
-            .into()
-    });
-    let body = serde_json::json!({
-        "event": event,
-        "error": error,
-        "attempts": attempts,
-        "subject": message.subject.as_str(),
-        "service": target.service,
-    });
+    let max_payload = target.js.client().server_info().max_payload;
+    let body = dead_letter_body(message, target, attempts, sequence, error, max_payload);
     let publish = jetstream::message::PublishMessage::build()
         .payload(serde_json::to_vec(&body).unwrap_or_default().into())
         .message_id(format!("dlq-{}-{id}", target.service))
@@ -173,6 +195,45 @@ async fn dead_letter(
         .await
         .map(|_| ())
         .map_err(DeadLetterError)
+}
+
+/// Room kept under `max_payload` for the dead letter's headers (its id and error).
+const DEAD_LETTER_HEADER_ROOM: usize = 1024;
+
+/// The dead letter: the event, why and how often it failed, and its stream sequence. An
+/// event too large to travel inside it (e.g. published straight to NATS by a seed
+/// service, near `max_payload`) is left out: the sequence fetches it from the stream.
+fn dead_letter_body(
+    message: &Message,
+    target: &DeliveryTarget,
+    attempts: i64,
+    sequence: u64,
+    error: &str,
+    max_payload: usize,
+) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "event": null,
+        "error": error,
+        "attempts": attempts,
+        "subject": message.subject.as_str(),
+        "service": target.service,
+        "streamSequence": sequence,
+    });
+    let wrapper = body.to_string().len() + DEAD_LETTER_HEADER_ROOM;
+    if message.payload.len() + wrapper <= max_payload {
+        body["event"] = serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
+            String::from_utf8_lossy(&message.payload)
+                .into_owned()
+                .into()
+        });
+    } else {
+        body["eventOmitted"] = format!(
+            "the event ({} bytes) does not fit in a dead letter under the server's max_payload ({max_payload}); read it from the stream at sequence {sequence}",
+            message.payload.len()
+        )
+        .into();
+    }
+    body
 }
 
 async fn settle(message: &Message, kind: AckKind) {

@@ -20,6 +20,9 @@ pub struct EventMetrics {
     /// Failed deliveries handed back to JetStream for another attempt.
     pub redelivered: Counter,
     pub dead_lettered: Counter,
+    /// Events given up after their dead letter could not be published either (they stay
+    /// in the stream until its max age; the log names each id and stream sequence).
+    pub dead_letter_failed: Counter,
     /// Deliveries skipped because the same id was delivered within the window.
     pub duplicates: Counter,
     /// From the app's call to the event being durable.
@@ -43,6 +46,7 @@ impl Default for EventMetrics {
             delivered: Counter::default(),
             redelivered: Counter::default(),
             dead_lettered: Counter::default(),
+            dead_letter_failed: Counter::default(),
             duplicates: Counter::default(),
             publish_duration: publish(),
             // 0.5 ms .. ~8 s: apps take milliseconds; timeouts are seconds.
@@ -91,6 +95,11 @@ impl EventMetrics {
                 "events_dead_lettered",
                 "Events sent to the dead-letter subject",
                 &self.dead_lettered,
+            ),
+            (
+                "events_dead_letter_failed",
+                "Events given up because their dead letter could not be published",
+                &self.dead_letter_failed,
             ),
             (
                 "events_duplicates",
