@@ -61,6 +61,59 @@ pub mod identity {
     }
 }
 
+/// `allowedCallers`: who may call a service, as its inbound side checks a caller's
+/// identity (the namespace and service its certificate names).
+pub mod callers {
+    /// An entry: `service` (a caller of that name in the called service's own namespace)
+    /// or `namespace/service` (one in another namespace).
+    pub const ENTRY_PATTERN: &str =
+        r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+    /// Whether `entry` is a well-formed `allowedCallers` entry.
+    pub fn is_valid_entry(entry: &str) -> bool {
+        let label = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !s.starts_with('-')
+                && !s.ends_with('-')
+        };
+        match entry.split_once('/') {
+            Some((namespace, service)) => label(namespace) && label(service),
+            None => label(entry),
+        }
+    }
+
+    /// Whether `entry` admits the caller `caller_service` from `caller_namespace`, for a
+    /// service running in `own_namespace`. A bare name never admits another namespace's
+    /// service of the same name: a namespace anyone can create pods in cannot borrow a
+    /// name another namespace trusts.
+    pub fn admits(
+        entry: &str,
+        own_namespace: &str,
+        caller_namespace: &str,
+        caller_service: &str,
+    ) -> bool {
+        match entry.split_once('/') {
+            Some((namespace, service)) => {
+                namespace == caller_namespace && service == caller_service
+            }
+            None => entry == caller_service && own_namespace == caller_namespace,
+        }
+    }
+
+    /// How a caller is named in metrics and to the app: its service, qualified by its
+    /// namespace when that is not the called service's own.
+    pub fn display(own_namespace: &str, caller_namespace: &str, caller_service: &str) -> String {
+        if caller_namespace == own_namespace {
+            caller_service.to_string()
+        } else {
+            format!("{caller_namespace}/{caller_service}")
+        }
+    }
+}
+
 /// Where the operator mounts what the sidecar reads, and the sidecar's defaults.
 pub mod mounts {
     /// The workload certificate's Secret (`ca.crt`, `tls.crt`, `tls.key`).
@@ -90,6 +143,27 @@ mod tests {
         ] {
             assert_eq!(identity::parse_spiffe_id(foreign), None, "{foreign}");
         }
+    }
+
+    #[test]
+    fn a_bare_caller_name_admits_only_the_own_namespace() {
+        use callers::admits;
+        assert!(admits("api-gateway", "media", "media", "api-gateway"));
+        assert!(
+            !admits("api-gateway", "media", "sandbox", "api-gateway"),
+            "a sandbox pod labelled api-gateway is not media's api-gateway"
+        );
+        assert!(admits("edge/api-gateway", "media", "edge", "api-gateway"));
+        assert!(!admits("edge/api-gateway", "media", "media", "api-gateway"));
+        assert!(!admits("upload", "media", "media", "api-gateway"));
+        for valid in ["api-gateway", "edge/api-gateway", "a/b", "x1"] {
+            assert!(callers::is_valid_entry(valid), "{valid}");
+        }
+        for invalid in ["", "/x", "x/", "a/b/c", "API", "-a", "a_b", "ns/-x"] {
+            assert!(!callers::is_valid_entry(invalid), "{invalid}");
+        }
+        assert_eq!(callers::display("media", "media", "upload"), "upload");
+        assert_eq!(callers::display("media", "edge", "api"), "edge/api");
     }
 
     #[test]

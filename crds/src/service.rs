@@ -98,9 +98,10 @@ pub struct StreamGateServiceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub upstreams: Vec<Upstream>,
-    /// Consul service names allowed to call this service; empty allows any caller.
+    /// Services allowed to call this service, by the identity their certificate names:
+    /// `service` (in this namespace) or `namespace/service`; empty allows any caller.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(regex(pattern = DNS_LABEL_PATTERN), length(max = 63)))]
+    #[schemars(length(max = 64), inner(regex(pattern = crate::contract::callers::ENTRY_PATTERN), length(max = 127)))]
     pub allowed_callers: Vec<String>,
     /// Settings of the StreamGate sidecar container.
     #[serde(default)]

@@ -248,10 +248,10 @@ impl ServiceConfig {
         self.events.validate("service.events")?;
         crate::upstreams::validate_upstreams("service.upstreams", &self.upstreams)?;
         for (i, caller) in self.allowed_callers.iter().enumerate() {
-            if !crate::upstreams::is_dns_label(caller) {
+            if !crate::contract::callers::is_valid_entry(caller) {
                 return Err(FieldError::new(
                     format!("service.allowedCallers[{i}]"),
-                    format!("{caller:?} is not a DNS-1123 label"),
+                    format!("{caller:?} is not a service name or namespace/service"),
                 ));
             }
         }

@@ -605,10 +605,20 @@ async fn a_caller_outside_allowed_callers_is_denied() -> Result<()> {
 
 /// Writes a workload identity for `service` as the operator's Secret mounts it.
 fn identity(dir: &Path, ca: &(String, String), service: &str) -> Result<PathBuf> {
+    identity_in(dir, ca, NAMESPACE, service)
+}
+
+/// As [`identity`], for a service of another namespace.
+fn identity_in(
+    dir: &Path,
+    ca: &(String, String),
+    namespace: &str,
+    service: &str,
+) -> Result<PathBuf> {
     use streamgate_operator::webhook::certs::issue_workload;
-    let path = dir.join(format!("mtls-{service}"));
+    let path = dir.join(format!("mtls-{namespace}-{service}"));
     std::fs::create_dir_all(&path)?;
-    let (cert, key, _) = issue_workload(&ca.1, NAMESPACE, service, Duration::from_secs(3600))?;
+    let (cert, key, _) = issue_workload(&ca.1, namespace, service, Duration::from_secs(3600))?;
     std::fs::write(path.join("ca.crt"), &ca.0)?;
     std::fs::write(path.join("tls.crt"), cert)?;
     std::fs::write(path.join("tls.key"), key)?;
@@ -642,6 +652,25 @@ async fn mtls_between_sidecars_refuses_plaintext_and_foreign_peers() -> Result<(
     let mut echo = client(&friendly, &server_name)?;
     let reply = first_success(&mut echo).await?;
     assert_eq!(reply.metadata["streamgate-caller"], friend);
+
+    // The allowed name in another namespace is another service (anyone who can create
+    // pods there could claim the name): denied, before the app.
+    let impostor_identity = identity_in(&dir, &ca, "sandbox", &friend)?;
+    let impostor = client_sidecar(&dir, consul, &friend, "", Some(&impostor_identity)).await?;
+    let impostor_client = client(&impostor, &server_name)?;
+    let status = eventually("the impostor's call is answered", STARTUP, || {
+        let mut client = impostor_client.clone();
+        // UNAVAILABLE while its sidecar has not discovered the server yet.
+        async move {
+            Ok(unary(&mut client)
+                .await
+                .err()
+                .filter(|s| s.code() != Code::Unavailable))
+        }
+    })
+    .await?;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("sandbox/"), "{status:?}");
 
     // A sidecar without certificates cannot reach an mTLS instance.
     let plain = client_sidecar(&dir, consul, &env.unique("plain"), "", None).await?;

@@ -24,6 +24,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use streamgate_crds::contract::callers;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -34,6 +35,8 @@ const ANONYMOUS: &str = "unknown";
 
 pub struct Inbound {
     service: String,
+    /// The pod's namespace: a bare `allowedCallers` name means a caller from here.
+    namespace: String,
     allowed_callers: Vec<String>,
     /// Present when inbound requires mTLS (decided at start, as advertised in Consul).
     identity: Option<Arc<IdentityStore>>,
@@ -46,6 +49,7 @@ pub struct Inbound {
 impl Inbound {
     pub fn new(
         service: &str,
+        namespace: &str,
         allowed_callers: Vec<String>,
         identity: Option<Arc<IdentityStore>>,
         app: SocketAddr,
@@ -59,6 +63,7 @@ impl Inbound {
         };
         Arc::new(Inbound {
             service: service.to_string(),
+            namespace: namespace.to_string(),
             allowed_callers,
             identity,
             app,
@@ -106,7 +111,7 @@ impl Inbound {
                             .1
                             .peer_certificates()
                             .and_then(|chain| chain.first())
-                            .and_then(tls::spiffe_service);
+                            .and_then(tls::spiffe_workload);
                         if caller.is_none() {
                             tracing::info!(%peer, "inbound peer certificate names no service");
                             return;
@@ -118,11 +123,11 @@ impl Inbound {
         }
     }
 
-    async fn serve_connection<IO>(self: Arc<Self>, io: IO, verified: Option<String>)
+    async fn serve_connection<IO>(self: Arc<Self>, io: IO, verified: Option<tls::Workload>)
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let verified: Option<Arc<str>> = verified.map(Arc::from);
+        let verified: Option<Arc<tls::Workload>> = verified.map(Arc::new);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let inbound = self.clone();
             let verified = verified.clone();
@@ -140,20 +145,29 @@ impl Inbound {
     async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
-        verified: Option<Arc<str>>,
+        verified: Option<Arc<tls::Workload>>,
     ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
-        let caller: String = match &verified {
-            Some(service) => service.to_string(),
-            None if self.identity.is_none() => parts
-                .headers
-                .get(CALLER_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(ANONYMOUS)
-                .to_string(),
-            None => ANONYMOUS.to_string(),
+        // Without mTLS the caller is only what the calling sidecar wrote, taken as a
+        // service of this namespace: a name, not an identity.
+        let (caller_namespace, caller_service) = match &verified {
+            Some(workload) => (workload.namespace.as_str(), workload.service.as_str()),
+            None if self.identity.is_none() => (
+                self.namespace.as_str(),
+                parts
+                    .headers
+                    .get(CALLER_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(ANONYMOUS),
+            ),
+            None => (self.namespace.as_str(), ANONYMOUS),
         };
-        if !self.allowed_callers.is_empty() && !self.allowed_callers.contains(&caller) {
+        let caller = callers::display(&self.namespace, caller_namespace, caller_service);
+        let admitted = self.allowed_callers.is_empty()
+            || self.allowed_callers.iter().any(|entry| {
+                callers::admits(entry, &self.namespace, caller_namespace, caller_service)
+            });
+        if !admitted {
             self.metrics.inbound_denied(&caller);
             let message = format!(
                 "caller {caller} is not in the allowedCallers of {}",

@@ -92,6 +92,7 @@ pub async fn start(
     let app = app_address(&settings.health.authority_for(service.port)).await?;
     let inbound = inbound::Inbound::new(
         &service.service_name,
+        &doc.pod.namespace,
         service.allowed_callers.clone(),
         // Inbound is TLS-only when a certificate was there at start: a pod whose
         // certificate appears later keeps plaintext inbound (as registered in Consul)

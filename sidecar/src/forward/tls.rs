@@ -65,12 +65,14 @@ pub fn load(dir: &Path) -> Result<Option<Identity>, IdentityError> {
     let leaf = chain
         .first()
         .ok_or_else(|| named(&cert, &"no certificate in the file"))?;
-    let service = spiffe_service(leaf).ok_or_else(|| {
-        named(
-            &cert,
-            &"the certificate has no spiffe://streamgate/ns/<ns>/svc/<service> URI",
-        )
-    })?;
+    let service = spiffe_workload(leaf)
+        .map(|workload| workload.service)
+        .ok_or_else(|| {
+            named(
+                &cert,
+                &"the certificate has no spiffe://streamgate/ns/<ns>/svc/<service> URI",
+            )
+        })?;
 
     let mut store = RootCertStore::empty();
     for root in roots {
@@ -183,20 +185,30 @@ pub fn server_name(service: &str, namespace: &str) -> Option<ServerName<'static>
     ServerName::try_from(identity::server_name(namespace, service)).ok()
 }
 
-/// The service named by the certificate's `spiffe://streamgate/ns/<ns>/svc/<service>` URI.
-pub fn spiffe_service(cert: &CertificateDer<'_>) -> Option<String> {
+/// The workload a certificate names: its `spiffe://streamgate/ns/<ns>/svc/<service>` URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub service: String,
+}
+
+/// The workload named by the certificate's SPIFFE URI, if it has one of ours.
+pub fn spiffe_workload(cert: &CertificateDer<'_>) -> Option<Workload> {
     use x509_parser::extensions::GeneralName;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let sans = parsed.subject_alternative_name().ok()??;
     sans.value.general_names.iter().find_map(|name| match name {
-        GeneralName::URI(uri) => service_from_uri(uri),
+        GeneralName::URI(uri) => workload_from_uri(uri),
         _ => None,
     })
 }
 
-fn service_from_uri(uri: &str) -> Option<String> {
-    let (_namespace, service) = identity::parse_spiffe_id(uri)?;
-    Some(service.to_string())
+fn workload_from_uri(uri: &str) -> Option<Workload> {
+    let (namespace, service) = identity::parse_spiffe_id(uri)?;
+    Some(Workload {
+        namespace: namespace.to_string(),
+        service: service.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -204,15 +216,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_service_comes_from_the_spiffe_uri() {
+    fn the_workload_comes_from_the_spiffe_uri_namespace_included() {
         assert_eq!(
-            service_from_uri("spiffe://streamgate/ns/prod/svc/upload").as_deref(),
-            Some("upload")
+            workload_from_uri("spiffe://streamgate/ns/prod/svc/upload"),
+            Some(Workload {
+                namespace: "prod".into(),
+                service: "upload".into()
+            })
         );
-        assert_eq!(service_from_uri("spiffe://other/ns/prod/svc/upload"), None);
-        assert_eq!(service_from_uri("spiffe://streamgate/ns/prod/svc/"), None);
+        assert_eq!(workload_from_uri("spiffe://other/ns/prod/svc/upload"), None);
+        assert_eq!(workload_from_uri("spiffe://streamgate/ns/prod/svc/"), None);
         assert_eq!(
-            service_from_uri("spiffe://streamgate/ns/prod/svc/a/b"),
+            workload_from_uri("spiffe://streamgate/ns/prod/svc/a/b"),
             None
         );
     }
