@@ -86,7 +86,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         ),
         consul: consul.clone(),
         metrics: metrics.clone(),
-        settings: sidecar_settings(&args),
+        sidecar_defaults: sidecar_defaults(&args),
         deployments: Known::new(deployment_cache),
         services: Known::new(service_cache),
         statuses: WrittenStatuses::default(),
@@ -94,7 +94,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         resync_ready: args.timing.resync_ready,
         resync_not_ready: args.timing.resync_not_ready,
     });
-    let issuer = start_webhook(&args, &client, &ctx.settings, ready).await?;
+    let issuer = start_webhook(&args, &client, &ctx.sidecar_defaults, ready).await?;
     let caches = Caches {
         deployments: deployment_writer,
         services: service_writer,
@@ -217,7 +217,7 @@ fn consul_client(args: &RunArgs) -> Result<Consul> {
 }
 
 /// What every rendered sidecar gets from the operator's flags.
-fn sidecar_settings(args: &RunArgs) -> SidecarDefaults {
+fn sidecar_defaults(args: &RunArgs) -> SidecarDefaults {
     SidecarDefaults {
         image: args.sidecar.sidecar_image.clone(),
         resources: crate::sidecar_defaults::sidecar_resources(
@@ -242,7 +242,7 @@ fn sidecar_settings(args: &RunArgs) -> SidecarDefaults {
 async fn start_webhook(
     args: &RunArgs,
     client: &kube::Client,
-    settings: &SidecarDefaults,
+    sidecar_defaults: &SidecarDefaults,
     ready: watch::Sender<bool>,
 ) -> Result<Option<Issuer>> {
     let Some(listen) = args.webhook.webhook_listen else {
@@ -259,7 +259,7 @@ async fn start_webhook(
         period: crate::webhook::check_period(&config),
     };
     let period = crate::webhook::check_period(&config);
-    let webhook = Webhook::prepare(client.clone(), config, settings.clone()).await?;
+    let webhook = Webhook::prepare(client.clone(), config, sidecar_defaults.clone()).await?;
     tokio::spawn(webhook.renewal().run(period));
     let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {

@@ -46,7 +46,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub consul: Consul,
     pub metrics: Metrics,
-    pub settings: SidecarDefaults,
+    pub sidecar_defaults: SidecarDefaults,
     /// The owned Deployments and Services, from caches fed by the controller's watches, so
     /// a reconcile reads its children without a request.
     pub deployments: Known<Deployment>,
@@ -129,7 +129,7 @@ fn first_retry(error: &Error) -> Duration {
 async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action> {
     let target = Subject::of(sgs)?;
     let config = validated(sgs, ctx, &target).await?;
-    let want = desired(sgs, &config, &ctx.settings);
+    let want = desired(sgs, &config, &ctx.sidecar_defaults);
     let changes = apply_children(ctx, &target, &want).await?;
     events::announce_changes(ctx, &target, &changes).await;
     // A child created just now has no status yet and its watch event brings us back here

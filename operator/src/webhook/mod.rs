@@ -87,7 +87,7 @@ impl Webhook {
     pub async fn prepare(
         client: kube::Client,
         config: WebhookConfig,
-        settings: SidecarDefaults,
+        sidecar_defaults: SidecarDefaults,
     ) -> Result<Webhook> {
         let material = certs::ensure(
             &secrets(&client, &config),
@@ -108,7 +108,7 @@ impl Webhook {
             .await
             .context("applying the MutatingWebhookConfiguration")?;
         let state = Arc::new(server::WebhookState {
-            settings,
+            sidecar_defaults,
             operator_namespace: config.operator_namespace.clone(),
         });
         Ok(Webhook {

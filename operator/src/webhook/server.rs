@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 pub struct WebhookState {
-    pub settings: SidecarDefaults,
+    pub sidecar_defaults: SidecarDefaults,
     pub operator_namespace: String,
 }
 
@@ -64,7 +64,7 @@ pub fn review_pod(
         .clone()
         .or_else(|| pod.metadata.generate_name.clone())
         .unwrap_or_default();
-    match decide(pod, &target, &state.settings) {
+    match decide(pod, &target, &state.sidecar_defaults) {
         Decision::Skip(reason) => {
             tracing::debug!(%namespace, pod = %pod_name, reason, "not injecting");
             response.into_review()
