@@ -114,6 +114,24 @@ pub mod callers {
     }
 }
 
+/// The event spool on disk: what the sidecar writes and the operator sizes its volume
+/// for.
+pub mod spool {
+    /// A segment file is closed and a new one started past this size; a segment is
+    /// deleted once every record in it was sent.
+    pub const SEGMENT_BYTES: u64 = 4 << 20;
+
+    /// The volume size that holds a spool of `max_bytes` unsent events with room to
+    /// spare: the already-sent part of the oldest segment (up to one segment) is still
+    /// on disk, and the last append may overshoot a segment's size. A volume no larger
+    /// than the spool's own limit would get the pod evicted by the kubelet during a long
+    /// NATS outage, with the events in it.
+    pub fn volume_bytes(max_bytes: u64) -> u64 {
+        const FILESYSTEM_SLACK: u64 = 8 << 20;
+        max_bytes + 2 * SEGMENT_BYTES + FILESYSTEM_SLACK
+    }
+}
+
 /// Where the operator mounts what the sidecar reads, and the sidecar's defaults.
 pub mod mounts {
     /// The workload certificate's Secret (`ca.crt`, `tls.crt`, `tls.key`).

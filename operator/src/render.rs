@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 use streamgate_crds::SidecarSpec;
 use streamgate_crds::contract::mounts::{NATS_CREDS_DIR, SPOOL_DIR};
+use streamgate_crds::contract::spool;
 use streamgate_crds::sidecar_config::{
     ADMIN_PORT, APP_PORT, CONFIG_ENV, INBOUND_PORT, SidecarConfig,
 };
@@ -52,7 +53,7 @@ pub fn render_sidecar(
     let config = completed_config(config, spec, settings);
     let config_yaml = serde_yaml::to_string(&config).expect("sidecar config always serializes");
     let config_hash = digest(&config_yaml);
-    let (volumes, mounts) = volumes(&config.service.service_name, settings);
+    let (volumes, mounts) = volumes(&config, settings);
     let container = Container {
         name: SIDECAR_NAME.to_string(),
         image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
@@ -136,11 +137,19 @@ fn sidecar_env(config_yaml: &str, settings: &SidecarDefaults) -> Vec<EnvVar> {
 }
 
 /// The spool, the service's mTLS identity and the NATS credentials, with their mounts.
-fn volumes(service: &str, settings: &SidecarDefaults) -> (Vec<Volume>, Vec<VolumeMount>) {
+fn volumes(config: &SidecarConfig, settings: &SidecarDefaults) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let service = &config.service.service_name;
+    let spool_max = config
+        .nats
+        .relay
+        .clone()
+        .unwrap_or_default()
+        .spool_max_bytes;
+    let spool_volume = spool::volume_bytes(u64::try_from(spool_max).unwrap_or_default());
     let mut volumes = vec![Volume {
         name: SPOOL_VOLUME.to_string(),
         empty_dir: Some(EmptyDirVolumeSource {
-            size_limit: Some(Quantity("256Mi".to_string())),
+            size_limit: Some(Quantity(spool_volume.to_string())),
             ..Default::default()
         }),
         ..Default::default()
@@ -292,6 +301,41 @@ mod tests {
             Some("http://127.0.0.1:8500")
         );
         assert!(env.iter().any(|e| e.name == "POD_IP"));
+    }
+
+    #[test]
+    fn the_spool_volume_holds_more_than_the_spool_may() {
+        let size_of = |config: &SidecarConfig| {
+            let r = render_sidecar(
+                config,
+                &SidecarSpec::default(),
+                &SidecarDefaults::for_tests(),
+            );
+            let spool = r.volumes.iter().find(|v| v.name == SPOOL_VOLUME).unwrap();
+            let limit = spool
+                .empty_dir
+                .as_ref()
+                .unwrap()
+                .size_limit
+                .clone()
+                .unwrap();
+            limit.0.parse::<u64>().unwrap()
+        };
+        let default_max = 256u64 << 20;
+        let room = size_of(&config()) - default_max;
+        assert!(
+            room >= 2 * spool::SEGMENT_BYTES,
+            "room for the sent part of a segment and an overshoot: {room}"
+        );
+        let mut small: SidecarConfig = config();
+        let mut relay = small.nats.relay.clone().unwrap_or_default();
+        relay.spool_max_bytes = 16 << 20;
+        small.nats.relay = Some(relay);
+        assert!(size_of(&small) > 16 << 20);
+        assert!(
+            size_of(&small) < default_max,
+            "follows nats.relay.spoolMaxBytes"
+        );
     }
 
     #[test]

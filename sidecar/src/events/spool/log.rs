@@ -14,7 +14,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// A segment is closed and a new one started past this size, so sent events free disk.
-const SEGMENT_BYTES: u64 = 4 << 20;
+use streamgate_crds::contract::spool::SEGMENT_BYTES;
 const HEADER: u64 = 8;
 
 /// Where the next unsent record starts.
