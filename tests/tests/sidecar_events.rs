@@ -548,6 +548,20 @@ async fn spooled_events_survive_a_killed_sidecar() -> Result<()> {
     Ok(())
 }
 
+/// The last dead letter on `subject`, once it is in the stream.
+async fn dead_letter(js: &async_nats::jetstream::Context, subject: &str) -> Result<Value> {
+    let letter = eventually(
+        "the dead letter is in the stream",
+        Duration::from_secs(30),
+        || async {
+            let stream = js.get_stream(STREAM).await?;
+            Ok(stream.get_last_raw_message_by_subject(subject).await.ok())
+        },
+    )
+    .await?;
+    Ok(serde_json::from_slice(&letter.payload)?)
+}
+
 #[tokio::test]
 async fn failing_app_gets_redeliveries_then_the_event_is_dead_lettered() -> Result<()> {
     let env = TestEnv::new("events-dlq").await?;
@@ -572,16 +586,7 @@ async fn failing_app_gets_redeliveries_then_the_event_is_dead_lettered() -> Resu
 
     let dlq = format!("streamgate.dlq.{sink}.{t}");
     let js = async_nats::jetstream::new(async_nats::connect(env.nats_url()).await?);
-    let letter = eventually(
-        "the dead letter is in the stream",
-        Duration::from_secs(30),
-        || async {
-            let stream = js.get_stream(STREAM).await?;
-            Ok(stream.get_last_raw_message_by_subject(&dlq).await.ok())
-        },
-    )
-    .await?;
-    let letter: Value = serde_json::from_slice(&letter.payload)?;
+    let letter = dead_letter(&js, &dlq).await?;
     assert_eq!(letter["event"]["id"], "dead-1", "{letter}");
     assert_eq!(letter["attempts"], 3, "{letter}");
     assert!(
@@ -632,16 +637,7 @@ async fn an_event_too_large_for_its_dead_letter_is_dead_lettered_by_reference_on
         .await?;
 
     let dlq = format!("streamgate.dlq.{sink}.{t}");
-    let letter = eventually(
-        "the dead letter is in the stream",
-        Duration::from_secs(30),
-        || async {
-            let stream = js.get_stream(STREAM).await?;
-            Ok(stream.get_last_raw_message_by_subject(&dlq).await.ok())
-        },
-    )
-    .await?;
-    let letter: Value = serde_json::from_slice(&letter.payload)?;
+    let letter = dead_letter(&js, &dlq).await?;
     assert!(letter["event"].is_null(), "the event is left out: {letter}");
     assert!(
         letter["streamSequence"].as_u64().unwrap_or(0) > 0,
