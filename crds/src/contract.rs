@@ -142,6 +142,20 @@ pub mod mounts {
     pub const SPOOL_DIR: &str = "/var/lib/streamgate/spool";
 }
 
+/// How a terminating pod leaves the mesh before its app is stopped: the app container's
+/// `preStop` hook (rendered by the operator) is an HTTP GET on the sidecar's admin port,
+/// answered once the instance is out of Consul and callers had time to see it.
+pub mod lifecycle {
+    /// The admin server's path the `preStop` hook calls.
+    pub const LEAVE_PATH: &str = "/leave";
+    /// How long a leaving pod still serves calls routed to it from an older view of
+    /// Consul, unless the service says otherwise (`spec.sidecar.leaveDelay`).
+    pub const DEFAULT_LEAVE_DELAY_MS: u64 = 3_000;
+    /// The longest `leaveDelay` accepted: the hook runs inside the pod's termination
+    /// grace period (30 s by default), which also has to cover the app's own shutdown.
+    pub const MAX_LEAVE_DELAY_MS: u64 = 60_000;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -162,6 +162,37 @@ pub struct SidecarSpec {
     /// Log level of the sidecar.
     #[serde(default)]
     pub log_level: LogLevel,
+    /// Leave before the app stops (default true): the app container gets a `preStop`
+    /// hook that asks the sidecar to take the instance out of Consul, keep serving for
+    /// `leaveDelay`, then refuse new calls (so callers retry elsewhere) — all before
+    /// the kubelet sends the app SIGTERM. `false` renders no hook: the instance then
+    /// leaves Consul only once the app has exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leave_first: Option<bool>,
+    /// How long a leaving pod still serves calls from callers with an older view of
+    /// Consul before its app is asked to stop (default 3s, at most 60s; counts against
+    /// the pod's termination grace period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leave_delay: Option<crate::GoDuration>,
+}
+
+impl SidecarSpec {
+    /// Whether the app container gets the leave-first `preStop` hook.
+    pub fn leaves_first(&self) -> bool {
+        self.leave_first != Some(false)
+    }
+
+    /// `leaveDelay` within its bounds, naming the field otherwise.
+    pub fn validate(&self) -> Result<(), crate::FieldError> {
+        let max = std::time::Duration::from_millis(crate::contract::lifecycle::MAX_LEAVE_DELAY_MS);
+        match self.leave_delay {
+            Some(delay) if delay.as_duration() > max => Err(crate::FieldError::new(
+                "spec.sidecar.leaveDelay",
+                format!("{delay} is longer than {}s", max.as_secs()),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Pod-level overrides of the generated pod template.

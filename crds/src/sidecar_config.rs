@@ -51,6 +51,10 @@ pub struct SidecarConfig {
     /// How long in-flight work may drain after SIGTERM before the sidecar exits.
     #[serde(default = "default_drain")]
     pub drain_timeout: GoDuration,
+    /// When the pod terminates, how long it keeps serving calls routed to it after it
+    /// left Consul, before its app is asked to stop (see `contract::lifecycle`).
+    #[serde(default = "default_leave_delay")]
+    pub leave_delay: GoDuration,
 }
 
 /// The service part of the configuration.
@@ -87,6 +91,10 @@ pub struct PodInfo {
     pub uid: String,
     #[serde(default)]
     pub ip: String,
+    /// The node's address (downward API `status.hostIP`): the kubelet's `preStop` call
+    /// to the sidecar comes from it (or from the pod's gateway).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
 }
 
 /// Listen addresses (`host:port`).
@@ -222,6 +230,9 @@ fn default_app_host() -> String {
 }
 fn default_drain() -> GoDuration {
     GoDuration::from_millis(10_000)
+}
+fn default_leave_delay() -> GoDuration {
+    GoDuration::from_millis(crate::contract::lifecycle::DEFAULT_LEAVE_DELAY_MS)
 }
 fn default_deregister_after() -> GoDuration {
     GoDuration::from_millis(60_000)

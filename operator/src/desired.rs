@@ -35,6 +35,7 @@ pub fn validate(sgs: &StreamGateService) -> Result<SidecarConfig, FieldError> {
     if sgs.spec.image.trim().is_empty() {
         return Err(FieldError::new("spec.image", "must not be empty"));
     }
+    sgs.spec.sidecar.validate()?;
     Ok(config)
 }
 
@@ -103,9 +104,11 @@ fn deployment(
         sidecar.config_hash.clone(),
     );
     let overrides = &spec.pod_template;
+    let mut app = app_container(spec);
+    sidecar.add_pre_stop(&mut app);
     let pod_spec = PodSpec {
         init_containers: Some(vec![sidecar.container.clone()]),
-        containers: vec![app_container(spec)],
+        containers: vec![app],
         volumes: Some(sidecar.volumes.clone()),
         service_account_name: overrides.service_account_name.clone(),
         node_selector: non_empty_map(&overrides.node_selector),
@@ -272,6 +275,14 @@ mod tests {
         let init = &pod.init_containers.as_ref().unwrap()[0];
         assert_eq!(init.name, SIDECAR_NAME);
         assert_eq!(init.restart_policy.as_deref(), Some("Always"));
+        // The app leaves the mesh before the kubelet stops it.
+        let hook = pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref();
+        assert!(hook.unwrap().http_get.is_some());
         let annotations = spec
             .template
             .metadata
@@ -350,5 +361,10 @@ mod tests {
         assert_eq!(validate(&reserved).unwrap_err().field, "spec.port");
         let empty = sgs("{image: ' ', port: 9091}");
         assert_eq!(validate(&empty).unwrap_err().field, "spec.image");
+        let slow = sgs("{image: i, port: 9091, sidecar: {leaveDelay: 2m}}");
+        assert_eq!(
+            validate(&slow).unwrap_err().field,
+            "spec.sidecar.leaveDelay"
+        );
     }
 }

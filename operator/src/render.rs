@@ -6,13 +6,14 @@
 use crate::sidecar_defaults::SidecarDefaults;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Probe, SeccompProfile, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 use streamgate_crds::SidecarSpec;
+use streamgate_crds::contract::lifecycle::LEAVE_PATH;
 use streamgate_crds::contract::mounts::{NATS_CREDS_DIR, SPOOL_DIR};
 use streamgate_crds::contract::spool;
 use streamgate_crds::sidecar_config::{
@@ -40,6 +41,10 @@ pub struct RenderedSidecar {
     pub config_yaml: String,
     /// Digest of `config_yaml`, for the pod template annotation.
     pub config_hash: String,
+    /// The `preStop` hook every app container gets (unless it has its own): the pod
+    /// leaves the mesh before the kubelet stops the app. `None` when the service opted
+    /// out (`leaveFirst: false`).
+    pub app_pre_stop: Option<Lifecycle>,
 }
 
 /// Renders the sidecar for `config` (the service part comes from a StreamGateService spec
@@ -82,6 +87,38 @@ pub fn render_sidecar(
         volumes,
         config_yaml,
         config_hash,
+        app_pre_stop: spec.leaves_first().then(leave_first_hook),
+    }
+}
+
+impl RenderedSidecar {
+    /// Gives an app container the leave-first hook. A `preStop` of the app's own is
+    /// kept (Kubernetes allows one): that pod leaves Consul only on the sidecar's SIGTERM.
+    pub fn add_pre_stop(&self, app: &mut Container) {
+        let Some(hook) = &self.app_pre_stop else {
+            return;
+        };
+        let lifecycle = app.lifecycle.get_or_insert_with(Default::default);
+        if lifecycle.pre_stop.is_none() {
+            lifecycle.pre_stop = hook.pre_stop.clone();
+        }
+    }
+}
+
+/// The kubelet's HTTP GET on the sidecar's admin port, answered once the pod left
+/// Consul and stopped taking calls (the sidecar's `departure`).
+fn leave_first_hook() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            http_get: Some(HTTPGetAction {
+                path: Some(LEAVE_PATH.to_string()),
+                port: IntOrString::Int(i32::from(ADMIN_PORT)),
+                scheme: Some("HTTP".to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -97,6 +134,9 @@ fn completed_config(
     config.nats.url = Some(settings.nats_url.clone());
     config.spool_dir = Some(SPOOL_DIR.to_string());
     config.log_level = spec.log_level;
+    if let Some(delay) = spec.leave_delay {
+        config.leave_delay = delay;
+    }
     if settings.nats_credentials_secret.is_some() {
         config.nats.credentials_dir = Some(NATS_CREDS_DIR.to_string());
     }
@@ -116,6 +156,7 @@ fn sidecar_env(config_yaml: &str, settings: &SidecarDefaults) -> Vec<EnvVar> {
         ("POD_NAMESPACE", "metadata.namespace"),
         ("POD_UID", "metadata.uid"),
         ("POD_IP", "status.podIP"),
+        ("HOST_IP", "status.hostIP"),
     ] {
         env.push(field_env(name, path));
     }
@@ -377,5 +418,49 @@ mod tests {
         assert!(r.volumes.iter().any(|v| v.name == NATS_CREDS_VOLUME));
         let env = r.container.env.unwrap();
         assert!(env.iter().any(|e| e.name == "CONSUL_HTTP_TOKEN"));
+    }
+    #[test]
+    fn app_containers_leave_the_mesh_before_they_are_stopped() {
+        let settings = SidecarDefaults::for_tests();
+        let spec = SidecarSpec {
+            leave_delay: Some(streamgate_crds::GoDuration::from_millis(7_000)),
+            ..Default::default()
+        };
+        let r = render_sidecar(&config(), &spec, &settings);
+        let mut app = Container::default();
+        r.add_pre_stop(&mut app);
+        let hook = app.lifecycle.unwrap().pre_stop.unwrap().http_get.unwrap();
+        assert_eq!(hook.path.as_deref(), Some(LEAVE_PATH));
+        assert_eq!(hook.port, IntOrString::Int(i32::from(ADMIN_PORT)));
+        let rendered: SidecarConfig = serde_yaml::from_str(&r.config_yaml).unwrap();
+        assert_eq!(rendered.leave_delay.as_duration().as_millis(), 7_000);
+        // The kubelet's hook comes from the node's address: the sidecar must know it.
+        let env = r.container.env.clone().unwrap();
+        assert!(env.iter().any(|e| e.name == "HOST_IP"));
+
+        // An app's own preStop is kept.
+        let own = Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(k8s_openapi::api::core::v1::SleepAction { seconds: 9 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut app = Container {
+            lifecycle: Some(own.clone()),
+            ..Default::default()
+        };
+        r.add_pre_stop(&mut app);
+        assert_eq!(app.lifecycle, Some(own));
+
+        // Opted out: no hook.
+        let opted_out = SidecarSpec {
+            leave_first: Some(false),
+            ..Default::default()
+        };
+        let r = render_sidecar(&config(), &opted_out, &settings);
+        let mut app = Container::default();
+        r.add_pre_stop(&mut app);
+        assert!(app.lifecycle.is_none());
     }
 }

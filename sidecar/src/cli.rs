@@ -99,6 +99,9 @@ pub struct Overrides {
     /// pod.ip (downward API): the address registered in Consul (default 127.0.0.1).
     #[arg(long, env = "POD_IP", help_heading = "Pod")]
     pub pod_ip: Option<String>,
+    /// pod.hostIp (downward API status.hostIP): where the kubelet's preStop call comes from.
+    #[arg(long, env = "HOST_IP", help_heading = "Pod")]
+    pub host_ip: Option<String>,
 
     /// listen.app: app-facing listener (default 127.0.0.1:15001).
     #[arg(long, env = "STREAMGATE_APP_LISTEN", help_heading = "Listeners")]
@@ -131,6 +134,9 @@ pub struct Overrides {
     /// drainTimeout: how long in-flight work may drain after SIGTERM (e.g. 10s).
     #[arg(long, env = "STREAMGATE_DRAIN_TIMEOUT", help_heading = "Lifecycle")]
     pub drain_timeout: Option<String>,
+    /// leaveDelay: how long a terminating pod serves after leaving Consul (e.g. 3s).
+    #[arg(long, env = "STREAMGATE_LEAVE_DELAY", help_heading = "Lifecycle")]
+    pub leave_delay: Option<String>,
     /// logLevel: error, warn, info, debug or trace (RUST_LOG, when set, wins).
     #[arg(long, env = "STREAMGATE_LOG_LEVEL", help_heading = "Lifecycle")]
     pub log_level: Option<String>,

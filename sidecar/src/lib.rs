@@ -20,6 +20,8 @@
 //! - [`forward`] carries the app's gRPC calls to other services and other services'
 //!   calls to the app: discovery from Consul, balancing, retries, timeouts, circuit
 //!   breaking, pooled HTTP/2 connections with mTLS, and `allowedCallers` on the way in.
+//! - [`departure`] takes a terminating pod out of the mesh before its app is stopped
+//!   (the app's `preStop` hook calls the admin server's `/leave`).
 //! - [`shutdown`] turns SIGTERM into the drain sequence; [`run`] wires everything and
 //!   [`error`] names what stopped it from starting.
 
@@ -29,6 +31,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod consul;
+pub mod departure;
 pub mod error;
 pub mod events;
 pub mod forward;

@@ -2,10 +2,13 @@
 //!
 //! 1. start: signal handlers, admin server, health checker, event relay and the app
 //!    listener, Consul registration;
-//! 2. first SIGTERM/SIGINT: `/readyz` turns false, the registration stops, the check
-//!    goes critical and the instance is deregistered, subscriptions stop pulling,
-//!    in-flight publishes and deliveries drain (spooled events stay on disk);
-//! 3. exit 0 when all that is done, or at once (exit 1) on a second signal or when
+//! 2. the app container's `preStop` hook (`/leave`, see [`crate::departure`]): the
+//!    instance leaves Consul, serves for `leaveDelay`, then inbound stops taking calls —
+//!    all before the kubelet stops the app;
+//! 3. first SIGTERM/SIGINT (after the app exited): the same departure if no hook ran,
+//!    subscriptions stop pulling, in-flight publishes and deliveries drain (spooled
+//!    events stay on disk);
+//! 4. exit 0 when all that is done, or at once (exit 1) on a second signal or when
 //!    `drainTimeout` runs out.
 
 use crate::EXIT_FAILURE;
@@ -13,12 +16,13 @@ use crate::admin::{self, AdminState};
 use crate::app_listener;
 use crate::config::Settings;
 use crate::consul::{ConsulClient, PodInstance, Registrar};
+use crate::departure::{Departure, LeaveCallers};
 use crate::error::StartError;
 use crate::health::{self, AppHealth, probe::Probe};
 use crate::metrics::Metrics;
 use crate::shutdown::{Drain, Signals};
 use crate::state::Readiness;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -44,10 +48,8 @@ async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, StartErr
 
 /// What runs once the sidecar has started, and what its shutdown needs.
 struct Running {
-    readiness: Arc<Readiness>,
-    registrar: Arc<Registrar>,
-    /// The registration's maintenance task, which ends once `stop` turns true.
-    maintain: tokio::task::JoinHandle<()>,
+    departure: Arc<Departure>,
+    /// Stops the event relay's subscriptions.
     stop: watch::Sender<bool>,
     drain: Drain,
 }
@@ -62,10 +64,16 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
     let listener = admin::bind(settings.listen.admin)
         .await
         .map_err(listen_error("listen.admin", settings.listen.admin))?;
+    let departure_slot = Arc::new(OnceLock::new());
     let admin_state = AdminState {
         readiness: readiness.clone(),
         metrics: metrics.clone(),
         config_json: effective_config(settings, &instance).into(),
+        departure: departure_slot.clone(),
+        leave_callers: LeaveCallers {
+            pod_ip: settings.pod_ip,
+            host_ip: settings.host_ip,
+        },
     };
     tokio::spawn(admin::serve(listener, admin_state));
 
@@ -85,7 +93,7 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
         health_rx.clone(),
         metrics.events.clone(),
         drain.clone(),
-        stop_rx.clone(),
+        stop_rx,
     )
     .await?;
     let forwarding = crate::forward::start(settings, metrics.forward.clone()).await?;
@@ -105,10 +113,20 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
         readiness.clone(),
         metrics.clone(),
     ));
+    let (stop_registration, registration_stopped) = watch::channel(false);
     let maintain = tokio::spawn({
         let registrar = registrar.clone();
-        async move { registrar.maintain(health_rx, stop_rx).await }
+        async move { registrar.maintain(health_rx, registration_stopped).await }
     });
+    let departure = Departure::new(
+        registrar.clone(),
+        stop_registration,
+        maintain,
+        readiness.clone(),
+        forwarding.inbound.clone(),
+        settings.leave_delay,
+    );
+    let _ = departure_slot.set(departure.clone());
     tracing::info!(
         service = %settings.document.service.service_name,
         id = %registrar.instance().service_id,
@@ -116,9 +134,7 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
         "sidecar started"
     );
     Ok(Running {
-        readiness,
-        registrar,
-        maintain,
+        departure,
         stop: stop_tx,
         drain,
     })
@@ -148,13 +164,14 @@ async fn serve_listeners(
 impl Running {
     /// The drain sequence; the exit code says whether it completed in time.
     async fn stop(self, signals: &mut Signals, drain_timeout: std::time::Duration) -> u8 {
-        self.readiness.start_draining();
+        // Usually a no-op: the preStop hook made the pod leave while the app still ran.
+        self.departure.start_leaving();
         let deadline = tokio::time::Instant::now() + drain_timeout;
         let drain = self.drain.clone();
         let graceful = async {
             let _ = self.stop.send(true);
-            let _ = self.maintain.await;
-            self.registrar.leave().await;
+            self.departure.left_consul(drain_timeout).await;
+            self.departure.stop_inbound();
             drain.idle().await;
         };
         tokio::select! {

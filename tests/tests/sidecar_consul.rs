@@ -222,6 +222,76 @@ async fn deregisters_within_one_second_of_sigterm_and_exits_zero() -> Result<()>
     Ok(())
 }
 
+/// The app container's `preStop` hook (`GET /leave` on the admin port): the instance
+/// leaves Consul at once, inbound keeps serving for `leaveDelay` (callers with an older
+/// view of Consul), then refuses new connections; only then does the hook answer, so
+/// the kubelet stops the app after all that.
+#[tokio::test]
+async fn the_prestop_hook_leaves_consul_serves_for_the_delay_then_closes_inbound() -> Result<()> {
+    let env = TestEnv::new("sidecar-leave").await?;
+    let SidecarPod {
+        service,
+        app: _app,
+        sidecar,
+        ..
+    } = started_sidecar(&env, "leave", true, |o| o.extra = "leaveDelay: 2s\n".into()).await?;
+    let consul = ConsulView::new(env.consul_addr());
+    consul
+        .wait_status(
+            &service,
+            &sidecar.instance_id,
+            "passing",
+            Duration::from_secs(10),
+        )
+        .await?;
+    sidecar.wait_ready(Duration::from_secs(5)).await?;
+
+    let asked = Instant::now();
+    let hook = tokio::spawn({
+        let url = format!("http://{}/leave", sidecar.admin);
+        async move {
+            let response = reqwest::Client::builder()
+                .no_proxy()
+                .build()?
+                .get(url)
+                .send()
+                .await?;
+            anyhow::Ok((response.status().as_u16(), Instant::now()))
+        }
+    });
+    consul
+        .wait_gone(&service, &sidecar.instance_id, Duration::from_secs(1))
+        .await?;
+    ensure!(!hook.is_finished(), "the hook answered before the delay");
+    tokio::net::TcpStream::connect(sidecar.inbound)
+        .await
+        .map_err(|e| anyhow::anyhow!("inbound must serve during leaveDelay: {e}"))?;
+    let (status, answered) = hook.await??;
+    ensure!(
+        status == 200,
+        "the hook answered {status}: {}",
+        sidecar.log_tail(20)
+    );
+    ensure!(
+        answered.duration_since(asked) >= Duration::from_secs(2),
+        "answered after {:?}, before leaveDelay ran out",
+        answered.duration_since(asked)
+    );
+    ensure!(
+        tokio::net::TcpStream::connect(sidecar.inbound)
+            .await
+            .is_err(),
+        "inbound still accepts connections after the hook answered"
+    );
+    ensure!(sidecar.readyz().await? == 503, "a leaving pod is not ready");
+
+    // The app has stopped; the sidecar's own SIGTERM finds the departure done.
+    sidecar.signal(Signal::SIGTERM);
+    let status = sidecar.wait_exit(Duration::from_secs(5)).await?;
+    ensure!(status.success(), "exit {status}: {}", sidecar.log_tail(20));
+    Ok(())
+}
+
 #[tokio::test]
 async fn reregisters_within_two_seconds_when_consul_returns_without_state() -> Result<()> {
     let env = TestEnv::new("sidecar-consul-restart").await?;

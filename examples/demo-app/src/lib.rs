@@ -22,6 +22,8 @@ pub mod upload;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "streamgate-demo-app", version, about)]
@@ -46,6 +48,10 @@ pub struct Cli {
     /// The sidecar's app-facing address, for publishing.
     #[arg(long, env = "STREAMGATE_SIDECAR_ADDR")]
     pub sidecar_addr: Option<String>,
+    /// A slow graceful shutdown: after SIGTERM the app keeps accepting this many seconds,
+    /// answering every UploadService call UNAVAILABLE and `/health` 503, then exits.
+    #[arg(long, env = "DEMO_SHUTDOWN_SECONDS", default_value_t = 0)]
+    pub shutdown_seconds: u64,
 }
 
 pub fn main() -> ExitCode {
@@ -76,19 +82,32 @@ pub fn main() -> ExitCode {
 /// Serves until SIGTERM or SIGINT.
 pub async fn run(cli: Cli) -> std::io::Result<()> {
     let switch = health::HealthSwitch::new(!cli.start_unhealthy).await;
-    let grpc = tonic::service::Routes::new(upload::server(cli.pod_name.clone()))
+    let stopping = Arc::new(AtomicBool::new(false));
+    let grpc = tonic::service::Routes::new(upload::server(cli.pod_name.clone(), stopping.clone()))
         .add_service(switch.grpc_server())
         .into_axum_router();
     let log = std::sync::Arc::new(events::EventLog::default());
     let app = grpc
-        .merge(http::router(switch))
+        .merge(http::router(switch.clone()))
         .merge(events::router(&cli.event_paths, log))
         .merge(publish::router(cli.sidecar_addr.clone()))
         .merge(call::router(cli.sidecar_addr.clone()));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     tracing::info!(listen = %cli.listen, pod = %cli.pod_name, "demo app serving HTTP and gRPC");
+    let shutdown_period = std::time::Duration::from_secs(cli.shutdown_seconds);
     axum::serve(listener, app)
-        .with_graceful_shutdown(terminated())
+        .with_graceful_shutdown(async move {
+            terminated().await;
+            if !shutdown_period.is_zero() {
+                tracing::info!(
+                    seconds = shutdown_period.as_secs(),
+                    "SIGTERM: shutting down slowly, answering UNAVAILABLE"
+                );
+                stopping.store(true, Ordering::Release);
+                switch.set(false).await;
+                tokio::time::sleep(shutdown_period).await;
+            }
+        })
         .await
 }
 

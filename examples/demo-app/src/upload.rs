@@ -2,20 +2,25 @@
 //! uploads in memory and answers with the pod name that served the call.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use streamgate_proto::demo::v1::upload_service_server::{UploadService, UploadServiceServer};
 use streamgate_proto::demo::v1::{GetUploadRequest, UploadRequest, UploadResponse};
 use tonic::{Request, Response, Status};
 
 pub struct Uploads {
     pod_name: String,
+    /// Set during a slow shutdown: calls are answered UNAVAILABLE.
+    stopping: Arc<AtomicBool>,
     stored: Mutex<HashMap<String, (String, i64)>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
-pub fn server(pod_name: String) -> UploadServiceServer<Uploads> {
+pub fn server(pod_name: String, stopping: Arc<AtomicBool>) -> UploadServiceServer<Uploads> {
     UploadServiceServer::new(Uploads {
         pod_name,
+        stopping,
         stored: Mutex::new(HashMap::new()),
         next_id: std::sync::atomic::AtomicU64::new(1),
     })
@@ -38,6 +43,12 @@ impl UploadService for Uploads {
         &self,
         request: Request<UploadRequest>,
     ) -> Result<Response<UploadResponse>, Status> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(Status::unavailable(format!(
+                "{} is shutting down",
+                self.pod_name
+            )));
+        }
         let request = request.into_inner();
         if request.filename.is_empty() {
             return Err(Status::invalid_argument("filename is required"));

@@ -31,6 +31,8 @@ pub const SIDECAR_LOG_LEVEL: &str = "streamgate.io/sidecar-log-level";
 pub const SIDECAR_CPU_REQUEST: &str = "streamgate.io/sidecar-cpu-request";
 pub const SIDECAR_MEMORY_REQUEST: &str = "streamgate.io/sidecar-memory-request";
 pub const SIDECAR_MEMORY_LIMIT: &str = "streamgate.io/sidecar-memory-limit";
+pub const LEAVE_FIRST: &str = "streamgate.io/leave-first";
+pub const LEAVE_DELAY: &str = "streamgate.io/leave-delay";
 /// Set by the webhook on the pods it injected.
 pub const INJECTED: &str = "streamgate.io/injected";
 
@@ -58,6 +60,8 @@ const KNOWN: &[&str] = &[
     SIDECAR_CPU_REQUEST,
     SIDECAR_MEMORY_REQUEST,
     SIDECAR_MEMORY_LIMIT,
+    LEAVE_FIRST,
+    LEAVE_DELAY,
     INJECTED,
     crate::labels::CONFIG_HASH_ANNOTATION,
 ];
@@ -170,6 +174,8 @@ pub fn parse(
         image: annotations.get(SIDECAR_IMAGE).map(|s| s.trim().to_string()),
         resources: parse_resources(annotations)?,
         log_level,
+        leave_first: leave_first(annotations)?,
+        leave_delay: leave_delay(annotations)?,
     };
     let mut config: SidecarConfig =
         serde_json::from_value(serde_json::json!({ "service": service }))
@@ -253,6 +259,30 @@ fn health(annotations: &BTreeMap<String, String>) -> Result<HealthCheck, FieldEr
         }
     }
     Ok(health)
+}
+
+fn leave_first(annotations: &BTreeMap<String, String>) -> Result<Option<bool>, FieldError> {
+    match annotations.get(LEAVE_FIRST).map(|s| s.trim()) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(bad(LEAVE_FIRST, format!("{other:?} is not true or false"))),
+    }
+}
+
+fn leave_delay(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<streamgate_crds::GoDuration>, FieldError> {
+    let Some(text) = annotations.get(LEAVE_DELAY).map(|s| s.trim()) else {
+        return Ok(None);
+    };
+    let delay = streamgate_crds::GoDuration::parse(text).map_err(|e| bad(LEAVE_DELAY, e))?;
+    let spec = SidecarSpec {
+        leave_delay: Some(delay),
+        ..Default::default()
+    };
+    spec.validate().map_err(|e| bad(LEAVE_DELAY, e.reason))?;
+    Ok(Some(delay))
 }
 
 fn log_level(annotations: &BTreeMap<String, String>) -> Result<LogLevel, FieldError> {
@@ -428,6 +458,9 @@ mod tests {
             (&[(PUBLISH, "a.b, ,c.d")], PUBLISH),
             (&[(SUBSCRIBE, "a.b=/x,,")], SUBSCRIBE),
             (&[(SIDECAR_MEMORY_LIMIT, "lots")], SIDECAR_MEMORY_LIMIT),
+            (&[(LEAVE_FIRST, "yes")], LEAVE_FIRST),
+            (&[(LEAVE_DELAY, "3")], LEAVE_DELAY),
+            (&[(LEAVE_DELAY, "2m")], LEAVE_DELAY),
             (
                 &[("streamgate.io/app-prot", "80")],
                 "streamgate.io/app-prot",
@@ -439,6 +472,24 @@ mod tests {
             let err = parse(&a, None, &[]).unwrap_err();
             assert_eq!(&err.field, expected, "{pairs:?}: {err}");
         }
+    }
+
+    #[test]
+    fn leaving_first_can_be_tuned_or_turned_off() {
+        let base = [(INJECT, "true"), (SERVICE_NAME, "svc"), (APP_PORT, "8080")];
+        let parsed = parse(&annotations(&base), None, &[]).unwrap();
+        assert!(parsed.sidecar.leaves_first());
+        let mut a = annotations(&base);
+        a.extend(annotations(&[(LEAVE_FIRST, "false"), (LEAVE_DELAY, "10s")]));
+        let parsed = parse(&a, None, &[]).unwrap();
+        assert!(!parsed.sidecar.leaves_first());
+        assert_eq!(
+            parsed
+                .sidecar
+                .leave_delay
+                .map(|d| d.as_duration().as_secs()),
+            Some(10)
+        );
     }
 
     #[test]

@@ -139,6 +139,7 @@ fn with_sidecar(pod: &Pod, rendered: &RenderedSidecar, service: &str) -> Result<
         if !env.iter().any(|e| e.name == SIDECAR_ADDR_ENV) {
             env.push(sidecar_addr_env());
         }
+        rendered.add_pre_stop(container);
     }
     // The label the identity issuer looks for (and that StreamGateService pods carry).
     mutated

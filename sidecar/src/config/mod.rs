@@ -25,11 +25,15 @@ pub struct Settings {
     /// The effective document, as `/config` shows it.
     pub document: SidecarConfig,
     pub pod_ip: IpAddr,
+    /// The node's address (`status.hostIP`), when known.
+    pub host_ip: Option<IpAddr>,
     pub listen: Listen,
     pub consul: ConsulSettings,
     pub health: HealthSettings,
     pub events: events::EventSettings,
     pub drain_timeout: Duration,
+    /// On `preStop`: how long to keep serving after leaving Consul.
+    pub leave_delay: Duration,
     pub log_level: LogLevel,
     /// Where the workload certificate for mTLS is mounted (see [`crate::forward::tls`]).
     pub mtls_dir: std::path::PathBuf,

@@ -62,6 +62,7 @@ pub fn apply(doc: &mut SidecarConfig, o: &Overrides) -> Result<(), FieldError> {
     set(&mut doc.pod.namespace, &o.pod_namespace);
     set(&mut doc.pod.uid, &o.pod_uid);
     set(&mut doc.pod.ip, &o.pod_ip);
+    set(&mut doc.pod.host_ip, &o.host_ip);
 
     set_opt(&mut doc.listen.app, &o.app_listen);
     set_opt(&mut doc.listen.inbound, &o.inbound_listen);
@@ -79,6 +80,9 @@ pub fn apply(doc: &mut SidecarConfig, o: &Overrides) -> Result<(), FieldError> {
     set_opt(&mut doc.nats.url, &o.nats_url);
     if let Some(v) = &o.drain_timeout {
         doc.drain_timeout = duration("drainTimeout", "--drain-timeout", v)?;
+    }
+    if let Some(v) = &o.leave_delay {
+        doc.leave_delay = duration("leaveDelay", "--leave-delay", v)?;
     }
     if let Some(v) = &o.log_level {
         doc.log_level = parse_enum::<LogLevel>("logLevel", "--log-level", v)?;

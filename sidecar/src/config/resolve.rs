@@ -7,6 +7,7 @@
 use super::{ConsulSettings, EnvLookup, HealthSettings, Listen, Secret, Settings};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+use streamgate_crds::contract::lifecycle::MAX_LEAVE_DELAY_MS;
 use streamgate_crds::sidecar_config::{ADMIN_PORT, APP_PORT, INBOUND_PORT, SidecarConfig};
 use streamgate_crds::{FieldError, GoDuration};
 
@@ -31,9 +32,23 @@ pub fn resolve(mut doc: SidecarConfig, env: EnvLookup<'_>) -> Result<Settings, F
             format!("{} is longer than 1h", doc.drain_timeout),
         ));
     }
+    let leave_delay = doc.leave_delay.as_duration();
+    if leave_delay > Duration::from_millis(MAX_LEAVE_DELAY_MS) {
+        return Err(FieldError::new(
+            "leaveDelay",
+            format!(
+                "{} is longer than {}s",
+                doc.leave_delay,
+                MAX_LEAVE_DELAY_MS / 1000
+            ),
+        ));
+    }
+    let host_ip = resolve_host_ip(&doc.pod.host_ip)?;
     let events = super::events::resolve(&mut doc, env)?;
     Ok(Settings {
         pod_ip,
+        host_ip,
+        leave_delay,
         listen,
         consul,
         health: health_settings(&doc),
@@ -42,6 +57,19 @@ pub fn resolve(mut doc: SidecarConfig, env: EnvLookup<'_>) -> Result<Settings, F
         log_level: doc.log_level,
         mtls_dir: streamgate_crds::contract::mounts::MTLS_DIR.into(),
         document: doc,
+    })
+}
+
+/// The node's address, when the downward API gives it.
+fn resolve_host_ip(text: &str) -> Result<Option<IpAddr>, FieldError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        FieldError::new(
+            "pod.hostIp",
+            format!("{text:?} is not an IP address (HOST_IP)"),
+        )
     })
 }
 
@@ -361,6 +389,8 @@ mod tests {
             ),
             ("nats: {url: 'http://x:4222'}", "nats.url"),
             ("drainTimeout: 2h", "drainTimeout"),
+            ("leaveDelay: 61s", "leaveDelay"),
+            ("pod: {hostIp: node-1}", "pod.hostIp"),
         ];
         for (extra, field) in cases {
             let err = resolve_yaml(&format!("{MINIMAL}{extra}"), &no_env).unwrap_err();

@@ -44,6 +44,9 @@ pub struct Inbound {
     app_pool: Pool,
     dialer: Dialer,
     metrics: Arc<ForwardMetrics>,
+    /// Turns true when the pod leaves the mesh: no new connections, a graceful GOAWAY
+    /// on the open ones (see [`crate::departure`]).
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Inbound {
@@ -70,13 +73,29 @@ impl Inbound {
             app_pool: Pool::new(PoolLimits::default(), Gauge::default()),
             dialer: Dialer::new(None, String::new()),
             metrics,
+            closing: tokio::sync::watch::channel(false).0,
         })
     }
 
-    /// Accepts connections until the listener fails; each one is served on its own task.
+    /// Stops taking calls: the listener closes (a caller's dial is refused) and each
+    /// connection gets a graceful GOAWAY (its in-flight calls finish; later streams are
+    /// refused unprocessed), both of which callers retry on another instance.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Accepts connections until [`Inbound::close`]; each one is served on its own task.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut closing = self.closing.subscribe();
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = closing.wait_for(|closing| *closing) => {
+                    tracing::info!("inbound closed: new calls go to other instances");
+                    return;
+                }
+            };
+            let (tcp, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "inbound accept failed");
@@ -128,15 +147,27 @@ impl Inbound {
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let verified: Option<Arc<tls::Workload>> = verified.map(Arc::new);
+        let mut closing = self.closing.subscribe();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let inbound = self.clone();
             let verified = verified.clone();
             async move { Ok::<_, Infallible>(inbound.handle(request, verified).await) }
         });
-        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(io), service)
-            .await;
+            .serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let finished = tokio::select! {
+            served = connection.as_mut() => Some(served),
+            _ = closing.wait_for(|closing| *closing) => None,
+        };
+        let served = match finished {
+            Some(served) => served,
+            None => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
         if let Err(e) = served {
             tracing::debug!(error = %e, "inbound connection closed");
         }
