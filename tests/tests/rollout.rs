@@ -9,7 +9,8 @@
 //! two clients at once: an app calling through its own sidecar (two sidecar hops), and
 //! a client that resolves the service from Consul for every call and dials the instance
 //! itself, as the seed's Go services do. `abrupt` must fail calls (so the test can
-//! fail); `steady` must fail none.
+//! fail); `steady` must fail none, and none again when it is scaled from three pods to
+//! one under the same load.
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
@@ -201,6 +202,75 @@ impl ConsulResolvingClient {
     }
 }
 
+async fn rollout_restart(
+    env: &TestEnv,
+    pods: &Api<Pod>,
+    selector: &ListParams,
+    consul: &str,
+    service: &str,
+    old: &BTreeSet<String>,
+    old_addresses: &BTreeSet<String>,
+) -> Result<()> {
+    let deployment = format!("deployment/{service}");
+    let restarted_at = std::time::Instant::now();
+    env.kubectl(&["rollout", "restart", &deployment], None)?;
+    env.kubectl(&["rollout", "status", &deployment, "--timeout=180s"], None)?;
+    eprintln!(
+        "{service}: rollout complete after {:?}",
+        restarted_at.elapsed()
+    );
+    eventually(
+        &format!("{service}'s old pods are gone"),
+        TIMEOUT,
+        || async {
+            let now = pods.list(selector).await?.items;
+            let gone = now.len() == 3
+                && now.iter().all(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && !old.contains(p.metadata.name.as_deref().unwrap_or_default())
+                });
+            Ok(gone.then_some(()))
+        },
+    )
+    .await?;
+    eprintln!(
+        "{service}: old pods gone after {:?}",
+        restarted_at.elapsed()
+    );
+    eventually(
+        &format!("{service}'s new pods pass in Consul"),
+        TIMEOUT,
+        || async {
+            let now = passing_addresses(consul, service).await?;
+            Ok((now.len() == 3 && now.is_disjoint(old_addresses)).then_some(()))
+        },
+    )
+    .await
+}
+
+async fn scale_down_to_one(
+    env: &TestEnv,
+    pods: &Api<Pod>,
+    selector: &ListParams,
+    consul: &str,
+    service: &str,
+) -> Result<()> {
+    let scaled_at = std::time::Instant::now();
+    env.kubectl(&["scale", &format!("sgs/{service}"), "--replicas=1"], None)?;
+    eventually(&format!("{service} down to one pod"), TIMEOUT, || async {
+        let now = pods.list(selector).await?.items;
+        Ok((now.len() == 1).then_some(()))
+    })
+    .await?;
+    eprintln!("{service}: down to one pod after {:?}", scaled_at.elapsed());
+    eventually(
+        &format!("one instance of {service} in Consul"),
+        TIMEOUT,
+        || async { Ok((passing_addresses(consul, service).await?.len() == 1).then_some(())) },
+    )
+    .await
+}
+
 /// An error with its causes, which reqwest's own message leaves out.
 fn chain(what: &str, error: &dyn std::error::Error) -> String {
     let mut text = format!("{what}: {error}");
@@ -228,11 +298,21 @@ async fn passing_addresses(consul: &str, service: &str) -> Result<BTreeSet<Strin
 
 /// Restarts `service`'s Deployment under load and returns what each client saw once
 /// every old pod is gone and the new ones pass in Consul.
-async fn restart_under_load(
+/// What is done to a service while the load runs.
+#[derive(Clone, Copy)]
+enum Change {
+    /// `kubectl rollout restart`: every pod replaced, three at all times.
+    RolloutRestart,
+    /// `kubectl scale` from three replicas down to one.
+    ScaleDownToOne,
+}
+
+async fn under_load(
     env: &TestEnv,
     mesh: &Sidecar,
     consul: &str,
     service: &str,
+    change: Change,
 ) -> Result<(Arc<Tally>, Arc<Tally>)> {
     let pods: Api<Pod> = Api::namespaced(env.client(), &env.namespace);
     let selector = ListParams::default().labels(&format!("streamgate.io/service={service}"));
@@ -276,44 +356,16 @@ async fn restart_under_load(
     });
 
     let restarted = async {
-        // A second of steady state first: failures before the restart would be another bug.
+        // A second of steady state first: failures before the change would be another bug.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let deployment = format!("deployment/{service}");
-        let restarted_at = std::time::Instant::now();
-        env.kubectl(&["rollout", "restart", &deployment], None)?;
-        env.kubectl(&["rollout", "status", &deployment, "--timeout=180s"], None)?;
-        eprintln!(
-            "{service}: rollout complete after {:?}",
-            restarted_at.elapsed()
-        );
-        eventually(
-            &format!("{service}'s old pods are gone"),
-            TIMEOUT,
-            || async {
-                let now = pods.list(&selector).await?.items;
-                let gone = now.len() == 3
-                    && now.iter().all(|p| {
-                        p.metadata.deletion_timestamp.is_none()
-                            && !old.contains(p.metadata.name.as_deref().unwrap_or_default())
-                    });
-                Ok(gone.then_some(()))
-            },
-        )
-        .await?;
-        eprintln!(
-            "{service}: old pods gone after {:?}",
-            restarted_at.elapsed()
-        );
-        eventually(
-            &format!("{service}'s new pods pass in Consul"),
-            TIMEOUT,
-            || async {
-                let now = passing_addresses(consul, service).await?;
-                Ok((now.len() == 3 && now.is_disjoint(&old_addresses)).then_some(()))
-            },
-        )
-        .await?;
-        anyhow::Ok(())
+        match change {
+            Change::RolloutRestart => {
+                rollout_restart(env, &pods, &selector, consul, service, &old, &old_addresses).await
+            }
+            Change::ScaleDownToOne => {
+                scale_down_to_one(env, &pods, &selector, consul, service).await
+            }
+        }
     }
     .await;
     stop.store(true, Ordering::Release);
@@ -326,7 +378,7 @@ async fn restart_under_load(
         direct.summary()
     );
     ensure!(
-        through_sidecars.ok.load(Ordering::Relaxed) > MESH_RATE * 10,
+        through_sidecars.ok.load(Ordering::Relaxed) > MESH_RATE * 5,
         "the load ran too briefly to mean anything: {}",
         through_sidecars.summary()
     );
@@ -371,8 +423,8 @@ async fn a_rolling_update_fails_no_call_because_pods_leave_consul_before_their_a
 
     // Both at once: the same load, the same machine, the same minute.
     let (abrupt, steady) = tokio::join!(
-        restart_under_load(&env, &mesh, &consul, "abrupt"),
-        restart_under_load(&env, &mesh, &consul, "steady"),
+        under_load(&env, &mesh, &consul, "abrupt", Change::RolloutRestart),
+        under_load(&env, &mesh, &consul, "steady", Change::RolloutRestart),
     );
     let ((abrupt_mesh, abrupt_direct), (steady_mesh, steady_direct)) = (abrupt?, steady?);
     ensure!(
@@ -392,6 +444,16 @@ async fn a_rolling_update_fails_no_call_because_pods_leave_consul_before_their_a
             .filter(|line| !line.contains("DEBUG"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+
+    // Scale-down: two of three pods leave at once, under the same load.
+    let (scaled_mesh, scaled_direct) =
+        under_load(&env, &mesh, &consul, "steady", Change::ScaleDownToOne).await?;
+    ensure!(
+        scaled_mesh.failed() == 0 && scaled_direct.failed() == 0,
+        "calls failed through a scale-down: through sidecars {}; resolving Consul per call {}",
+        scaled_mesh.summary(),
+        scaled_direct.summary()
     );
     Ok(())
 }
