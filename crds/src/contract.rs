@@ -18,16 +18,30 @@ pub mod consul {
     pub const META_POD: &str = "k8s-pod";
     /// Meta key: the pod's UID (a recreated pod with the same name is another instance).
     pub const META_POD_UID: &str = "k8s-pod-uid";
+    /// Meta key: the cluster the pod runs in (the operator's `--cluster-id`, by default
+    /// the `kube-system` namespace's UID). Clusters sharing one Consul each clean up only
+    /// their own instances.
+    pub const META_CLUSTER: &str = "k8s-cluster";
+    /// A cluster id is a Consul meta value: 1–63 letters, digits, `.`, `_` or `-` (a
+    /// Kubernetes UID qualifies).
+    pub fn is_valid_cluster_id(id: &str) -> bool {
+        (1..=63).contains(&id.len())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    }
     /// Meta key an instance sets when its inbound listener requires mTLS.
     pub const META_INBOUND: &str = "streamgate-inbound";
     /// The value of [`META_INBOUND`] for an mTLS inbound listener.
     pub const INBOUND_MTLS: &str = "mtls";
 
-    /// `<serviceName>-<namespace>-<podName>`: unique per pod (pod names are unique in a
+    /// `<serviceName>.<namespace>.<podName>`: unique per pod (pod names are unique in a
     /// namespace), stable across sidecar restarts in the same pod so a restart replaces
-    /// rather than duplicates, and readable in the Consul UI.
+    /// rather than duplicates, and readable in the Consul UI. Dots, because service and
+    /// namespace names are DNS labels and never hold one: with dashes, service `a` in
+    /// namespace `b-c` and service `a-b` in namespace `c` would share IDs.
     pub fn instance_id(service: &str, namespace: &str, pod: &str) -> String {
-        format!("{service}-{namespace}-{pod}")
+        format!("{service}.{namespace}.{pod}")
     }
 
     /// The ID of the TTL check the sidecar keeps for an instance (Consul's own
@@ -161,6 +175,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn instance_ids_of_different_pods_never_collide() {
+        assert_ne!(
+            consul::instance_id("a", "b-c", "d"),
+            consul::instance_id("a-b", "c", "d")
+        );
+        assert_eq!(
+            consul::instance_id("upload", "media", "upload-7d9f-x2"),
+            "upload.media.upload-7d9f-x2"
+        );
+    }
+
+    #[test]
     fn a_spiffe_id_round_trips_and_foreign_ones_are_refused() {
         let id = identity::spiffe_id("media", "upload");
         assert_eq!(id, "spiffe://streamgate/ns/media/svc/upload");
@@ -199,9 +225,8 @@ mod tests {
     }
 
     #[test]
-    fn instance_and_check_ids_are_the_seed_compatible_ones() {
+    fn the_check_id_is_consuls_convention_for_a_services_check() {
         let id = consul::instance_id("upload", "media", "upload-7d9f-x2");
-        assert_eq!(id, "upload-media-upload-7d9f-x2");
-        assert_eq!(consul::check_id(&id), "service:upload-media-upload-7d9f-x2");
+        assert_eq!(consul::check_id(&id), "service:upload.media.upload-7d9f-x2");
     }
 }

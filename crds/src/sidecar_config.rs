@@ -126,6 +126,9 @@ pub struct ConsulConfig {
     /// Consul drops an instance whose check stayed critical this long (pod vanished).
     #[serde(default = "default_deregister_after")]
     pub deregister_critical_after: GoDuration,
+    /// The cluster the pod runs in, registered as meta `k8s-cluster` (set by the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
 }
 
 impl Default for ConsulConfig {
@@ -134,6 +137,7 @@ impl Default for ConsulConfig {
             address: None,
             token_file: None,
             deregister_critical_after: default_deregister_after(),
+            cluster_id: None,
         }
     }
 }

@@ -14,6 +14,11 @@ pub struct Upstream {
     /// The Consul service name of the callee, e.g. `metadata`.
     #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 63))]
     pub service: String,
+    /// Only the callee's instances in this namespace. Empty: those in the caller's own
+    /// namespace when it has any, else every passing instance (seed services included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 63))]
+    pub namespace: Option<String>,
     /// Deadline of one call, retries included; past it the app gets DEADLINE_EXCEEDED.
     #[serde(default = "default_timeout")]
     pub timeout: GoDuration,
@@ -160,6 +165,12 @@ pub fn validate_upstreams(field: &str, upstreams: &[Upstream]) -> Result<(), cra
             return Err(FieldError::new(
                 format!("{at}.service"),
                 format!("{:?} is not a DNS-1123 label", u.service),
+            ));
+        }
+        if let Some(namespace) = u.namespace.as_deref().filter(|ns| !is_dns_label(ns)) {
+            return Err(FieldError::new(
+                format!("{at}.namespace"),
+                format!("{namespace:?} is not a DNS-1123 label"),
             ));
         }
         if upstreams[..i].iter().any(|o| o.service == u.service) {

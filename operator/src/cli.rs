@@ -112,6 +112,10 @@ pub struct ConsulArgs {
     /// File holding the operator's Consul ACL token (wins over --consul-token).
     #[arg(long, env = "CONSUL_HTTP_TOKEN_FILE")]
     pub consul_token_file: Option<std::path::PathBuf>,
+    /// This cluster's id in Consul (instance meta `k8s-cluster`): the sweep and the
+    /// cleanup touch only instances carrying it. Default: the kube-system namespace's UID.
+    #[arg(long, env = "STREAMGATE_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use streamgate_crds::contract::consul::{
-    MANAGED_BY_STREAMGATE, META_MANAGED_BY, META_NAMESPACE, META_POD, META_POD_UID,
+    MANAGED_BY_STREAMGATE, META_CLUSTER, META_MANAGED_BY, META_NAMESPACE, META_POD, META_POD_UID,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,9 @@ impl RegisteredInstance {
     }
     pub fn pod(&self) -> Option<&str> {
         self.meta.get(META_POD).map(String::as_str)
+    }
+    pub fn cluster(&self) -> Option<&str> {
+        self.meta.get(META_CLUSTER).map(String::as_str)
     }
     pub fn pod_uid(&self) -> Option<&str> {
         self.meta.get(META_POD_UID).map(String::as_str)
@@ -100,17 +103,23 @@ fn aggregate(checks: &[CheckEntry]) -> String {
         .to_string()
 }
 
-/// A small Consul HTTP API client.
+/// A small Consul HTTP API client, for one cluster's instances.
 #[derive(Clone, Debug)]
 pub struct Consul {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// This cluster's id (meta `k8s-cluster`): other clusters' instances are not ours.
+    cluster: String,
 }
 
 impl Consul {
     /// `address` is `http://host:port` or a bare `host:port`.
-    pub fn new(address: &str, token: Option<String>) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        address: &str,
+        token: Option<String>,
+        cluster: &str,
+    ) -> Result<Self, reqwest::Error> {
         let base = if address.contains("://") {
             address.trim_end_matches('/').to_string()
         } else {
@@ -122,7 +131,19 @@ impl Consul {
             .timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(2))
             .build()?;
-        Ok(Consul { http, base, token })
+        Ok(Consul {
+            http,
+            base,
+            token,
+            cluster: cluster.to_string(),
+        })
+    }
+
+    /// Whether StreamGate registered `instance` in this cluster: the only instances the
+    /// operator ever removes. One without a cluster id (a sidecar older than the id)
+    /// is left to Consul's own critical-instance reaping.
+    pub fn is_ours(&self, instance: &RegisteredInstance) -> bool {
+        instance.is_managed() && instance.cluster() == Some(self.cluster.as_str())
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -175,7 +196,21 @@ impl Consul {
             .collect())
     }
 
-    /// The instances of `service` that StreamGate registered for pods of `namespace`.
+    /// The instance `id` of `service` as Consul has it now, if it still exists.
+    pub async fn instance(
+        &self,
+        service: &str,
+        id: &str,
+    ) -> Result<Option<RegisteredInstance>, ConsulError> {
+        Ok(self
+            .instances(service)
+            .await?
+            .into_iter()
+            .find(|i| i.id == id))
+    }
+
+    /// The instances of `service` that StreamGate registered for pods of `namespace`
+    /// in this cluster.
     pub async fn managed_instances(
         &self,
         service: &str,
@@ -185,7 +220,7 @@ impl Consul {
             .instances(service)
             .await?
             .into_iter()
-            .filter(|i| i.is_managed() && i.namespace() == Some(namespace))
+            .filter(|i| self.is_ours(i) && i.namespace() == Some(namespace))
             .collect())
     }
 
@@ -264,7 +299,7 @@ mod tests {
 
     #[test]
     fn bare_host_port_gets_a_scheme() {
-        let c = Consul::new("127.0.0.1:8500", None).unwrap();
+        let c = Consul::new("127.0.0.1:8500", None, "c1").unwrap();
         assert_eq!(c.base, "http://127.0.0.1:8500");
     }
 }

@@ -131,6 +131,7 @@ fn completed_config(
 ) -> SidecarConfig {
     let mut config = config.clone();
     config.consul.address = Some(settings.consul_address.clone());
+    config.consul.cluster_id = Some(settings.cluster_id.clone());
     config.nats.url = Some(settings.nats_url.clone());
     config.spool_dir = Some(SPOOL_DIR.to_string());
     config.log_level = spec.log_level;

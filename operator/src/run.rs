@@ -72,7 +72,8 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let ready = serve_metrics(&args, registry).await?;
-    let consul = consul_client(&args)?;
+    let cluster = cluster_id(&args, &client).await?;
+    let consul = consul_client(&args, &cluster)?;
     let (deployment_cache, deployment_writer) = reflector::store::<Deployment>();
     let (service_cache, service_writer) = reflector::store::<Service>();
     let ctx = Arc::new(Context {
@@ -86,7 +87,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         ),
         consul: consul.clone(),
         metrics: metrics.clone(),
-        sidecar_defaults: sidecar_defaults(&args),
+        sidecar_defaults: sidecar_defaults(&args, &cluster),
         deployments: Known::new(deployment_cache),
         services: Known::new(service_cache),
         statuses: WrittenStatuses::default(),
@@ -203,7 +204,31 @@ async fn serve_metrics(args: &RunArgs, registry: Registry) -> Result<watch::Send
     Ok(ready_tx)
 }
 
-fn consul_client(args: &RunArgs) -> Result<Consul> {
+/// `--cluster-id`, else the kube-system namespace's UID: stable for the cluster's life
+/// and different in every cluster, so clusters sharing one Consul tell their instances
+/// apart without anyone choosing names.
+async fn cluster_id(args: &RunArgs, client: &kube::Client) -> Result<String> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use streamgate_crds::contract::consul::is_valid_cluster_id;
+    if let Some(id) = &args.consul.cluster_id {
+        anyhow::ensure!(
+            is_valid_cluster_id(id),
+            "--cluster-id {id:?} is not 1-63 letters, digits, '.', '_' or '-'"
+        );
+        return Ok(id.clone());
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let kube_system = namespaces.get("kube-system").await.context(
+        "reading the kube-system namespace's UID for the cluster id (or set --cluster-id)",
+    )?;
+    kube_system
+        .metadata
+        .uid
+        .filter(|uid| is_valid_cluster_id(uid))
+        .context("the kube-system namespace has no UID to use as the cluster id; set --cluster-id")
+}
+
+fn consul_client(args: &RunArgs, cluster: &str) -> Result<Consul> {
     let token = match &args.consul.consul_token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -213,11 +238,11 @@ fn consul_client(args: &RunArgs) -> Result<Consul> {
         ),
         None => args.consul.consul_token.clone(),
     };
-    Ok(Consul::new(&args.consul.consul_address, token)?)
+    Ok(Consul::new(&args.consul.consul_address, token, cluster)?)
 }
 
 /// What every rendered sidecar gets from the operator's flags.
-fn sidecar_defaults(args: &RunArgs) -> SidecarDefaults {
+fn sidecar_defaults(args: &RunArgs, cluster: &str) -> SidecarDefaults {
     SidecarDefaults {
         image: args.sidecar.sidecar_image.clone(),
         resources: crate::sidecar_defaults::sidecar_resources(
@@ -233,6 +258,7 @@ fn sidecar_defaults(args: &RunArgs) -> SidecarDefaults {
         consul_token_secret: args.sidecar.consul_token_secret.clone(),
         nats_url: args.sidecar.nats_url.clone(),
         nats_credentials_secret: args.sidecar.nats_credentials_secret.clone(),
+        cluster_id: cluster.to_string(),
     }
 }
 

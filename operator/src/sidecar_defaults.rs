@@ -20,6 +20,8 @@ pub struct SidecarDefaults {
     pub nats_url: String,
     /// Secret (in the pod's namespace) with NATS credentials, mounted read-only.
     pub nats_credentials_secret: Option<String>,
+    /// The cluster's id, registered with every instance (meta `k8s-cluster`).
+    pub cluster_id: String,
 }
 
 impl SidecarDefaults {
@@ -32,6 +34,7 @@ impl SidecarDefaults {
             consul_token_secret: None,
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_credentials_secret: None,
+            cluster_id: "test-cluster".into(),
         }
     }
 }

@@ -1,6 +1,13 @@
-//! The ghost sweep: Consul instances that StreamGate registered for a pod that no longer
-//! exists (killed without a clean shutdown, node lost) are deregistered. An instance
-//! whose pod exists, or one StreamGate does not manage, is never touched.
+//! The ghost sweep: Consul instances that StreamGate registered in this cluster for a pod
+//! that no longer exists (killed without a clean shutdown, node lost) are deregistered.
+//!
+//! Rules, each against a way a sweep removes a live instance: only this cluster's
+//! instances (meta `k8s-cluster`; another cluster sharing the Consul has other pods); a
+//! passing instance stays even when its pod is not found (its sidecar is alive and
+//! refreshing the check; once it is gone the check runs out and the next pass removes
+//! it); an instance of a pod re-created under the same name (another UID) is removed, but
+//! only after reading it again right before, since the new pod's sidecar re-registers
+//! the same ID with its own UID. An instance StreamGate does not manage is never touched.
 
 use crate::consul::{Consul, ConsulError, RegisteredInstance};
 use crate::metrics::Metrics;
@@ -9,11 +16,15 @@ use kube::api::Api;
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// Why an instance is a ghost, or `None` when its pod is alive.
+/// Why an instance is a ghost, or `None` when it stays.
 pub fn ghost_reason(instance: &RegisteredInstance, pod: Option<&Pod>) -> Option<String> {
     let pod_name = instance.pod()?;
     match pod {
-        None => Some(format!("pod {pod_name} no longer exists")),
+        None if instance.is_passing() => None,
+        None => Some(format!(
+            "pod {pod_name} no longer exists and the instance is {}",
+            instance.status
+        )),
         Some(pod) => {
             let uid = pod.metadata.uid.as_deref().unwrap_or("");
             match instance.pod_uid() {
@@ -39,7 +50,7 @@ pub async fn sweep_once(
     let mut removed = 0;
     for service in consul.services().await? {
         for instance in consul.instances(&service).await? {
-            if !instance.is_managed() {
+            if !consul.is_ours(&instance) {
                 continue;
             }
             let (Some(pod_namespace), Some(pod_name)) = (instance.namespace(), instance.pod())
@@ -57,6 +68,13 @@ pub async fn sweep_once(
                     warn!(error = %e, pod = pod_name, "sweep: could not read pod");
                     continue;
                 }
+            };
+            if ghost_reason(&instance, pod.as_ref()).is_none() {
+                continue;
+            }
+            // Read again: the pod's new sidecar may have re-registered the ID meanwhile.
+            let Some(instance) = consul.instance(&service, &instance.id).await? else {
+                continue;
             };
             if let Some(reason) = ghost_reason(&instance, pod.as_ref()) {
                 consul.deregister(&instance, &node).await?;
@@ -93,6 +111,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn instance(pod: &str, uid: &str) -> RegisteredInstance {
+        instance_with(pod, uid, "critical")
+    }
+
+    fn instance_with(pod: &str, uid: &str, status: &str) -> RegisteredInstance {
         RegisteredInstance {
             id: format!("upload-{pod}"),
             service: "upload".into(),
@@ -103,7 +125,7 @@ mod tests {
                 ("k8s-pod".into(), pod.into()),
                 ("k8s-pod-uid".into(), uid.into()),
             ]),
-            status: "critical".into(),
+            status: status.into(),
         }
     }
 
@@ -130,5 +152,28 @@ mod tests {
     #[test]
     fn instance_of_a_replaced_pod_is_a_ghost() {
         assert!(ghost_reason(&instance("p1", "u1"), Some(&pod("u2"))).is_some());
+    }
+
+    #[test]
+    fn a_passing_instance_stays_even_when_its_pod_is_not_found() {
+        // Its sidecar refreshes the check: it lives, the pod is elsewhere or not yet seen.
+        assert!(ghost_reason(&instance_with("p1", "u1", "passing"), None).is_none());
+        assert!(ghost_reason(&instance_with("p1", "u1", "warning"), None).is_some());
+    }
+
+    #[test]
+    fn only_this_clusters_managed_instances_are_ours() {
+        let consul = Consul::new("127.0.0.1:8500", None, "c1").unwrap();
+        let mut mine = instance("p1", "u1");
+        mine.meta.insert("k8s-cluster".into(), "c1".into());
+        assert!(consul.is_ours(&mine));
+        let mut theirs = mine.clone();
+        theirs.meta.insert("k8s-cluster".into(), "c2".into());
+        assert!(!consul.is_ours(&theirs));
+        // Older sidecars registered no cluster: not ours to remove.
+        assert!(!consul.is_ours(&instance("p1", "u1")));
+        let mut unmanaged = mine.clone();
+        unmanaged.meta.remove("managed-by");
+        assert!(!consul.is_ours(&unmanaged));
     }
 }

@@ -232,7 +232,9 @@ impl Sidecar {
             admin,
             app_listen,
             inbound,
-            instance_id: format!("{}-{NAMESPACE}-{pod_name}", o.service),
+            instance_id: streamgate_crds::contract::consul::instance_id(
+                &o.service, NAMESPACE, &pod_name,
+            ),
             pod_name,
             proc,
         })

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -74,7 +74,7 @@ impl Fixture {
             &pod_name,
             pod.metadata.uid.as_deref().unwrap_or(""),
             passing,
-            true,
+            Owner::ThisCluster,
         )
         .await
     }
@@ -85,14 +85,28 @@ impl Fixture {
         pod_name: &str,
         uid: &str,
         passing: bool,
-        managed: bool,
+        owner: Owner,
     ) -> Result<String> {
         let id = format!("{service}-{pod_name}");
         let mut meta = json!({
             "k8s-namespace": self.env.namespace, "k8s-pod": pod_name, "k8s-pod-uid": uid,
         });
-        if managed {
-            meta["managed-by"] = json!("streamgate");
+        let this_cluster = Api::<Namespace>::all(self.env.client())
+            .get("kube-system")
+            .await?
+            .metadata
+            .uid
+            .unwrap_or_default();
+        match owner {
+            Owner::Unmanaged => {}
+            Owner::ThisCluster => {
+                meta["managed-by"] = json!("streamgate");
+                meta["k8s-cluster"] = json!(this_cluster);
+            }
+            Owner::OtherCluster => {
+                meta["managed-by"] = json!("streamgate");
+                meta["k8s-cluster"] = json!("another-cluster");
+            }
         }
         let consul = self.env.consul_addr();
         self.consul
@@ -464,6 +478,14 @@ async fn delete_deregisters_consul_instances_and_garbage_collects_children() -> 
     Ok(())
 }
 
+/// Who registered an instance the tests put into Consul by hand.
+#[derive(Clone, Copy)]
+enum Owner {
+    Unmanaged,
+    ThisCluster,
+    OtherCluster,
+}
+
 #[tokio::test]
 async fn ghost_instances_are_swept_within_30s_and_live_ones_stay() -> Result<()> {
     let f = fixture("op-ghost").await?;
@@ -472,11 +494,38 @@ async fn ghost_instances_are_swept_within_30s_and_live_ones_stay() -> Result<()>
     let pods = f.running_pods("metadata", 1).await?;
     let live = f.register_instance(&service, &pods[0], true).await?;
     let ghost = f
-        .register_raw(&service, "metadata-5d8c-gone", "uid-gone", false, true)
+        .register_raw(
+            &service,
+            "metadata-5d8c-gone",
+            "uid-gone",
+            false,
+            Owner::ThisCluster,
+        )
         .await?;
     // Not StreamGate's: never touched, even though its pod does not exist either.
     let foreign = f
-        .register_raw(&service, "someone-elses", "uid-x", false, false)
+        .register_raw(&service, "someone-elses", "uid-x", false, Owner::Unmanaged)
+        .await?;
+    // Another cluster's, sharing this Consul: its pod is not in our API, and it is not
+    // ours to judge.
+    let other_cluster = f
+        .register_raw(
+            &service,
+            "metadata-5d8c-there",
+            "uid-t",
+            false,
+            Owner::OtherCluster,
+        )
+        .await?;
+    // Passing: a live sidecar refreshes it, whatever our API says of its pod.
+    let passing_unknown = f
+        .register_raw(
+            &service,
+            "metadata-5d8c-unseen",
+            "uid-u",
+            true,
+            Owner::ThisCluster,
+        )
         .await?;
 
     // The 30 s bound is this wait's own timeout: a slower sweep fails here.
@@ -489,6 +538,14 @@ async fn ghost_instances_are_swept_within_30s_and_live_ones_stay() -> Result<()>
     assert!(
         left.contains(&foreign),
         "unmanaged instance removed: {left:?}"
+    );
+    assert!(
+        left.contains(&other_cluster),
+        "another cluster's instance removed: {left:?}"
+    );
+    assert!(
+        left.contains(&passing_unknown),
+        "a passing instance removed: {left:?}"
     );
     Ok(())
 }

@@ -131,6 +131,14 @@ fn resolve_consul(
 ) -> Result<ConsulSettings, FieldError> {
     let address = consul_address(doc.consul.address.as_deref(), env)?;
     doc.consul.address = Some(address.clone());
+    if let Some(cluster) = &doc.consul.cluster_id
+        && !streamgate_crds::contract::consul::is_valid_cluster_id(cluster)
+    {
+        return Err(FieldError::new(
+            "consul.clusterId",
+            format!("{cluster:?} is not 1-63 letters, digits, '.', '_' or '-'"),
+        ));
+    }
     Ok(ConsulSettings {
         address,
         token: consul_token(doc.consul.token_file.as_deref(), env)?,
@@ -390,6 +398,7 @@ mod tests {
             ("nats: {url: 'http://x:4222'}", "nats.url"),
             ("drainTimeout: 2h", "drainTimeout"),
             ("leaveDelay: 61s", "leaveDelay"),
+            ("consul: {clusterId: 'a b'}", "consul.clusterId"),
             ("pod: {hostIp: node-1}", "pod.hostIp"),
         ];
         for (extra, field) in cases {

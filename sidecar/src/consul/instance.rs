@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use streamgate_crds::contract::consul::{
-    MANAGED_BY_STREAMGATE, META_MANAGED_BY, META_NAMESPACE, META_POD, META_POD_UID, check_id,
-    instance_id,
+    MANAGED_BY_STREAMGATE, META_CLUSTER, META_MANAGED_BY, META_NAMESPACE, META_POD, META_POD_UID,
+    check_id, instance_id,
 };
 /// The shortest TTL: enough for the sidecar to refresh the check three times.
 pub const MIN_TTL: Duration = Duration::from_secs(3);
@@ -58,6 +58,9 @@ impl PodInstance {
         meta.insert(META_POD.into(), doc.pod.name.clone());
         if !doc.pod.uid.is_empty() {
             meta.insert(META_POD_UID.into(), doc.pod.uid.clone());
+        }
+        if let Some(cluster) = &doc.consul.cluster_id {
+            meta.insert(META_CLUSTER.into(), cluster.clone());
         }
         meta.insert(META_MANAGED_BY.into(), MANAGED_BY_STREAMGATE.into());
         PodInstance {
@@ -117,7 +120,7 @@ mod tests {
         let instance =
             PodInstance::from_settings(&settings("consul: {deregisterCriticalAfter: 90s}"));
         let body = instance.registration(CheckStatus::Critical);
-        assert_eq!(body["ID"], "upload-media-upload-7d9f-x2");
+        assert_eq!(body["ID"], "upload.media.upload-7d9f-x2");
         assert_eq!(body["Name"], "upload");
         assert_eq!(body["Address"], "127.0.0.2");
         assert_eq!(body["Port"], 15006);
@@ -128,7 +131,7 @@ mod tests {
                    "k8s-pod": "upload-7d9f-x2", "k8s-pod-uid": "u-1"})
         );
         let check = &body["Check"];
-        assert_eq!(check["CheckID"], "service:upload-media-upload-7d9f-x2");
+        assert_eq!(check["CheckID"], "service:upload.media.upload-7d9f-x2");
         assert_eq!(check["Status"], "critical");
         assert_eq!(check["TTL"], "15000ms");
         assert_eq!(check["DeregisterCriticalServiceAfter"], "90000ms");

@@ -83,6 +83,7 @@ pub async fn start(
     let dialer = pool::Dialer::new(Some(store.clone()), doc.pod.namespace.clone());
     let outbound = outbound::Forwarder::new(
         &service.service_name,
+        &doc.pod.namespace,
         &service.upstreams,
         discovery,
         dialer,

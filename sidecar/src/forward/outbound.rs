@@ -48,6 +48,8 @@ const CONNECT_ATTEMPTS: u32 = 3;
 /// Forwards the app's calls to the instances of other services.
 pub struct Forwarder {
     own_service: HeaderValue,
+    /// The caller's namespace: its upstreams' instances there are preferred.
+    own_namespace: String,
     specs: HashMap<String, UpstreamSpec>,
     upstreams: Mutex<HashMap<String, Followed>>,
     discovery: Discovery,
@@ -65,6 +67,7 @@ struct Followed {
 impl Forwarder {
     pub fn new(
         own_service: &str,
+        own_namespace: &str,
         specs: &[UpstreamSpec],
         discovery: Discovery,
         dialer: Dialer,
@@ -73,6 +76,7 @@ impl Forwarder {
         let forwarder = Arc::new(Forwarder {
             own_service: HeaderValue::from_str(own_service)
                 .unwrap_or(HeaderValue::from_static("unknown")),
+            own_namespace: own_namespace.to_string(),
             specs: specs
                 .iter()
                 .map(|s| (s.service.clone(), s.clone()))
@@ -152,7 +156,7 @@ impl Forwarder {
             followed.last_used = now;
             return followed.upstream.clone();
         }
-        let settings = UpstreamSettings::from_spec(self.specs.get(service));
+        let settings = UpstreamSettings::from_spec(self.specs.get(service), &self.own_namespace);
         let upstream = Arc::new(Upstream::new(
             service.to_string(),
             settings,
@@ -520,6 +524,7 @@ mod tests {
         let discovery = Discovery::new("http://127.0.0.1:9".into(), None);
         Forwarder::new(
             "upload",
+            "default",
             &[spec("metadata")],
             discovery,
             Dialer::new(None, "default".into()),

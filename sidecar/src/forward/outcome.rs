@@ -141,6 +141,7 @@ mod tests {
                 base_ejection: EJECTION,
                 max_ejection: EJECTION * 4,
             }),
+            scope: crate::forward::upstream::NamespaceScope::Prefer("default".into()),
         };
         let endpoint = Endpoint {
             id: "a".into(),

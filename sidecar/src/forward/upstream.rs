@@ -31,13 +31,54 @@ pub struct UpstreamSettings {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub breaker: Option<BreakerConfig>,
+    pub scope: NamespaceScope,
+}
+
+/// Which namespaces' instances of a service a call may go to. Consul service names are
+/// one namespace for the whole cluster (and beyond), so `upload` in `media` and `upload`
+/// in `sandbox` are instances of one service unless the caller says which it means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceScope {
+    /// The caller's own namespace when it has any instance there, else every instance
+    /// (another namespace's, or seed services registered without one).
+    Prefer(String),
+    /// Only this namespace's instances (`upstreams[].namespace`).
+    Only(String),
+}
+
+impl NamespaceScope {
+    pub fn select(&self, endpoints: &[Endpoint]) -> Vec<Endpoint> {
+        let in_namespace = |ns: &str| -> Vec<Endpoint> {
+            endpoints
+                .iter()
+                .filter(|e| e.namespace.as_deref() == Some(ns))
+                .cloned()
+                .collect()
+        };
+        match self {
+            NamespaceScope::Only(ns) => in_namespace(ns),
+            NamespaceScope::Prefer(ns) => {
+                let local = in_namespace(ns);
+                if local.is_empty() {
+                    endpoints.to_vec()
+                } else {
+                    local
+                }
+            }
+        }
+    }
 }
 
 impl UpstreamSettings {
     /// From the spec's entry; a service the spec does not list gets the CRD's defaults
-    /// (5 s timeout, no status retries, a breaker after 5 failures in a row).
-    pub fn from_spec(spec: Option<&UpstreamSpec>) -> Self {
+    /// (5 s timeout, no status retries, a breaker after 5 failures in a row, the
+    /// caller's namespace preferred). `own_namespace` is the caller's.
+    pub fn from_spec(spec: Option<&UpstreamSpec>, own_namespace: &str) -> Self {
         UpstreamSettings {
+            scope: match spec.and_then(|s| s.namespace.clone()) {
+                Some(namespace) => NamespaceScope::Only(namespace),
+                None => NamespaceScope::Prefer(own_namespace.to_string()),
+            },
             timeout: spec.map_or(Duration::from_secs(5), |s| s.timeout.as_duration()),
             retry: RetryPolicy::from_spec(spec.and_then(|s| s.retries.as_ref())),
             // Without a `circuitBreaker`, the CRD's defaults still apply: an instance
@@ -127,8 +168,10 @@ impl Upstream {
         }
     }
 
-    /// Rebuilds the instance list for `endpoints`, keeping the state of those that stay.
+    /// Rebuilds the instance list for `endpoints` (those in the upstream's namespace
+    /// scope), keeping the state of those that stay.
     fn refresh(&self, endpoints: &[Endpoint]) {
+        let endpoints = self.settings.scope.select(endpoints);
         let mut instances = lock(&self.instances);
         let now = Instant::now();
         let next: Vec<Arc<Backend>> = endpoints
@@ -223,6 +266,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             retry: RetryPolicy::from_spec(None),
             breaker,
+            scope: NamespaceScope::Prefer("default".into()),
         };
         let upstream = Upstream::new(
             "upload".into(),
@@ -236,6 +280,29 @@ mod tests {
 
     fn soon() -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_millis(100)
+    }
+
+    #[test]
+    fn the_callers_namespace_is_preferred_and_an_explicit_one_is_kept_to() {
+        let at = |id: &str, port, namespace: Option<&str>| Endpoint {
+            namespace: namespace.map(String::from),
+            ..endpoint(id, port)
+        };
+        let all = vec![
+            at("media-1", 1, Some("media")),
+            at("sandbox-1", 2, Some("sandbox")),
+            at("seed-1", 3, None),
+        ];
+        let ids = |endpoints: Vec<Endpoint>| -> Vec<String> {
+            endpoints.into_iter().map(|e| e.id).collect()
+        };
+        let prefer = |ns: &str| NamespaceScope::Prefer(ns.into());
+        assert_eq!(ids(prefer("media").select(&all)), ["media-1"]);
+        // None in the caller's namespace: every instance, seed services included.
+        assert_eq!(ids(prefer("edge").select(&all)).len(), 3);
+        let only = NamespaceScope::Only("sandbox".into());
+        assert_eq!(ids(only.select(&all)), ["sandbox-1"]);
+        assert!(NamespaceScope::Only("edge".into()).select(&all).is_empty());
     }
 
     #[tokio::test]
