@@ -30,9 +30,20 @@ const STARTUP: Duration = Duration::from_secs(20);
 
 /// Registers an instance in Consul directly, passing, as a service's own agent would.
 async fn register(consul: &str, service: &str, id: &str, addr: SocketAddr) -> Result<()> {
+    register_in(consul, service, id, addr, NAMESPACE).await
+}
+
+/// As [`register`], for a pod of `namespace`.
+async fn register_in(
+    consul: &str,
+    service: &str,
+    id: &str,
+    addr: SocketAddr,
+    namespace: &str,
+) -> Result<()> {
     let body = json!({
         "ID": id, "Name": service, "Address": addr.ip().to_string(), "Port": addr.port(),
-        "Meta": {"k8s-namespace": NAMESPACE},
+        "Meta": {"k8s-namespace": namespace},
         "Check": {"CheckID": format!("{id}-ttl"), "TTL": "10m", "Status": "passing"},
     });
     http()
@@ -285,6 +296,44 @@ async fn unary_and_streaming_round_trips_through_two_sidecars() -> Result<()> {
         caller.metric(&sample).await? >= 4.0,
         "metrics count the calls"
     );
+    Ok(())
+}
+
+/// One Consul service name in two namespaces: calls stay in the caller's namespace, and
+/// an upstream that names another namespace goes there only.
+#[tokio::test]
+async fn calls_stay_in_the_callers_namespace_unless_the_upstream_names_another() -> Result<()> {
+    let env = TestEnv::new("forward-namespaces").await?;
+    let consul = env.consul_addr();
+    let service = env.unique("echo");
+    let dir = log_dir(&service);
+    let mut servers = Vec::new();
+    for (name, namespace) in [("here", NAMESPACE), ("there", "edge")] {
+        let addr: SocketAddr = format!("{}:0", pod_ip()).parse()?;
+        let server = EchoServer::start(name, addr).await?;
+        register_in(
+            consul,
+            &service,
+            &format!("{service}-{name}"),
+            server.addr,
+            namespace,
+        )
+        .await?;
+        servers.push(server);
+    }
+
+    let local = client_sidecar(&dir, consul, &env.unique("local"), "", None).await?;
+    let mut echo = client(&local, &service)?;
+    first_success(&mut echo).await?;
+    let seen = spread(&echo, 100, 4).await?;
+    assert_eq!(seen.get("here"), Some(&100), "{seen:?}");
+
+    let extra = format!("  upstreams: [{{service: {service}, namespace: edge}}]\n");
+    let pinned = client_sidecar(&dir, consul, &env.unique("pinned"), &extra, None).await?;
+    let mut echo = client(&pinned, &service)?;
+    first_success(&mut echo).await?;
+    let seen = spread(&echo, 100, 4).await?;
+    assert_eq!(seen.get("there"), Some(&100), "{seen:?}");
     Ok(())
 }
 

@@ -117,8 +117,9 @@ mod tests {
 
     #[test]
     fn registration_carries_pod_identity_and_the_ttl_check() {
-        let instance =
-            PodInstance::from_settings(&settings("consul: {deregisterCriticalAfter: 90s}"));
+        let instance = PodInstance::from_settings(&settings(
+            "consul: {deregisterCriticalAfter: 90s, clusterId: 5f1c-uid}",
+        ));
         let body = instance.registration(CheckStatus::Critical);
         assert_eq!(body["ID"], "upload.media.upload-7d9f-x2");
         assert_eq!(body["Name"], "upload");
@@ -128,7 +129,7 @@ mod tests {
         assert_eq!(
             body["Meta"],
             json!({"team": "media", "managed-by": "streamgate", "k8s-namespace": "media",
-                   "k8s-pod": "upload-7d9f-x2", "k8s-pod-uid": "u-1"})
+                   "k8s-pod": "upload-7d9f-x2", "k8s-pod-uid": "u-1", "k8s-cluster": "5f1c-uid"})
         );
         let check = &body["Check"];
         assert_eq!(check["CheckID"], "service:upload.media.upload-7d9f-x2");
