@@ -337,6 +337,36 @@ async fn calls_stay_in_the_callers_namespace_unless_the_upstream_names_another()
     Ok(())
 }
 
+/// A seed-style instance registered under its host name (the seed's Go services register
+/// their hostname unless SERVICE_HOST is set) is reached through the sidecar. Only
+/// `localhost` is used: it resolves from /etc/hosts, without DNS traffic.
+#[tokio::test]
+async fn an_instance_registered_under_a_host_name_is_called() -> Result<()> {
+    let env = TestEnv::new("forward-hostname").await?;
+    let consul = env.consul_addr();
+    let service = env.unique("echo");
+    let dir = log_dir(&service);
+    let server = EchoServer::start("by-name", "127.0.0.1:0".parse()?).await?;
+    let body = json!({
+        "ID": format!("{service}-by-name"), "Name": service,
+        "Address": "localhost", "Port": server.addr.port(),
+        "Check": {"CheckID": format!("{service}-by-name-ttl"), "TTL": "10m", "Status": "passing"},
+    });
+    http()
+        .put(format!("{consul}/v1/agent/service/register"))
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?;
+    let caller = client_sidecar(&dir, consul, &env.unique("caller"), "", None).await?;
+    let mut echo = client(&caller, &service)?;
+    let reply = first_success(&mut echo)
+        .await
+        .with_context(|| caller.log_tail(20))?;
+    assert_eq!(reply.server, "by-name");
+    Ok(())
+}
+
 #[tokio::test]
 async fn load_spreads_across_three_instances() -> Result<()> {
     let env = TestEnv::new("forward-spread").await?;

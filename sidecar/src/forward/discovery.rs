@@ -6,6 +6,12 @@
 //! Consul knows it. Subscribers get the sorted, deduplicated set on a watch channel,
 //! only when it changed. While Consul cannot be reached the last known set stays: the
 //! instances are most likely still there, and forgetting them would fail every call.
+//!
+//! An instance registered with a host name (the seed's Go services register their
+//! hostname unless `SERVICE_HOST` is set; catalogs often hold DNS names) is resolved at
+//! each answer for it, with the last good answer kept while DNS fails ([`names`]).
+
+mod names;
 
 use crate::backoff::Backoff;
 use serde::Deserialize;
@@ -64,13 +70,37 @@ pub fn parse_health(body: &[u8]) -> Result<Vec<Endpoint>, serde_json::Error> {
     parse_health_entries(body).map(|(endpoints, _)| endpoints)
 }
 
-/// As [`parse_health`], also returning the entries whose address is not an IP and
-/// port (a hostname, or garbage), which cannot be dialled.
+/// A passing instance registered under a host name, to resolve before dialling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named {
+    pub host: String,
+    pub port: u16,
+    /// The endpoint with a placeholder address, everything else from Consul.
+    pub endpoint: Endpoint,
+}
+
+/// What one health answer holds: instances at an IP, instances under a host name, and
+/// entries that cannot be dialled at all.
+#[derive(Debug, Default)]
+pub struct HealthAnswer {
+    pub endpoints: Vec<Endpoint>,
+    pub named: Vec<Named>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// As [`parse_health`], also returning the instances registered under a host name and
+/// the entries whose address is neither an IP nor a host name with a port.
 pub fn parse_health_entries(
     body: &[u8],
 ) -> Result<(Vec<Endpoint>, Vec<Skipped>), serde_json::Error> {
+    parse_health_answer(body).map(|answer| (answer.endpoints, answer.skipped))
+}
+
+/// Every entry of a health answer, sorted into [`HealthAnswer`]'s three kinds.
+pub fn parse_health_answer(body: &[u8]) -> Result<HealthAnswer, serde_json::Error> {
     let entries: Vec<HealthEntry> = serde_json::from_slice(body)?;
     let mut endpoints = Vec::with_capacity(entries.len());
+    let mut named = Vec::new();
     let mut skipped = Vec::new();
     for entry in entries {
         let service = entry.service;
@@ -80,25 +110,37 @@ pub fn parse_health_entries(
         } else {
             service.address
         };
-        let ip = address.parse::<IpAddr>().ok().filter(|_| service.port != 0);
-        let Some(ip) = ip else {
-            skipped.push(Skipped {
-                id: service.id,
-                address: format!("{address}:{}", service.port),
-            });
-            continue;
-        };
         let meta = service.meta.unwrap_or_default();
-        endpoints.push(Endpoint {
-            id: service.id,
-            addr: SocketAddr::new(ip, service.port),
+        let endpoint = |addr| Endpoint {
+            id: service.id.clone(),
+            addr,
             namespace: meta.get(META_NAMESPACE).cloned(),
             mtls: meta.get(META_INBOUND).is_some_and(|v| v == INBOUND_MTLS),
-        });
+        };
+        match address.parse::<IpAddr>() {
+            Ok(ip) if service.port != 0 => {
+                endpoints.push(endpoint(SocketAddr::new(ip, service.port)));
+            }
+            Err(_) if service.port != 0 && names::is_host_name(&address) => {
+                named.push(Named {
+                    endpoint: endpoint(SocketAddr::from(([0, 0, 0, 0], service.port))),
+                    host: address,
+                    port: service.port,
+                });
+            }
+            _ => skipped.push(Skipped {
+                id: service.id,
+                address: format!("{address}:{}", service.port),
+            }),
+        }
     }
     endpoints.sort();
     endpoints.dedup();
-    Ok((endpoints, skipped))
+    Ok(HealthAnswer {
+        endpoints,
+        named,
+        skipped,
+    })
 }
 
 #[derive(Deserialize)]
@@ -287,6 +329,7 @@ async fn follow(shared: Arc<Shared>, service: String, sender: Arc<watch::Sender<
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
     let mut index: Option<u64> = None;
     let mut warned_addresses: HashSet<Skipped> = HashSet::new();
+    let mut resolver = names::Resolver::default();
     let mut failing = false;
     loop {
         let started = Instant::now();
@@ -300,12 +343,20 @@ async fn follow(shared: Arc<Shared>, service: String, sender: Arc<watch::Sender<
             }
         };
         let parsed = answer.and_then(|(new_index, body)| {
-            parse_health_entries(&body)
+            parse_health_answer(&body)
                 .map(|parsed| (new_index, parsed))
                 .map_err(QueryError::NotAHealthList)
         });
         let pause = match parsed {
-            Ok((new_index, (endpoints, skipped))) => {
+            Ok((new_index, answer)) => {
+                let HealthAnswer {
+                    mut endpoints,
+                    named,
+                    skipped,
+                } = answer;
+                endpoints.extend(resolver.resolve(&service, named).await);
+                endpoints.sort();
+                endpoints.dedup();
                 if failing {
                     tracing::info!(%service, "Consul answers again");
                     failing = false;
@@ -314,7 +365,7 @@ async fn follow(shared: Arc<Shared>, service: String, sender: Arc<watch::Sender<
                 for entry in skipped {
                     if !warned_addresses.contains(&entry) {
                         tracing::warn!(%service, id = %entry.id, address = %entry.address,
-                            "skipping an instance whose address is not an IP and port");
+                            "skipping an instance whose address is neither an IP nor a host name with a port");
                         warned_addresses.insert(entry);
                     }
                 }

@@ -70,23 +70,41 @@ fn an_instance_without_address_is_at_its_node_address() {
 }
 
 #[test]
-fn instances_that_cannot_be_dialled_are_skipped_and_named() {
+fn host_names_are_kept_to_resolve_and_what_cannot_be_dialled_is_skipped_and_named() {
     let answer = body(json!([
-        entry("host", "10.0.0.1", "upload.example.com", 80, json!({})),
+        entry(
+            "host",
+            "10.0.0.1",
+            "upload.example.com",
+            80,
+            json!({"k8s-namespace": "media"})
+        ),
+        entry("garbage", "10.0.0.1", "upload service!", 80, json!({})),
         entry("no-port", "10.0.0.1", "127.0.0.2", 0, json!({})),
         entry("ok", "10.0.0.1", "127.0.0.2", 80, json!({})),
     ]));
-    let (endpoints, skipped) = parse_health_entries(&answer).expect("valid answer");
+    let answer = parse_health_answer(&answer).expect("valid answer");
     assert_eq!(
-        endpoints.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        answer
+            .endpoints
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect::<Vec<_>>(),
         ["ok"]
     );
+    assert_eq!(answer.named.len(), 1);
+    let named = &answer.named[0];
     assert_eq!(
-        skipped,
+        (named.host.as_str(), named.port),
+        ("upload.example.com", 80)
+    );
+    assert_eq!(named.endpoint.namespace.as_deref(), Some("media"));
+    assert_eq!(
+        answer.skipped,
         [
             Skipped {
-                id: "host".into(),
-                address: "upload.example.com:80".into()
+                id: "garbage".into(),
+                address: "upload service!:80".into()
             },
             Skipped {
                 id: "no-port".into(),
