@@ -22,6 +22,17 @@ pub mod consul {
     /// the `kube-system` namespace's UID). Clusters sharing one Consul each clean up only
     /// their own instances.
     pub const META_CLUSTER: &str = "k8s-cluster";
+    /// The index for the next blocking query after an answer carrying `returned`, per
+    /// Consul's advice: start over when the index went backwards (Consul restarted or
+    /// its raft log was restored), and never block on 0, which returns at once forever.
+    pub fn next_blocking_index(previous: Option<u64>, returned: Option<u64>) -> Option<u64> {
+        match (previous, returned) {
+            (_, None) => None,
+            (Some(previous), Some(returned)) if returned < previous => None,
+            (_, Some(returned)) => Some(returned.max(1)),
+        }
+    }
+
     /// A cluster id is a Consul meta value: 1–63 letters, digits, `.`, `_` or `-` (a
     /// Kubernetes UID qualifies).
     pub fn is_valid_cluster_id(id: &str) -> bool {
@@ -173,6 +184,18 @@ pub mod lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_blocking_index_restarts_when_it_goes_backwards_and_is_never_zero() {
+        use consul::next_blocking_index as next;
+        assert_eq!(next(None, Some(42)), Some(42));
+        assert_eq!(next(Some(42), Some(57)), Some(57));
+        assert_eq!(next(Some(42), Some(42)), Some(42));
+        assert_eq!(next(Some(42), Some(7)), None);
+        assert_eq!(next(Some(42), Some(0)), None);
+        assert_eq!(next(None, Some(0)), Some(1));
+        assert_eq!(next(Some(42), None), None);
+    }
 
     #[test]
     fn instance_ids_of_different_pods_never_collide() {

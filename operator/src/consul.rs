@@ -9,6 +9,9 @@ use streamgate_crds::contract::consul::{
     MANAGED_BY_STREAMGATE, META_CLUSTER, META_MANAGED_BY, META_NAMESPACE, META_POD, META_POD_UID,
 };
 
+/// How long Consul holds a blocking query open when nothing changes.
+pub const BLOCKING_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
     #[error("Consul request {what} failed: {source}")]
@@ -173,18 +176,48 @@ impl Consul {
 
     /// Every instance of `service`, passing or not.
     pub async fn instances(&self, service: &str) -> Result<Vec<RegisteredInstance>, ConsulError> {
-        let what = format!("GET /v1/health/service/{service}");
-        let body = self
-            .send(
-                &what,
-                self.request(
-                    reqwest::Method::GET,
-                    &format!("/v1/health/service/{service}"),
-                ),
-            )
-            .await?;
+        self.instances_after(service, None)
+            .await
+            .map(|(instances, _)| instances)
+    }
+
+    /// Every instance of `service`; with `after` (an `X-Consul-Index` seen before), a
+    /// blocking query that answers once something changed or [`BLOCKING_WAIT`] passed.
+    /// Returns the answer's index for the next one.
+    pub async fn instances_after(
+        &self,
+        service: &str,
+        after: Option<u64>,
+    ) -> Result<(Vec<RegisteredInstance>, Option<u64>), ConsulError> {
+        let mut path = format!("/v1/health/service/{service}");
+        let mut request = self.request(reqwest::Method::GET, &path);
+        if let Some(index) = after {
+            path.push_str(&format!("?index={index}&wait={}s", BLOCKING_WAIT.as_secs()));
+            // Consul adds up to wait/16 of jitter; the client's own timeout is shorter.
+            request = self
+                .request(reqwest::Method::GET, &path)
+                .timeout(BLOCKING_WAIT + BLOCKING_WAIT / 16 + Duration::from_secs(5));
+        }
+        let what = format!("GET {path}");
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ConsulError::Request {
+                what: what.clone(),
+                source,
+            })?;
+        let index = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(ConsulError::Status { what, status, body });
+        }
         let entries: Vec<HealthEntry> = serde_json::from_str(&body).unwrap_or_default();
-        Ok(entries
+        let instances = entries
             .into_iter()
             .map(|e| RegisteredInstance {
                 status: aggregate(&e.checks),
@@ -193,7 +226,8 @@ impl Consul {
                 node: e.node.node,
                 meta: e.service.meta.unwrap_or_default(),
             })
-            .collect())
+            .collect();
+        Ok((instances, index))
     }
 
     /// The instance `id` of `service` as Consul has it now, if it still exists.

@@ -20,12 +20,14 @@
 //!   policy's per-object exponential backoff.
 //!
 //! Outside Kubernetes: [`consul`] (the instances StreamGate registered, and their
-//! removal). Injection into existing workloads: [`webhook`].
+//! removal) and [`consul_watch`] (each service's instances followed with a blocking
+//! query, what the status reads). Injection into existing workloads: [`webhook`].
 
 pub mod apply;
 pub mod backoff;
 pub mod cli;
 pub mod consul;
+pub mod consul_watch;
 pub mod crdgen;
 pub mod desired;
 pub mod error;

@@ -86,6 +86,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             },
         ),
         consul: consul.clone(),
+        instances: crate::consul_watch::InstanceWatch::new(consul.clone()),
         metrics: metrics.clone(),
         sidecar_defaults: sidecar_defaults(&args, &cluster),
         deployments: Known::new(deployment_cache),

@@ -8,16 +8,27 @@
 //! it); an instance of a pod re-created under the same name (another UID) is removed, but
 //! only after reading it again right before, since the new pod's sidecar re-registers
 //! the same ID with its own UID. An instance StreamGate does not manage is never touched.
+//!
+//! Pods are read from a watch cache of their metadata (pods with the
+//! `streamgate.io/service` label), not one GET per instance; a pod the cache does not
+//! have is looked up once more before its instance goes, since a pod created moments
+//! ago may not be in the cache yet.
 
 use crate::consul::{Consul, ConsulError, RegisteredInstance};
 use crate::metrics::Metrics;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta, PartialObjectMeta};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use std::time::Duration;
 use tracing::{info, warn};
 
+/// What the sweep knows of a pod: its metadata.
+pub type PodMeta = PartialObjectMeta<Pod>;
+
 /// Why an instance is a ghost, or `None` when it stays.
-pub fn ghost_reason(instance: &RegisteredInstance, pod: Option<&Pod>) -> Option<String> {
+pub fn ghost_reason(instance: &RegisteredInstance, pod: Option<&ObjectMeta>) -> Option<String> {
     let pod_name = instance.pod()?;
     match pod {
         None if instance.is_passing() => None,
@@ -26,7 +37,7 @@ pub fn ghost_reason(instance: &RegisteredInstance, pod: Option<&Pod>) -> Option<
             instance.status
         )),
         Some(pod) => {
-            let uid = pod.metadata.uid.as_deref().unwrap_or("");
+            let uid = pod.uid.as_deref().unwrap_or("");
             match instance.pod_uid() {
                 // A pod of the same name but another uid (e.g. a StatefulSet's replacement).
                 Some(expected) if !expected.is_empty() && expected != uid => Some(format!(
@@ -45,6 +56,7 @@ pub async fn sweep_once(
     consul: &Consul,
     metrics: &Metrics,
     namespace: Option<&str>,
+    pods: &Store<PodMeta>,
 ) -> Result<usize, ConsulError> {
     let node = consul.agent_node().await?;
     let mut removed = 0;
@@ -60,17 +72,24 @@ pub async fn sweep_once(
             if namespace.is_some_and(|watched| watched != pod_namespace) {
                 continue;
             }
-            let pods: Api<Pod> = Api::namespaced(client.clone(), pod_namespace);
-            let pod = match pods.get_opt(pod_name).await {
-                Ok(pod) => pod,
-                Err(e) => {
-                    // Unknown is not gone: leave the instance alone.
-                    warn!(error = %e, pod = pod_name, "sweep: could not read pod");
-                    continue;
-                }
-            };
+            let cached = pods.get(&ObjectRef::new(pod_name).within(pod_namespace));
+            let mut pod = cached.map(|p| p.metadata.clone());
             if ghost_reason(&instance, pod.as_ref()).is_none() {
                 continue;
+            }
+            if pod.is_none() {
+                // Not in the cache: maybe too new for it. Unknown is not gone.
+                let api: Api<Pod> = Api::namespaced(client.clone(), pod_namespace);
+                match api.get_metadata_opt(pod_name).await {
+                    Ok(found) => pod = found.map(|p| p.metadata),
+                    Err(e) => {
+                        warn!(error = %e, pod = pod_name, "sweep: could not read pod");
+                        continue;
+                    }
+                }
+                if ghost_reason(&instance, pod.as_ref()).is_none() {
+                    continue;
+                }
             }
             // Read again: the pod's new sidecar may have re-registered the ID meanwhile.
             let Some(instance) = consul.instance(&service, &instance.id).await? else {
@@ -87,7 +106,7 @@ pub async fn sweep_once(
     Ok(removed)
 }
 
-/// Sweeps every `interval` until the process stops.
+/// Sweeps every `interval` until the process stops, once its pod cache is filled.
 pub async fn run(
     client: kube::Client,
     consul: Consul,
@@ -95,11 +114,34 @@ pub async fn run(
     interval: Duration,
     namespace: Option<String>,
 ) {
+    let (pods, writer) = reflector::store::<PodMeta>();
+    // Metadata only: an Api of PartialObjectMeta asks for nothing else.
+    let api: Api<PodMeta> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let labelled = watcher::Config::default().labels(crate::labels::SERVICE_LABEL);
+    tokio::spawn(
+        watcher(api, labelled)
+            .default_backoff()
+            .modify(|p| {
+                p.metadata.managed_fields = None;
+                p.metadata.annotations = None;
+            })
+            .reflect(writer)
+            .for_each(|_| std::future::ready(())),
+    );
+    // An empty cache would make every pod look gone.
+    if pods.wait_until_ready().await.is_err() {
+        warn!("the sweep's pod cache never filled; not sweeping");
+        return;
+    }
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(e) = sweep_once(&client, &consul, &metrics, namespace.as_deref()).await {
+        let swept = sweep_once(&client, &consul, &metrics, namespace.as_deref(), &pods).await;
+        if let Err(e) = swept {
             warn!(error = %e, "ghost sweep failed; retrying next period");
         }
     }
@@ -129,12 +171,9 @@ mod tests {
         }
     }
 
-    fn pod(uid: &str) -> Pod {
-        Pod {
-            metadata: kube::api::ObjectMeta {
-                uid: Some(uid.into()),
-                ..Default::default()
-            },
+    fn pod(uid: &str) -> ObjectMeta {
+        ObjectMeta {
+            uid: Some(uid.into()),
             ..Default::default()
         }
     }

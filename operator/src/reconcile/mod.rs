@@ -19,6 +19,7 @@ mod status_update;
 
 use crate::backoff;
 use crate::consul::Consul;
+use crate::consul_watch::InstanceWatch;
 use crate::desired::{desired, validate};
 use crate::error::{Error, Result};
 use crate::known::Known;
@@ -45,6 +46,8 @@ pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
     pub consul: Consul,
+    /// Each service's instances, followed with a blocking query: what the status reads.
+    pub instances: InstanceWatch,
     pub metrics: Metrics,
     pub sidecar_defaults: SidecarDefaults,
     /// The owned Deployments and Services, from caches fed by the controller's watches, so
@@ -55,7 +58,7 @@ pub struct Context {
     pub statuses: WrittenStatuses,
     /// Consecutive reconcile failures per object, for the error policy's backoff.
     pub failures: backoff::Failures,
-    /// Requeue period once Ready (Consul is polled, not watched).
+    /// Requeue period once Ready (the status reads Consul from a watch's cache).
     pub resync_ready: Duration,
     /// Requeue period while not Ready.
     pub resync_not_ready: Duration,

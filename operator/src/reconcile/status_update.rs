@@ -23,7 +23,8 @@ pub(super) struct StatusUpdate {
 }
 
 impl StatusUpdate {
-    /// When to look again: soon while not Ready (Consul is polled, not watched), and
+    /// When to look again: soon while not Ready (Consul changes do not wake a reconcile;
+    /// the next look reads them from the watch's cache), and
     /// within the cache's catch-up time when part of the picture was provisional, so
     /// someone else's change hidden behind it shows.
     pub fn next_look(&self, ctx: &Context) -> Duration {
@@ -47,10 +48,9 @@ pub(super) async fn observe(
     applied: &Applied,
 ) -> StatusUpdate {
     let consul = ctx
-        .consul
+        .instances
         .managed_instances(&sgs.consul_name(), &target.namespace)
-        .await
-        .map_err(|e| e.to_string());
+        .await;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     // Computed from the status last written when the cache does not show it yet, so the
     // same status is not written twice and condition transition times carry over.

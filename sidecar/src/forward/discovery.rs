@@ -34,6 +34,7 @@ const MIN_QUERY_SPACING: Duration = Duration::from_millis(50);
 const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+use streamgate_crds::contract::consul::next_blocking_index as next_index;
 use streamgate_crds::contract::consul::{INBOUND_MTLS, META_INBOUND, META_NAMESPACE};
 
 /// One passing instance of a service: where its sidecar's inbound listener is.
@@ -311,17 +312,6 @@ pub enum QueryError {
     },
     #[error("Consul's answer is not a health list: {0}")]
     NotAHealthList(#[source] serde_json::Error),
-}
-
-/// The index for the next blocking query, per Consul's advice on blocking queries:
-/// start over when the index went backwards (Consul restarted or the raft log was
-/// restored), and never block on 0, which would return at once forever.
-fn next_index(previous: Option<u64>, returned: Option<u64>) -> Option<u64> {
-    match (previous, returned) {
-        (_, None) => None,
-        (Some(previous), Some(returned)) if returned < previous => None,
-        (_, Some(returned)) => Some(returned.max(1)),
-    }
 }
 
 /// The task following one service until nobody watches it.

@@ -133,17 +133,6 @@ fn malformed_answers_are_errors() {
 }
 
 #[test]
-fn the_index_restarts_when_it_goes_backwards_and_is_never_zero() {
-    assert_eq!(next_index(None, Some(42)), Some(42));
-    assert_eq!(next_index(Some(42), Some(57)), Some(57));
-    assert_eq!(next_index(Some(42), Some(42)), Some(42));
-    assert_eq!(next_index(Some(42), Some(7)), None);
-    assert_eq!(next_index(Some(42), Some(0)), None);
-    assert_eq!(next_index(None, Some(0)), Some(1));
-    assert_eq!(next_index(Some(42), None), None);
-}
-
-#[test]
 fn only_a_changed_set_is_published() {
     let (sender, mut receiver) = watch::channel(Resolution::Pending);
     let a = Endpoint {
