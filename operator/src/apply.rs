@@ -16,6 +16,8 @@ pub enum Applied {
     Created,
     Updated,
     Unchanged,
+    /// An object no longer wanted was removed.
+    Deleted,
 }
 
 impl Applied {
@@ -24,6 +26,7 @@ impl Applied {
             Applied::Created => "created",
             Applied::Updated => "updated",
             Applied::Unchanged => "unchanged",
+            Applied::Deleted => "deleted",
         }
     }
 }
@@ -92,6 +95,34 @@ where
         Applied::Created
     };
     Ok((action, Some(answer)))
+}
+
+/// `desired` applied as [`apply`] does, or — when it is `None` — `current` deleted if it
+/// exists (an object that is wanted only under some spec, like a NetworkPolicy).
+pub async fn apply_or_delete<K>(
+    api: &Api<K>,
+    desired: Option<&K>,
+    current: Option<&K>,
+) -> kube::Result<(Applied, Option<K>)>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+    K::DynamicType: Default,
+{
+    match (desired, current) {
+        (Some(desired), current) => apply(api, desired, current).await,
+        (None, None) => Ok((Applied::Unchanged, None)),
+        (None, Some(current)) => {
+            match api
+                .delete(&current.name_any(), &kube::api::DeleteParams::default())
+                .await
+            {
+                Ok(_) => Ok((Applied::Deleted, None)),
+                // Gone already: what we wanted.
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok((Applied::Unchanged, None)),
+                Err(e) => Err(e),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,13 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
-use streamgate_crds::sidecar_config::{INBOUND_PORT, ServiceConfig, SidecarConfig};
+use streamgate_crds::sidecar_config::{ADMIN_PORT, INBOUND_PORT, ServiceConfig, SidecarConfig};
 use streamgate_crds::{FieldError, Protocol, StreamGateService};
 
 /// Everything the operator applies for one StreamGateService.
@@ -21,6 +24,10 @@ pub struct Desired {
     pub sidecar: RenderedSidecar,
     pub deployment: Deployment,
     pub service: Service,
+    /// Only for a service with `allowedCallers`: other pods may reach its sidecar's
+    /// inbound and admin ports, never the app's (`None`: no policy, and one left from
+    /// before is deleted).
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// The "validate" step: the rules the API server enforced, checked again on the object we
@@ -82,8 +89,39 @@ pub fn desired(
     };
     Desired {
         deployment: deployment(sgs, metadata.clone(), &sidecar),
+        network_policy: (!sgs.spec.allowed_callers.is_empty())
+            .then(|| network_policy(metadata.clone())),
         service: service(sgs, metadata),
         sidecar,
+    }
+}
+
+/// With `allowedCallers`, the sidecar is the only door: the Service publishes only
+/// `sg-inbound`, and this policy admits other pods to the inbound (15006) and admin
+/// (15020: probes, metrics, the preStop hook) ports only, so a pod that dials the app's
+/// port by pod IP gets nowhere. The app reaches its sidecar over the pod's loopback,
+/// which no policy governs. Enforced by CNIs that implement NetworkPolicy.
+fn network_policy(metadata: ObjectMeta) -> NetworkPolicy {
+    let name = metadata.name.clone().unwrap_or_default();
+    let port = |number: u16| NetworkPolicyPort {
+        port: Some(IntOrString::Int(i32::from(number))),
+        protocol: Some("TCP".to_string()),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(vec![port(INBOUND_PORT), port(ADMIN_PORT)]),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
     }
 }
 
@@ -317,6 +355,25 @@ mod tests {
         assert_eq!(ports[0].port, 9091);
         assert_eq!(ports[0].name.as_deref(), Some("http"));
         assert_eq!(ports[1].port, 15006);
+    }
+
+    #[test]
+    fn only_a_service_with_allowed_callers_gets_a_network_policy() {
+        assert!(build("{image: i, port: 9091}").network_policy.is_none());
+        let d = build("{image: i, port: 9091, allowedCallers: [api-gateway]}");
+        let policy = d.network_policy.unwrap();
+        let spec = policy.spec.unwrap();
+        let selected = spec.pod_selector.unwrap().match_labels.unwrap();
+        assert_eq!(selected, selector_labels("upload"));
+        let ports: Vec<_> = spec.ingress.unwrap()[0]
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.port.unwrap())
+            .collect();
+        assert_eq!(ports, [IntOrString::Int(15006), IntOrString::Int(15020)]);
+        assert!(policy.metadata.owner_references.is_some());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
@@ -76,6 +77,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let consul = consul_client(&args, &cluster)?;
     let (deployment_cache, deployment_writer) = reflector::store::<Deployment>();
     let (service_cache, service_writer) = reflector::store::<Service>();
+    let (policy_cache, policy_writer) = reflector::store::<NetworkPolicy>();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -91,6 +93,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         sidecar_defaults: sidecar_defaults(&args, &cluster),
         deployments: Known::new(deployment_cache),
         services: Known::new(service_cache),
+        network_policies: Known::new(policy_cache),
         statuses: WrittenStatuses::default(),
         failures: Default::default(),
         resync_ready: args.timing.resync_ready,
@@ -100,6 +103,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let caches = Caches {
         deployments: deployment_writer,
         services: service_writer,
+        network_policies: policy_writer,
     };
     Ok(elect_and_lead(&args, &identity, ctx, caches, issuer).await)
 }
@@ -330,6 +334,7 @@ fn webhook_config(args: &RunArgs, listen: std::net::SocketAddr) -> crate::webhoo
 struct Caches {
     deployments: reflector::store::Writer<Deployment>,
     services: reflector::store::Writer<Service>,
+    network_policies: reflector::store::Writer<NetworkPolicy>,
 }
 
 async fn run_controller(
@@ -339,13 +344,15 @@ async fn run_controller(
     caches: Caches,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (services, deployments, k8s_services) = match &args.namespace {
+    let (services, deployments, k8s_services, policies) = match &args.namespace {
         Some(ns) => (
             Api::<StreamGateService>::namespaced(client.clone(), ns),
             Api::<Deployment>::namespaced(client.clone(), ns),
             Api::<Service>::namespaced(client.clone(), ns),
+            Api::<NetworkPolicy>::namespaced(client.clone(), ns),
         ),
         None => (
+            Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client),
@@ -365,10 +372,15 @@ async fn run_controller(
         .modify(|d| d.managed_fields_mut().clear())
         .reflect(caches.deployments)
         .touched_objects();
-    let service_events = watcher(k8s_services, owned)
+    let service_events = watcher(k8s_services, owned.clone())
         .default_backoff()
         .modify(|s| s.managed_fields_mut().clear())
         .reflect(caches.services)
+        .touched_objects();
+    let policy_events = watcher(policies, owned)
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear())
+        .reflect(caches.network_policies)
         .touched_objects();
     let (resource_cache, resource_writer) = reflector::store::<StreamGateService>();
     let resource_events = watcher(services, watcher::Config::default())
@@ -381,6 +393,7 @@ async fn run_controller(
         .with_config(controller::Config::default().concurrency(args.max_concurrent_reconciles))
         .owns_stream(deployment_events)
         .owns_stream(service_events)
+        .owns_stream(policy_events)
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|stopping| *stopping).await;
         })

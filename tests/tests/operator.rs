@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -168,6 +169,48 @@ fn condition(sgs: &StreamGateService, type_: &str) -> Option<(String, String, St
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// With allowedCallers the sidecar is the only door: a NetworkPolicy admits other pods to
+/// its inbound and admin ports only, owned by the resource; without them it goes again.
+#[tokio::test]
+async fn allowed_callers_close_the_app_port_with_a_network_policy_and_reopen_it() -> Result<()> {
+    let f = fixture("op-netpol").await?;
+    f.apply(&f.service_yaml(
+        "vault",
+        "  allowedCallers: [api-gateway]
+",
+    ))?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(f.env.client(), &f.env.namespace);
+    let policy = eventually("the NetworkPolicy", TIMEOUT, || async {
+        policies.get_opt("vault").await.map_err(Into::into)
+    })
+    .await?;
+    let spec = policy.spec.context("no spec")?;
+    let ports: Vec<String> = spec
+        .ingress
+        .iter()
+        .flatten()
+        .flat_map(|rule| rule.ports.iter().flatten())
+        .filter_map(|p| p.port.as_ref().map(|p| format!("{p:?}")))
+        .collect();
+    assert_eq!(ports, ["Int(15006)", "Int(15020)"], "{ports:?}");
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    let owner = &policy.metadata.owner_references.context("no owner")?[0];
+    assert_eq!(owner.kind, "StreamGateService");
+
+    f.sgs()
+        .patch(
+            "vault",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"allowedCallers": []}})),
+        )
+        .await?;
+    eventually("the NetworkPolicy deleted", TIMEOUT, || async {
+        Ok(policies.get_opt("vault").await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(())
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! Step 3: apply the Deployment and Service wanted, each only when it differs from what
-//! the cache shows (server-side apply, our field manager).
+//! Step 3: apply the Deployment, Service and (with `allowedCallers`) NetworkPolicy wanted,
+//! each only when it differs from what the cache shows (server-side apply, our field
+//! manager); a NetworkPolicy no longer wanted is deleted.
 
 use super::{Context, Subject, events};
 use crate::apply::{self, Applied as Action};
@@ -9,6 +10,7 @@ use crate::known::Known;
 use crate::metrics::ChildLabels;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 use std::sync::Arc;
@@ -39,12 +41,16 @@ pub(super) async fn apply_children(
 ) -> Result<Applied> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &target.namespace);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &target.namespace);
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &target.namespace);
     let current_deployment = ctx.deployments.get(&target.name, &target.namespace);
     let current_service = ctx.services.get(&target.name, &target.namespace);
+    let current_policy = ctx.network_policies.get(&target.name, &target.namespace);
     let mut applied = Applied {
         changes: Vec::new(),
         deployment: current_deployment.object.clone(),
-        provisional: current_deployment.provisional || current_service.provisional,
+        provisional: current_deployment.provisional
+            || current_service.provisional
+            || current_policy.provisional,
     };
     let deployment = apply::apply(
         &deployments,
@@ -58,8 +64,16 @@ pub(super) async fn apply_children(
     let service = apply::apply(&services, &want.service, current_service.object.as_deref())
         .await
         .map(|(action, answer)| remember_created(&ctx.services, action, answer));
+    let policy = apply::apply_or_delete(
+        &policies,
+        want.network_policy.as_ref(),
+        current_policy.object.as_deref(),
+    )
+    .await
+    .map(|(action, answer)| remember_created(&ctx.network_policies, action, answer));
     record(ctx, target, &mut applied, "Deployment", deployment).await?;
     record(ctx, target, &mut applied, "Service", service).await?;
+    record(ctx, target, &mut applied, "NetworkPolicy", policy).await?;
     Ok(applied)
 }
 

@@ -17,9 +17,28 @@ pub(super) async fn announce_changes(ctx: &Context, target: &Subject, applied: &
     } else {
         "Updated"
     };
-    let kinds: Vec<&str> = applied.changes.iter().map(|(_, kind)| *kind).collect();
-    let note = format!("{reason} {} {}", kinds.join(" and "), target.name);
+    let note = if applied.changes.iter().all(|(action, _)| action == first) {
+        let kinds: Vec<&str> = applied.changes.iter().map(|(_, kind)| *kind).collect();
+        let action = capitalized(first.as_str());
+        format!("{action} {} {}", kinds.join(" and "), target.name)
+    } else {
+        // Mixed, e.g. "updated Deployment, deleted NetworkPolicy of upload".
+        let each: Vec<String> = applied
+            .changes
+            .iter()
+            .map(|(action, kind)| format!("{} {kind}", action.as_str()))
+            .collect();
+        format!("{} of {}", each.join(", "), target.name)
+    };
     publish(ctx, target, EventType::Normal, reason, &note).await;
+}
+
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
 }
 
 /// Records an Event in the background: a slow events API must not slow reconciles down.

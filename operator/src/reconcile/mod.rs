@@ -30,6 +30,7 @@ use crate::written::WrittenStatuses;
 use children::apply_children;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
@@ -54,6 +55,7 @@ pub struct Context {
     /// a reconcile reads its children without a request.
     pub deployments: Known<Deployment>,
     pub services: Known<Service>,
+    pub network_policies: Known<NetworkPolicy>,
     /// Statuses written moments ago that the resource cache may not show yet.
     pub statuses: WrittenStatuses,
     /// Consecutive reconcile failures per object, for the error policy's backoff.
