@@ -96,7 +96,7 @@ impl Departure {
         self.start_leaving();
         let left = self.left_consul(LEAVE_TIMEOUT).await;
         tokio::time::sleep(self.leave_delay).await;
-        self.stop_inbound();
+        self.stop_inbound().await;
         left
     }
 
@@ -108,9 +108,10 @@ impl Departure {
             .is_ok()
     }
 
-    /// No new inbound calls: the listener closes, connections get a graceful GOAWAY.
-    pub fn stop_inbound(&self) {
-        self.inbound.close();
+    /// No new inbound calls: the listener closes (done when this returns), connections
+    /// get a graceful GOAWAY.
+    pub async fn stop_inbound(&self) {
+        self.inbound.close().await;
     }
 }
 

@@ -171,7 +171,7 @@ impl Running {
         let graceful = async {
             let _ = self.stop.send(true);
             self.departure.left_consul(drain_timeout).await;
-            self.departure.stop_inbound();
+            self.departure.stop_inbound().await;
             drain.idle().await;
         };
         tokio::select! {

@@ -187,30 +187,36 @@ async fn tcp_health_check_drives_the_instance() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn deregisters_within_one_second_of_sigterm_and_exits_zero() -> Result<()> {
-    let env = TestEnv::new("sidecar-sigterm").await?;
-    let SidecarPod {
-        service,
-        app: _app,
-        sidecar,
-        ..
-    } = started_sidecar(&env, "sigterm", true, |_| {}).await?;
+/// A pod of a healthy app whose instance passes in Consul and whose sidecar is ready.
+async fn serving_sidecar(
+    env: &TestEnv,
+    name: &str,
+    tweak: impl FnOnce(&mut SidecarOptions),
+) -> Result<(SidecarPod, ConsulView)> {
+    let pod = started_sidecar(env, name, true, tweak).await?;
     let consul = ConsulView::new(env.consul_addr());
     consul
         .wait_status(
-            &service,
-            &sidecar.instance_id,
+            &pod.service,
+            &pod.sidecar.instance_id,
             "passing",
             Duration::from_secs(10),
         )
         .await?;
-    sidecar.wait_ready(Duration::from_secs(5)).await?;
+    pod.sidecar.wait_ready(Duration::from_secs(5)).await?;
+    Ok((pod, consul))
+}
+
+#[tokio::test]
+async fn deregisters_within_one_second_of_sigterm_and_exits_zero() -> Result<()> {
+    let env = TestEnv::new("sidecar-sigterm").await?;
+    let (pod, consul) = serving_sidecar(&env, "sigterm", |_| {}).await?;
+    let (service, sidecar) = (&pod.service, &pod.sidecar);
 
     let sigterm = Instant::now();
     sidecar.signal(Signal::SIGTERM);
     consul
-        .wait_gone(&service, &sidecar.instance_id, Duration::from_secs(1))
+        .wait_gone(service, &sidecar.instance_id, Duration::from_secs(1))
         .await?;
     let status = sidecar.wait_exit(Duration::from_secs(5)).await?;
     assert!(status.success(), "exit {status}: {}", sidecar.log_tail(20));
@@ -229,22 +235,9 @@ async fn deregisters_within_one_second_of_sigterm_and_exits_zero() -> Result<()>
 #[tokio::test]
 async fn the_prestop_hook_leaves_consul_serves_for_the_delay_then_closes_inbound() -> Result<()> {
     let env = TestEnv::new("sidecar-leave").await?;
-    let SidecarPod {
-        service,
-        app: _app,
-        sidecar,
-        ..
-    } = started_sidecar(&env, "leave", true, |o| o.extra = "leaveDelay: 2s\n".into()).await?;
-    let consul = ConsulView::new(env.consul_addr());
-    consul
-        .wait_status(
-            &service,
-            &sidecar.instance_id,
-            "passing",
-            Duration::from_secs(10),
-        )
-        .await?;
-    sidecar.wait_ready(Duration::from_secs(5)).await?;
+    let (pod, consul) =
+        serving_sidecar(&env, "leave", |o| o.extra = "leaveDelay: 2s\n".into()).await?;
+    let (service, sidecar) = (&pod.service, &pod.sidecar);
 
     let asked = Instant::now();
     let hook = tokio::spawn({
@@ -260,7 +253,7 @@ async fn the_prestop_hook_leaves_consul_serves_for_the_delay_then_closes_inbound
         }
     });
     consul
-        .wait_gone(&service, &sidecar.instance_id, Duration::from_secs(1))
+        .wait_gone(service, &sidecar.instance_id, Duration::from_secs(1))
         .await?;
     ensure!(!hook.is_finished(), "the hook answered before the delay");
     tokio::net::TcpStream::connect(sidecar.inbound)

@@ -6,7 +6,7 @@
 //! app (the round trips, identity, allowedCallers and mTLS tests).
 
 use anyhow::{Context, Result, ensure};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,9 +41,29 @@ async fn register_in(
     addr: SocketAddr,
     namespace: &str,
 ) -> Result<()> {
+    let meta = json!({"k8s-namespace": namespace});
+    register_at(
+        consul,
+        service,
+        id,
+        &addr.ip().to_string(),
+        addr.port(),
+        meta,
+    )
+    .await
+}
+
+/// Registers a passing instance at `address` (an IP or a host name) and `port`.
+async fn register_at(
+    consul: &str,
+    service: &str,
+    id: &str,
+    address: &str,
+    port: u16,
+    meta: Value,
+) -> Result<()> {
     let body = json!({
-        "ID": id, "Name": service, "Address": addr.ip().to_string(), "Port": addr.port(),
-        "Meta": {"k8s-namespace": namespace},
+        "ID": id, "Name": service, "Address": address, "Port": port, "Meta": meta,
         "Check": {"CheckID": format!("{id}-ttl"), "TTL": "10m", "Status": "passing"},
     });
     http()
@@ -347,17 +367,16 @@ async fn an_instance_registered_under_a_host_name_is_called() -> Result<()> {
     let service = env.unique("echo");
     let dir = log_dir(&service);
     let server = EchoServer::start("by-name", "127.0.0.1:0".parse()?).await?;
-    let body = json!({
-        "ID": format!("{service}-by-name"), "Name": service,
-        "Address": "localhost", "Port": server.addr.port(),
-        "Check": {"CheckID": format!("{service}-by-name-ttl"), "TTL": "10m", "Status": "passing"},
-    });
-    http()
-        .put(format!("{consul}/v1/agent/service/register"))
-        .json(&body)
-        .send()
-        .await?
-        .error_for_status()?;
+    let id = format!("{service}-by-name");
+    register_at(
+        consul,
+        &service,
+        &id,
+        "localhost",
+        server.addr.port(),
+        json!({}),
+    )
+    .await?;
     let caller = client_sidecar(&dir, consul, &env.unique("caller"), "", None).await?;
     let mut echo = client(&caller, &service)?;
     let reply = first_success(&mut echo)

@@ -47,6 +47,8 @@ pub struct Inbound {
     /// Turns true when the pod leaves the mesh: no new connections, a graceful GOAWAY
     /// on the open ones (see [`crate::departure`]).
     closing: tokio::sync::watch::Sender<bool>,
+    /// Turns true once the listener is closed, so [`Inbound::close`] can wait for it.
+    listener_closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Inbound {
@@ -74,14 +76,20 @@ impl Inbound {
             dialer: Dialer::new(None, String::new()),
             metrics,
             closing: tokio::sync::watch::channel(false).0,
+            listener_closed: tokio::sync::watch::channel(false).0,
         })
     }
 
     /// Stops taking calls: the listener closes (a caller's dial is refused) and each
     /// connection gets a graceful GOAWAY (its in-flight calls finish; later streams are
     /// refused unprocessed), both of which callers retry on another instance.
-    pub fn close(&self) {
+    /// Returns once the listener is closed (at most a second: a listener that was never
+    /// served has nothing to close).
+    pub async fn close(&self) {
         self.closing.send_replace(true);
+        let mut closed = self.listener_closed.subscribe();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), closed.wait_for(|closed| *closed)).await;
     }
 
     /// Accepts connections until [`Inbound::close`]; each one is served on its own task.
@@ -91,6 +99,8 @@ impl Inbound {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = closing.wait_for(|closing| *closing) => {
+                    drop(listener);
+                    self.listener_closed.send_replace(true);
                     tracing::info!("inbound closed: new calls go to other instances");
                     return;
                 }
