@@ -96,6 +96,23 @@ pub fn desired(
     }
 }
 
+/// The app's shutdown keeps Kubernetes' default 30 s after the pod has left the mesh:
+/// the `preStop` hook's `leaveDelay` (docs/consul.md) counts against the grace period.
+fn grace_period(spec: &streamgate_crds::StreamGateServiceSpec) -> i64 {
+    const APP_SHUTDOWN_SECONDS: i64 = 30;
+    if !spec.sidecar.leaves_first() {
+        return APP_SHUTDOWN_SECONDS;
+    }
+    let delay = spec.sidecar.leave_delay.map_or(
+        std::time::Duration::from_millis(
+            streamgate_crds::contract::lifecycle::DEFAULT_LEAVE_DELAY_MS,
+        ),
+        |d| d.as_duration(),
+    );
+    // Whole seconds, rounded up, plus the hook's own wait for Consul (at most 5 s).
+    APP_SHUTDOWN_SECONDS + delay.as_millis().div_ceil(1000) as i64 + 5
+}
+
 /// With `allowedCallers`, the sidecar is the only door: the Service publishes only
 /// `sg-inbound`, and this policy admits other pods to the inbound (15006) and admin
 /// (15020: probes, metrics, the preStop hook) ports only, so a pod that dials the app's
@@ -153,6 +170,7 @@ fn deployment(
         tolerations: non_empty(&overrides.tolerations),
         affinity: overrides.affinity.clone(),
         security_context: overrides.security_context.clone(),
+        termination_grace_period_seconds: Some(grace_period(spec)),
         ..Default::default()
     };
     Deployment {
@@ -418,6 +436,9 @@ mod tests {
         assert_eq!(validate(&reserved).unwrap_err().field, "spec.port");
         let empty = sgs("{image: ' ', port: 9091}");
         assert_eq!(validate(&empty).unwrap_err().field, "spec.image");
+        let opted_out = build("{image: i, port: 9091, sidecar: {leaveFirst: false}}");
+        let pod = opted_out.deployment.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(30));
         let slow = sgs("{image: i, port: 9091, sidecar: {leaveDelay: 2m}}");
         assert_eq!(
             validate(&slow).unwrap_err().field,
