@@ -129,7 +129,12 @@ pub async fn run(
                 p.metadata.annotations = None;
             })
             .reflect(writer)
-            .for_each(|_| std::future::ready(())),
+            .for_each(|event| {
+                if let Err(e) = event {
+                    warn!(error = %e, "sweep: the pod watch failed; retrying with backoff");
+                }
+                std::future::ready(())
+            }),
     );
     // An empty cache would make every pod look gone.
     if pods.wait_until_ready().await.is_err() {

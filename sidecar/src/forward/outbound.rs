@@ -19,7 +19,7 @@ use super::pool::{Dialer, Lease, PoolLimits};
 use super::retry::MAX_RETRY_BODY;
 use super::status::{grpc_error, grpc_status};
 use super::target::{SERVICE_METADATA, target_service};
-use super::upstream::{Backend, NoInstance, Upstream, UpstreamSettings};
+use super::upstream::{Backend, NamespaceScope, NoInstance, Upstream, UpstreamSettings};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use std::collections::HashMap;
@@ -475,9 +475,14 @@ fn answer(call: CallOutcome, code: Code, message: impl AsRef<str>) -> Response<B
 fn unavailable(upstream: &Upstream, reason: NoInstance) -> String {
     let name = &upstream.name;
     match reason {
-        NoInstance::NonePassing => {
-            format!("unknown service {name}: no passing instance of it in Consul")
-        }
+        NoInstance::NonePassing => match &upstream.settings.scope {
+            NamespaceScope::Only(namespace) => format!(
+                "service {name}: no passing instance of it in namespace {namespace} (upstreams[].namespace)"
+            ),
+            NamespaceScope::Prefer(_) => {
+                format!("unknown service {name}: no passing instance of it in Consul")
+            }
+        },
         NoInstance::AllEjected(n) => {
             format!("service {name}: all {n} instances are ejected by the circuit breaker")
         }
