@@ -278,6 +278,9 @@ go_install() {
         local from to
         from="$(echo "$line" | awk -F'=>' '{print $1}' | xargs | tr ' ' '@')"
         to="$(echo "$line" | awk -F'=>' '{print $2}' | xargs | tr ' ' '@')"
+        # A replace into the module's own tree (`./api`) names a nested module that is
+        # not in the zip; the version the go.mod requires is its published release.
+        case "$to" in ./* | ../*) continue ;; esac
         go mod edit -replace="$from=$to"
       done
     )
@@ -308,7 +311,7 @@ install_kwok_stages() {
   say kwok "stages written to $dir/stages-fast.yaml"
 }
 
-components="${*:-etcd nats consul kwok helm kube node image-base crane ghz nginx}"
+components="${*:-etcd nats consul consul-mpl kwok helm kube node image-base crane ghz nginx}"
 for c in $components; do
   case "$c" in
     etcd) install_etcd ;;
@@ -336,7 +339,10 @@ for c in $components; do
     # reference gRPC proxy.
     ghz) go_install ghz github.com/bojand/ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION" ;;
     nginx) install_nginx ;;
-    *) die "$c" "unknown component" "use one of: etcd nats consul kwok helm kube node image-base crane ghz nginx" ;;
+    # The newer Consul of the test matrix (agentless catalog mode): the last release line
+    # under MPL-2.0, built from its Go module. See CONSUL_MPL_VERSION in versions.sh.
+    consul-mpl) go_install consul-mpl github.com/hashicorp/consul github.com/hashicorp/consul "$CONSUL_MPL_VERSION" ;;
+    *) die "$c" "unknown component" "use one of: etcd nats consul consul-mpl kwok helm kube node image-base crane ghz nginx" ;;
   esac
 done
 say tools "all components ready in $TOOLS"

@@ -7,6 +7,11 @@ HELM_VERSION=v3.19.0
 ETCD_DEB_VERSION=3.5.16-4
 NATS_DEB_VERSION=2.10.27-1+b2
 CONSUL_DEB_VERSION=1.8.7+dfsg1-2+b3
+# The newer Consul of the test matrix, for agentless (catalog) registration: v1.16.1 is
+# the newest release under MPL-2.0 (tagged 2023-08-05, with its api/sdk/proto-public/
+# envoyextensions/troubleshoot submodules of 2023-08-04; HashiCorp's releases from
+# 2023-08-10 on are under the Business Source License). Built from the Go module.
+CONSUL_MPL_VERSION=v1.16.1
 # Benchmark-only tools (forward-bench): the gRPC load generator and the reference proxy.
 # nginx comes from bookworm, the suite this machine runs, so its shared libraries
 # (libssl3, libpcre2, zlib, libcrypt) are the system's own. A later bookworm point

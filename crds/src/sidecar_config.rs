@@ -95,6 +95,10 @@ pub struct PodInfo {
     /// to the sidecar comes from it (or from the pod's gateway).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host_ip: String,
+    /// The node's name (downward API `spec.nodeName`): the Consul node of the pod's
+    /// instance in catalog registration mode.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
 }
 
 /// Listen addresses (`host:port`).
@@ -129,6 +133,35 @@ pub struct ConsulConfig {
     /// The cluster the pod runs in, registered as meta `k8s-cluster` (set by the operator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
+    /// How the instance is written to Consul (see [`ConsulMode`]).
+    #[serde(default)]
+    pub mode: ConsulMode,
+}
+
+/// How a sidecar registers its pod's instance in Consul.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsulMode {
+    /// Through the Consul agent at `consul.address` (a node-local client agent, or the
+    /// seed's single dev agent), with a TTL check the agent runs.
+    Agent,
+    /// Agentless: straight into the catalog, on a node named after the Kubernetes node
+    /// (`pod.nodeName`), with the check written by the sidecar.
+    Catalog,
+    /// `agent` when what answers at `consul.address` is a client agent or a dev agent,
+    /// `catalog` when it is a server or refuses the agent API.
+    #[default]
+    Auto,
+}
+
+impl ConsulMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsulMode::Agent => "agent",
+            ConsulMode::Catalog => "catalog",
+            ConsulMode::Auto => "auto",
+        }
+    }
 }
 
 impl Default for ConsulConfig {
@@ -138,6 +171,7 @@ impl Default for ConsulConfig {
             token_file: None,
             deregister_critical_after: default_deregister_after(),
             cluster_id: None,
+            mode: ConsulMode::default(),
         }
     }
 }

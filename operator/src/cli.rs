@@ -124,6 +124,11 @@ pub struct SidecarArgs {
     /// Sidecar image for pods whose spec names none.
     #[arg(long, env = "STREAMGATE_SIDECAR_IMAGE", default_value = concat!("streamgate/sidecar:", env!("CARGO_PKG_VERSION")))]
     pub sidecar_image: String,
+    /// How sidecars register their pods in Consul: `agent` (through a local agent),
+    /// `catalog` (agentless, straight into the catalog) or `auto` (agent when a client or
+    /// dev agent answers at the sidecar's Consul address, catalog otherwise).
+    #[arg(long, env = "STREAMGATE_CONSUL_MODE", default_value = "auto", value_parser = ["agent", "catalog", "auto"])]
+    pub consul_mode: String,
     /// Consul address the sidecars use (default: --consul-address).
     #[arg(long, env = "STREAMGATE_SIDECAR_CONSUL_ADDR")]
     pub sidecar_consul_address: Option<String>,

@@ -12,7 +12,7 @@ use crate::consul::{Consul, RegisteredInstance};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use streamgate_crds::contract::consul::next_blocking_index as next_index;
+use streamgate_consul::contract::next_blocking_index as next_index;
 use tokio::sync::watch;
 use tokio::time::Instant;
 

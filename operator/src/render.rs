@@ -132,6 +132,7 @@ fn completed_config(
     let mut config = config.clone();
     config.consul.address = Some(settings.consul_address.clone());
     config.consul.cluster_id = Some(settings.cluster_id.clone());
+    config.consul.mode = settings.consul_mode;
     config.nats.url = Some(settings.nats_url.clone());
     config.spool_dir = Some(SPOOL_DIR.to_string());
     config.log_level = spec.log_level;
@@ -158,6 +159,8 @@ fn sidecar_env(config_yaml: &str, settings: &SidecarDefaults) -> Vec<EnvVar> {
         ("POD_UID", "metadata.uid"),
         ("POD_IP", "status.podIP"),
         ("HOST_IP", "status.hostIP"),
+        // The Consul node of a catalog-mode instance.
+        ("NODE_NAME", "spec.nodeName"),
     ] {
         env.push(field_env(name, path));
     }
@@ -438,6 +441,7 @@ mod tests {
         // The kubelet's hook comes from the node's address: the sidecar must know it.
         let env = r.container.env.clone().unwrap();
         assert!(env.iter().any(|e| e.name == "HOST_IP"));
+        assert!(env.iter().any(|e| e.name == "NODE_NAME"));
 
         // An app's own preStop is kept.
         let own = Lifecycle {

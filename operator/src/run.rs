@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 use std::process::ExitCode;
 use std::sync::Arc;
 use streamgate_crds::StreamGateService;
+use streamgate_crds::sidecar_config::ConsulMode;
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -214,7 +215,7 @@ async fn serve_metrics(args: &RunArgs, registry: Registry) -> Result<watch::Send
 /// apart without anyone choosing names.
 async fn cluster_id(args: &RunArgs, client: &kube::Client) -> Result<String> {
     use k8s_openapi::api::core::v1::Namespace;
-    use streamgate_crds::contract::consul::is_valid_cluster_id;
+    use streamgate_consul::contract::is_valid_cluster_id;
     if let Some(id) = &args.consul.cluster_id {
         anyhow::ensure!(
             is_valid_cluster_id(id),
@@ -264,6 +265,11 @@ fn sidecar_defaults(args: &RunArgs, cluster: &str) -> SidecarDefaults {
         nats_url: args.sidecar.nats_url.clone(),
         nats_credentials_secret: args.sidecar.nats_credentials_secret.clone(),
         cluster_id: cluster.to_string(),
+        consul_mode: match args.sidecar.consul_mode.as_str() {
+            "agent" => ConsulMode::Agent,
+            "catalog" => ConsulMode::Catalog,
+            _ => ConsulMode::Auto,
+        },
     }
 }
 

@@ -4,6 +4,7 @@
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::BTreeMap;
+use streamgate_crds::sidecar_config::ConsulMode;
 
 /// What the sidecar renderer needs beyond the service's own spec.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,6 +23,8 @@ pub struct SidecarDefaults {
     pub nats_credentials_secret: Option<String>,
     /// The cluster's id, registered with every instance (meta `k8s-cluster`).
     pub cluster_id: String,
+    /// How sidecars register their instance.
+    pub consul_mode: ConsulMode,
 }
 
 impl SidecarDefaults {
@@ -35,6 +38,7 @@ impl SidecarDefaults {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_credentials_secret: None,
             cluster_id: "test-cluster".into(),
+            consul_mode: ConsulMode::Auto,
         }
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! Rules, each against a way a sweep removes a live instance: only this cluster's
 //! instances (meta `k8s-cluster`; another cluster sharing the Consul has other pods); a
-//! passing instance stays even when its pod is not found (its sidecar is alive and
-//! refreshing the check; once it is gone the check runs out and the next pass removes
-//! it); an instance of a pod re-created under the same name (another UID) is removed, but
+//! passing instance registered through an agent stays even when its pod is not found
+//! (its sidecar is alive and refreshing the TTL check; once it is gone the check runs
+//! out and the next pass removes it), while one written to the catalog (agentless mode)
+//! goes once its pod is confirmed gone, since no TTL ever fails it; an instance of a pod re-created under the same name (another UID) is removed, but
 //! only after reading it again right before, since the new pod's sidecar re-registers
 //! the same ID with its own UID. An instance StreamGate does not manage is never touched.
 //!
@@ -31,7 +32,9 @@ pub type PodMeta = PartialObjectMeta<Pod>;
 pub fn ghost_reason(instance: &RegisteredInstance, pod: Option<&ObjectMeta>) -> Option<String> {
     let pod_name = instance.pod()?;
     match pod {
-        None if instance.is_passing() => None,
+        // A passing agent instance proves a live sidecar refreshing its TTL; a catalog
+        // instance has no TTL, so its status proves nothing once its pod is gone.
+        None if instance.is_passing() && !instance.registered_in_catalog() => None,
         None => Some(format!(
             "pod {pod_name} no longer exists and the instance is {}",
             instance.status
@@ -96,7 +99,7 @@ pub async fn sweep_once(
                 continue;
             };
             if let Some(reason) = ghost_reason(&instance, pod.as_ref()) {
-                consul.deregister(&instance, &node).await?;
+                consul.deregister(&instance, node.as_deref()).await?;
                 metrics.ghosts_deregistered.inc();
                 removed += 1;
                 info!(service = %instance.service, id = %instance.id, %reason, "deregistered ghost Consul instance");
@@ -203,6 +206,17 @@ mod tests {
         // Its sidecar refreshes the check: it lives, the pod is elsewhere or not yet seen.
         assert!(ghost_reason(&instance_with("p1", "u1", "passing"), None).is_none());
         assert!(ghost_reason(&instance_with("p1", "u1", "warning"), None).is_some());
+    }
+
+    #[test]
+    fn a_passing_catalog_instance_goes_once_its_pod_is_gone() {
+        // No TTL fails a catalog instance: passing says nothing about its sidecar.
+        let mut catalog = instance_with("p1", "u1", "passing");
+        catalog
+            .meta
+            .insert("streamgate-registration".into(), "catalog".into());
+        assert!(ghost_reason(&catalog, None).is_some());
+        assert!(ghost_reason(&catalog, Some(&pod("u1"))).is_none());
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct Overrides {
     /// pod.hostIp (downward API status.hostIP): where the kubelet's preStop call comes from.
     #[arg(long, env = "HOST_IP", help_heading = "Pod")]
     pub host_ip: Option<String>,
+    /// pod.nodeName (downward API spec.nodeName): the Consul node in catalog mode.
+    #[arg(long, env = "NODE_NAME", help_heading = "Pod")]
+    pub node_name: Option<String>,
 
     /// listen.app: app-facing listener (default 127.0.0.1:15001).
     #[arg(long, env = "STREAMGATE_APP_LISTEN", help_heading = "Listeners")]
@@ -119,6 +122,10 @@ pub struct Overrides {
     /// consul.tokenFile: file holding the ACL token (else CONSUL_HTTP_TOKEN).
     #[arg(long, env = "CONSUL_HTTP_TOKEN_FILE", help_heading = "Consul")]
     pub consul_token_file: Option<String>,
+    /// consul.mode: agent, catalog (agentless) or auto (agent when a client or dev
+    /// agent answers at consul.address).
+    #[arg(long, env = "STREAMGATE_CONSUL_MODE", help_heading = "Consul")]
+    pub consul_mode: Option<String>,
     /// consul.deregisterCriticalAfter: Consul drops an instance critical this long.
     #[arg(
         long,

@@ -23,5 +23,5 @@ pub enum StartError {
     #[error("forwarding: {0}")]
     Forward(#[from] crate::forward::StartError),
     #[error("Consul HTTP client: {}", crate::error_chain(.0))]
-    ConsulClient(#[source] reqwest::Error),
+    ConsulClient(#[source] streamgate_consul::ConsulError),
 }

@@ -15,7 +15,7 @@ use crate::EXIT_FAILURE;
 use crate::admin::{self, AdminState};
 use crate::app_listener;
 use crate::config::Settings;
-use crate::consul::{ConsulClient, PodInstance, Registrar};
+use crate::consul::{ConsulClient, PodInstance, Registrar, pod_instance};
 use crate::departure::{Departure, LeaveCallers};
 use crate::error::StartError;
 use crate::health::{self, AppHealth, probe::Probe};
@@ -60,7 +60,7 @@ struct Running {
 async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::new(metrics.clone()));
-    let mut instance = PodInstance::from_settings(settings);
+    let mut instance = pod_instance(settings);
     let listener = admin::bind(settings.listen.admin)
         .await
         .map_err(listen_error("listen.admin", settings.listen.admin))?;
@@ -99,14 +99,15 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
     let forwarding = crate::forward::start(settings, metrics.forward.clone()).await?;
     if forwarding.mtls {
         instance.meta.insert(
-            streamgate_crds::contract::consul::META_INBOUND.to_string(),
-            streamgate_crds::contract::consul::INBOUND_MTLS.to_string(),
+            streamgate_consul::contract::META_INBOUND.to_string(),
+            streamgate_consul::contract::INBOUND_MTLS.to_string(),
         );
     }
     serve_listeners(settings, &forwarding, events).await?;
 
-    let client =
-        ConsulClient::new(&settings.consul, metrics.clone()).map_err(StartError::ConsulClient)?;
+    let node_address = settings.host_ip.unwrap_or(settings.pod_ip);
+    let client = ConsulClient::new(&settings.consul, node_address, metrics.clone())
+        .map_err(StartError::ConsulClient)?;
     let registrar = Arc::new(Registrar::new(
         client,
         instance,
@@ -129,7 +130,7 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
     let _ = departure_slot.set(departure.clone());
     tracing::info!(
         service = %settings.document.service.service_name,
-        id = %registrar.instance().service_id,
+        id = %registrar.instance().id,
         admin = %settings.listen.admin,
         "sidecar started"
     );
@@ -210,7 +211,8 @@ fn effective_config(settings: &Settings, instance: &PodInstance) -> String {
         "consul": {
             "address": settings.consul.address,
             "token": settings.consul.token.as_ref().map(|_| "<redacted>"),
-            "instanceId": instance.service_id,
+            "mode": settings.consul.mode.as_str(),
+            "instanceId": instance.id,
             "checkId": instance.check_id,
             "ttl": format!("{}ms", instance.ttl.as_millis()),
         },

@@ -232,9 +232,7 @@ impl Sidecar {
             admin,
             app_listen,
             inbound,
-            instance_id: streamgate_crds::contract::consul::instance_id(
-                &o.service, NAMESPACE, &pod_name,
-            ),
+            instance_id: streamgate_consul::contract::instance_id(&o.service, NAMESPACE, &pod_name),
             pod_name,
             proc,
         })

@@ -75,7 +75,7 @@ async fn deregister_all(
     let node = ctx.consul.agent_node().await?;
     let instances = ctx.consul.managed_instances(service, namespace).await?;
     for instance in &instances {
-        ctx.consul.deregister(instance, &node).await?;
+        ctx.consul.deregister(instance, node.as_deref()).await?;
     }
     Ok(instances.len())
 }

@@ -13,6 +13,7 @@ use crate::cli::Cli;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 pub use streamgate_crds::FieldError;
+pub use streamgate_crds::sidecar_config::ConsulMode;
 use streamgate_crds::sidecar_config::{CONFIG_ENV, SidecarConfig};
 use streamgate_crds::{HealthCheckType, LogLevel};
 
@@ -52,6 +53,9 @@ pub struct ConsulSettings {
     pub address: String,
     pub token: Option<Secret>,
     pub deregister_critical_after: Duration,
+    pub mode: ConsulMode,
+    /// The Consul node of a catalog registration: the Kubernetes node's name, if known.
+    pub node_name: Option<String>,
 }
 
 /// The app health check, resolved against the service's port and the app host.

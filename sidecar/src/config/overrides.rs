@@ -4,7 +4,7 @@
 //! line naming the document's field and the flag or variable it came from.
 
 use crate::cli::Overrides;
-use streamgate_crds::sidecar_config::SidecarConfig;
+use streamgate_crds::sidecar_config::{ConsulMode, SidecarConfig};
 use streamgate_crds::{FieldError, GoDuration, HealthCheckType, LogLevel};
 
 /// Applies every override that is set.
@@ -63,6 +63,7 @@ pub fn apply(doc: &mut SidecarConfig, o: &Overrides) -> Result<(), FieldError> {
     set(&mut doc.pod.uid, &o.pod_uid);
     set(&mut doc.pod.ip, &o.pod_ip);
     set(&mut doc.pod.host_ip, &o.host_ip);
+    set(&mut doc.pod.node_name, &o.node_name);
 
     set_opt(&mut doc.listen.app, &o.app_listen);
     set_opt(&mut doc.listen.inbound, &o.inbound_listen);
@@ -70,6 +71,9 @@ pub fn apply(doc: &mut SidecarConfig, o: &Overrides) -> Result<(), FieldError> {
 
     set_opt(&mut doc.consul.address, &o.consul_address);
     set_opt(&mut doc.consul.token_file, &o.consul_token_file);
+    if let Some(v) = &o.consul_mode {
+        doc.consul.mode = parse_enum::<ConsulMode>("consul.mode", "--consul-mode", v)?;
+    }
     if let Some(v) = &o.deregister_critical_after {
         doc.consul.deregister_critical_after = duration(
             "consul.deregisterCriticalAfter",

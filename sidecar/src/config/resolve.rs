@@ -8,7 +8,9 @@ use super::{ConsulSettings, EnvLookup, HealthSettings, Listen, Secret, Settings}
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use streamgate_crds::contract::lifecycle::MAX_LEAVE_DELAY_MS;
-use streamgate_crds::sidecar_config::{ADMIN_PORT, APP_PORT, INBOUND_PORT, SidecarConfig};
+use streamgate_crds::sidecar_config::{
+    ADMIN_PORT, APP_PORT, ConsulMode, INBOUND_PORT, SidecarConfig,
+};
 use streamgate_crds::{FieldError, GoDuration};
 
 /// Where Consul's agent listens when nothing says otherwise (Consul's own default).
@@ -132,14 +134,24 @@ fn resolve_consul(
     let address = consul_address(doc.consul.address.as_deref(), env)?;
     doc.consul.address = Some(address.clone());
     if let Some(cluster) = &doc.consul.cluster_id
-        && !streamgate_crds::contract::consul::is_valid_cluster_id(cluster)
+        && !streamgate_consul::contract::is_valid_cluster_id(cluster)
     {
         return Err(FieldError::new(
             "consul.clusterId",
             format!("{cluster:?} is not 1-63 letters, digits, '.', '_' or '-'"),
         ));
     }
+    let node_name = Some(doc.pod.node_name.trim().to_string()).filter(|n| !n.is_empty());
+    if doc.consul.mode == ConsulMode::Catalog && node_name.is_none() {
+        return Err(FieldError::new(
+            "pod.nodeName",
+            "consul.mode catalog registers the instance on the Kubernetes node's Consul node, \
+             so it needs the node's name (NODE_NAME, downward API spec.nodeName)",
+        ));
+    }
     Ok(ConsulSettings {
+        mode: doc.consul.mode,
+        node_name,
         address,
         token: consul_token(doc.consul.token_file.as_deref(), env)?,
         deregister_critical_after: at_least(

@@ -1,13 +1,13 @@
 //! Keeps the pod's instance true in Consul for the pod's whole life.
 //!
 //! Two phases in a loop: *register* (retrying with backoff until Consul accepts), then
-//! *maintain*: the TTL check follows every change of the app's health and is refreshed
-//! well within its TTL, while a blocking query on the agent notices at once when the
-//! agent restarts or forgets the instance. Any failure sends the loop back to
+//! *maintain*: the check follows every change of the app's health (in agent mode also
+//! refreshed well within its TTL), while a blocking query on the instance notices at once
+//! when the agent restarts or Consul forgets the instance. Any failure sends the loop back to
 //! *register*; registering is idempotent, so "when in doubt, register again" is safe
 //! and needs no case analysis of what Consul lost.
 
-use super::client::{ConsulClient, ConsulError, WATCH_WAIT};
+use super::client::ConsulClient;
 use super::instance::{CheckStatus, PodInstance};
 use crate::backoff::Backoff;
 use crate::health::AppHealth;
@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::state::Readiness;
 use std::sync::Arc;
 use std::time::Duration;
+use streamgate_consul::{ConsulError, Seen};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
@@ -67,9 +68,9 @@ impl Registrar {
             registrations += 1;
             self.metrics.consul_registrations.inc();
             if registrations == 1 {
-                tracing::info!(id = %self.instance.service_id, consul = %self.client.address(), "registered in Consul");
+                tracing::info!(id = %self.instance.id, consul = %self.client.address(), "registered in Consul");
             } else {
-                tracing::info!(id = %self.instance.service_id, "registered in Consul again");
+                tracing::info!(id = %self.instance.id, "registered in Consul again");
             }
             self.readiness.set_registered(true);
             match self.follow(&mut health, &mut stop).await {
@@ -120,12 +121,8 @@ impl Registrar {
     /// Registration followed by the check's status and note, so the instance carries the
     /// latest output from the first moment.
     async fn register(&self, current: &AppHealth) -> Result<(), ConsulError> {
-        let status = status_of(current);
         self.client
-            .register(&self.instance.registration(status))
-            .await?;
-        self.client
-            .update_check(&self.instance.check_id, status, &current.output)
+            .register(&self.instance, status_of(current), &current.output)
             .await
     }
 
@@ -136,11 +133,21 @@ impl Registrar {
         health: &mut watch::Receiver<AppHealth>,
         stop: &mut watch::Receiver<bool>,
     ) -> Option<ConsulError> {
-        let mut refresh = tokio::time::interval(self.instance.ttl / 3);
+        // Agent mode refreshes the TTL check; the catalog runs no TTL, so a refresh
+        // there would only wake every caller's blocking query for nothing.
+        let refreshes = match self.client.needs_refresh().await {
+            Ok(refreshes) => refreshes,
+            Err(e) => return Some(e),
+        };
+        let period = if refreshes {
+            self.instance.ttl / 3
+        } else {
+            Duration::from_secs(24 * 3600)
+        };
+        let mut refresh = tokio::time::interval(period);
         refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
         refresh.tick().await; // the first tick is immediate; the check was just set
-        let id = self.instance.service_id.as_str();
-        let mut watch = Box::pin(self.client.watch_service(id, None, WATCH_WAIT));
+        let mut watch = Box::pin(self.client.watch(&self.instance, None));
         loop {
             let result = tokio::select! {
                 _ = stop.changed() => return None,
@@ -155,8 +162,8 @@ impl Registrar {
                     let current = health.borrow().clone();
                     self.update(&current).await
                 }
-                hash = &mut watch => hash.map(|hash| {
-                    watch = Box::pin(self.client.watch_service(id, Some(hash), WATCH_WAIT));
+                seen = &mut watch => seen.map(|seen: Seen| {
+                    watch = Box::pin(self.client.watch(&self.instance, Some(seen)));
                 }),
             };
             if let Err(e) = result {
@@ -167,7 +174,7 @@ impl Registrar {
 
     async fn update(&self, current: &AppHealth) -> Result<(), ConsulError> {
         self.client
-            .update_check(&self.instance.check_id, status_of(current), &current.output)
+            .set_check(&self.instance, status_of(current), &current.output)
             .await
     }
 
@@ -180,8 +187,8 @@ impl Registrar {
         loop {
             let critical = self
                 .client
-                .update_check(
-                    &self.instance.check_id,
+                .set_check(
+                    &self.instance,
                     CheckStatus::Critical,
                     "the pod is shutting down",
                 )
@@ -189,9 +196,9 @@ impl Registrar {
             if let Err(e) = &critical {
                 tracing::debug!(error = %e, "could not set the check critical before deregistering");
             }
-            match self.client.deregister(&self.instance.service_id).await {
+            match self.client.deregister(&self.instance).await {
                 Ok(()) => {
-                    tracing::info!(id = %self.instance.service_id, "deregistered from Consul");
+                    tracing::info!(id = %self.instance.id, "deregistered from Consul");
                     return;
                 }
                 Err(e) => {

@@ -14,7 +14,6 @@
 mod names;
 
 use crate::backoff::Backoff;
-use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -34,8 +33,10 @@ const MIN_QUERY_SPACING: Duration = Duration::from_millis(50);
 const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-use streamgate_crds::contract::consul::next_blocking_index as next_index;
-use streamgate_crds::contract::consul::{INBOUND_MTLS, META_INBOUND, META_NAMESPACE};
+use streamgate_consul::contract::next_blocking_index as next_index;
+use streamgate_consul::contract::{INBOUND_MTLS, META_INBOUND, META_NAMESPACE};
+use streamgate_consul::health::{self, HealthEntry};
+use streamgate_consul::{Answer, ConsulError, ConsulHttp, Seen, Timeouts};
 
 /// One passing instance of a service: where its sidecar's inbound listener is.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,34 +105,28 @@ pub fn parse_health_answer(body: &[u8]) -> Result<HealthAnswer, serde_json::Erro
     let mut named = Vec::new();
     let mut skipped = Vec::new();
     for entry in entries {
-        let service = entry.service;
-        // An instance registered without an address is reachable at its node's.
-        let address = if service.address.is_empty() {
-            entry.node.address
-        } else {
-            service.address
-        };
-        let meta = service.meta.unwrap_or_default();
+        let address = entry.address().to_string();
+        let port = entry.service.port;
         let endpoint = |addr| Endpoint {
-            id: service.id.clone(),
+            id: entry.service.id.clone(),
             addr,
-            namespace: meta.get(META_NAMESPACE).cloned(),
-            mtls: meta.get(META_INBOUND).is_some_and(|v| v == INBOUND_MTLS),
+            namespace: entry.meta(META_NAMESPACE).map(str::to_string),
+            mtls: entry.meta(META_INBOUND) == Some(INBOUND_MTLS),
         };
         match address.parse::<IpAddr>() {
-            Ok(ip) if service.port != 0 => {
-                endpoints.push(endpoint(SocketAddr::new(ip, service.port)));
+            Ok(ip) if port != 0 => {
+                endpoints.push(endpoint(SocketAddr::new(ip, port)));
             }
-            Err(_) if service.port != 0 && names::is_host_name(&address) => {
+            Err(_) if port != 0 && names::is_host_name(&address) => {
                 named.push(Named {
-                    endpoint: endpoint(SocketAddr::from(([0, 0, 0, 0], service.port))),
+                    endpoint: endpoint(SocketAddr::from(([0, 0, 0, 0], port))),
                     host: address,
-                    port: service.port,
+                    port,
                 });
             }
             _ => skipped.push(Skipped {
-                id: service.id,
-                address: format!("{address}:{}", service.port),
+                id: entry.service.id.clone(),
+                address: format!("{address}:{port}"),
             }),
         }
     }
@@ -144,34 +139,6 @@ pub fn parse_health_answer(body: &[u8]) -> Result<HealthAnswer, serde_json::Erro
     })
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthEntry {
-    #[serde(default)]
-    node: Node,
-    service: Service,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct Node {
-    #[serde(default)]
-    address: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Service {
-    #[serde(rename = "ID")]
-    id: String,
-    #[serde(default)]
-    address: String,
-    #[serde(default)]
-    port: u16,
-    #[serde(default)]
-    meta: Option<HashMap<String, String>>,
-}
-
 /// Follows services in Consul; one background task per service, shared by every
 /// caller of [`Discovery::watch`]. Tasks run on the current tokio runtime.
 pub struct Discovery {
@@ -179,12 +146,9 @@ pub struct Discovery {
 }
 
 struct Shared {
-    /// Base URL without a trailing slash.
-    base: String,
-    token: Option<String>,
     /// Building a client fails only when TLS cannot be set up; then nothing resolves
     /// and every watch says why in the log.
-    http: Result<reqwest::Client, Arc<reqwest::Error>>,
+    http: Result<ConsulHttp, ConsulError>,
     /// The sender of each followed service: `watch` subscribes to it, its task ends
     /// (and removes it) when the last receiver is gone.
     watches: Mutex<HashMap<String, Arc<watch::Sender<Resolution>>>>,
@@ -193,15 +157,13 @@ struct Shared {
 impl Discovery {
     /// `address` is Consul's base URL, e.g. `http://127.0.0.1:8500`.
     pub fn new(address: String, token: Option<String>) -> Self {
-        let http = crate::http_client()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(Arc::new);
+        let timeouts = Timeouts {
+            connect: CONNECT_TIMEOUT,
+            call: CALL_SLACK,
+        };
         Discovery {
             shared: Arc::new(Shared {
-                base: address.trim_end_matches('/').to_string(),
-                token: token.filter(|t| !t.is_empty()),
-                http,
+                http: ConsulHttp::new(&address, token, timeouts),
                 watches: Mutex::new(HashMap::new()),
             }),
         }
@@ -250,68 +212,17 @@ impl Shared {
         true
     }
 
-    /// One health query; with `index`, a blocking one. Returns the new index (None when
-    /// Consul sent none) and the body.
-    async fn query(
-        &self,
-        service: &str,
-        index: Option<u64>,
-    ) -> Result<(Option<u64>, Vec<u8>), QueryError> {
-        let http = self
-            .http
-            .as_ref()
-            .map_err(|e| QueryError::Client(e.clone()))?;
-        let mut url = format!("{}/v1/health/service/{service}?passing=true", self.base);
-        let mut timeout = CALL_SLACK;
-        if let Some(index) = index {
-            url.push_str(&format!("&index={index}&wait={}s", BLOCKING_WAIT.as_secs()));
-            // The agent adds up to wait/16 of jitter to a blocking query.
-            timeout += BLOCKING_WAIT + BLOCKING_WAIT / 16;
-        }
-        let mut request = http.get(&url).timeout(timeout);
-        if let Some(token) = &self.token {
-            request = request.header("X-Consul-Token", token);
-        }
-        let unreachable = |source| QueryError::Unreachable {
-            base: self.base.clone(),
-            source,
-        };
-        let response = request.send().await.map_err(unreachable)?;
-        let status = response.status();
-        let new_index = response
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let body = response.bytes().await.map_err(unreachable)?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)])
-                .trim()
-                .to_string();
-            return Err(QueryError::Status { status, body: text });
-        }
-        Ok((new_index, body.to_vec()))
+    /// One health query of passing instances; with `index`, a blocking one.
+    async fn query(&self, service: &str, index: Option<u64>) -> Result<Answer, ConsulError> {
+        let http = self.http.as_ref().map_err(Clone::clone)?;
+        let seen = index.map(Seen::Index);
+        http.get_blocking(
+            &health::service_path(service, true),
+            seen.as_ref(),
+            BLOCKING_WAIT,
+        )
+        .await
     }
-}
-
-/// Why a health query gave no instances (the last known ones are kept).
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    #[error("Consul HTTP client: {}", crate::error_chain(&**.0))]
-    Client(Arc<reqwest::Error>),
-    #[error("Consul at {base} is unreachable: {}", crate::error_chain(source))]
-    Unreachable {
-        base: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("Consul answered {status}: {body}")]
-    Status {
-        status: reqwest::StatusCode,
-        body: String,
-    },
-    #[error("Consul's answer is not a health list: {0}")]
-    NotAHealthList(#[source] serde_json::Error),
 }
 
 /// The task following one service until nobody watches it.
@@ -332,10 +243,13 @@ async fn follow(shared: Arc<Shared>, service: String, sender: Arc<watch::Sender<
                 continue;
             }
         };
-        let parsed = answer.and_then(|(new_index, body)| {
-            parse_health_answer(&body)
-                .map(|parsed| (new_index, parsed))
-                .map_err(QueryError::NotAHealthList)
+        let parsed = answer.and_then(|answer| {
+            parse_health_answer(&answer.body)
+                .map(|parsed| (answer.index, parsed))
+                .map_err(|e| ConsulError::Decode {
+                    what: format!("the health query of {service}"),
+                    reason: e.to_string(),
+                })
         });
         let pause = match parsed {
             Ok((new_index, answer)) => {
