@@ -5,7 +5,7 @@ ENV_BIN := target/debug/streamgate-env
 
 .PHONY: tools env-up env-down env-status test lint fmt crds bench dev images push
 
-## tools: install or build etcd, nats-server, Consul, Kubernetes (with kubelet, kube-proxy), containerd, runc, CNI plugins, iptables, kwok, helm, crane, and ghz + nginx for make bench (cached)
+## tools: install or build etcd, nats-server, Consul (Debian 1.8.7 and v1.16.1 from source), Kubernetes (with kubelet, kube-proxy), containerd, runc, CNI plugins, iptables, kwok, helm, crane, and ghz + nginx for make bench (cached)
 tools:
 	@bash scripts/tools.sh
 
@@ -55,4 +55,16 @@ lint:
 ## test: everything the project checks, against real components (what .ci/run runs)
 test: tools images
 	$(CARGO) test --workspace
+	$(MAKE) test-consul-newer
 	$(MAKE) lint
+
+# The Consul test matrix's second entry: the tests that talk to Consul again, against
+# the newer Consul (scripts/versions.sh CONSUL_MPL_VERSION) instead of Debian's 1.8.7.
+# consul_agentless runs against the newer one in both entries' place, in `cargo test`.
+CONSUL_MATRIX_TESTS := --test sidecar_consul --test sidecar_forward
+CONSUL_MATRIX_OPERATOR_FILTERS := consul ghost
+.PHONY: test-consul-newer
+## test-consul-newer: the Consul tests again, against the newer Consul of the matrix
+test-consul-newer:
+	STREAMGATE_TEST_CONSUL=newer $(CARGO) test -p streamgate-tests $(CONSUL_MATRIX_TESTS)
+	STREAMGATE_TEST_CONSUL=newer $(CARGO) test -p streamgate-tests --test operator -- $(CONSUL_MATRIX_OPERATOR_FILTERS)

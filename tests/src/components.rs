@@ -247,7 +247,8 @@ pub fn consul(tools: &Tools, l: &Layout) -> Command {
         .arg("-grpc-port=-1")
         .arg(format!("-serf-lan-port={}", l.consul_serf_lan_port))
         .arg(format!("-serf-wan-port={}", l.consul_serf_wan_port))
-        .arg(format!("-server-port={}", l.consul_server_port));
+        .arg(format!("-server-port={}", l.consul_server_port))
+        .args(crate::consul_agent::fixed_port_flags(&tools.consul));
     c
 }
 

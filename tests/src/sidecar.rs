@@ -310,6 +310,8 @@ impl Drop for Sidecar {
 #[derive(Debug, Clone)]
 pub struct CatalogInstance {
     pub id: String,
+    /// The Consul node it hangs off.
+    pub node: String,
     pub address: String,
     pub port: u16,
     pub tags: Vec<String>,
@@ -354,6 +356,7 @@ impl ConsulView {
         let service = &entry["Service"];
         Ok(Some(CatalogInstance {
             id: id.to_string(),
+            node: entry["Node"]["Node"].as_str().unwrap_or_default().to_string(),
             address: service["Address"].as_str().unwrap_or_default().to_string(),
             port: service["Port"].as_u64().unwrap_or_default() as u16,
             tags: serde_json::from_value(service["Tags"].clone()).unwrap_or_default(),
@@ -377,6 +380,18 @@ impl ConsulView {
                 .filter(|i| i.status == status))
         })
         .await
+    }
+
+    /// Every instance of `service`, whatever its node and status: `(node, id)`.
+    pub async fn all_instances(&self, service: &str) -> Result<Vec<(String, String)>> {
+        let entries: Vec<Value> = self.get(&format!("/v1/health/service/{service}")).await?;
+        Ok(entries
+            .iter()
+            .map(|e| {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                (text(&e["Node"]["Node"]), text(&e["Service"]["ID"]))
+            })
+            .collect())
     }
 
     /// Waits until the instance is gone from the catalog.

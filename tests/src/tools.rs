@@ -16,7 +16,11 @@ pub struct Tools {
     pub kwok: PathBuf,
     pub kwok_stages: PathBuf,
     pub helm: PathBuf,
+    /// The Consul of this run: Debian's 1.8.7, or the newer one of the test matrix when
+    /// `STREAMGATE_TEST_CONSUL=newer` (or any binary in `STREAMGATE_CONSUL_BIN`).
     pub consul: PathBuf,
+    /// The newer Consul (the last MPL-2.0 line, built from source), for agentless tests.
+    pub consul_newer: PathBuf,
     pub nats_server: PathBuf,
     pub k8s_version: String,
     /// The tools cache, and the pinned versions (for the real node's tools).
@@ -63,8 +67,13 @@ impl Tools {
         let k8s = get("K8S_VERSION")?;
         let kube_dir = root.join(format!("kubernetes-{k8s}/bin"));
         let kwok_dir = root.join(format!("kwok-{}", get("KWOK_VERSION")?));
+        let consul_newer = root.join(format!(
+            "consul-mpl-{}/bin/consul",
+            get("CONSUL_MPL_VERSION")?
+        ));
         let consul = match std::env::var_os("STREAMGATE_CONSUL_BIN") {
             Some(bin) => PathBuf::from(bin),
+            None if consul_matrix_entry()? == ConsulEntry::Newer => consul_newer.clone(),
             None => root.join(format!("consul-{}/bin/consul", get("CONSUL_DEB_VERSION")?)),
         };
         let tools = Tools {
@@ -77,6 +86,7 @@ impl Tools {
             kwok_stages: kwok_dir.join("stages-fast.yaml"),
             helm: root.join(format!("helm-{}/bin/helm", get("HELM_VERSION")?)),
             consul,
+            consul_newer,
             nats_server: root.join(format!(
                 "nats-server-{}/bin/nats-server",
                 get("NATS_DEB_VERSION")?
@@ -93,7 +103,7 @@ impl Tools {
         Ok(tools)
     }
 
-    fn all(&self) -> [(&'static str, &Path); 10] {
+    fn all(&self) -> [(&'static str, &Path); 11] {
         [
             ("etcd", &self.etcd),
             ("kube-apiserver", &self.kube_apiserver),
@@ -104,8 +114,28 @@ impl Tools {
             ("kwok stages", &self.kwok_stages),
             ("helm", &self.helm),
             ("consul", &self.consul),
+            ("consul (newer)", &self.consul_newer),
             ("nats-server", &self.nats_server),
         ]
+    }
+}
+
+/// Which Consul of the test matrix this run uses (`STREAMGATE_TEST_CONSUL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsulEntry {
+    /// Debian's 1.8.7, the generation the seed's services were written against.
+    Debian,
+    /// The newer one (`CONSUL_MPL_VERSION`), with agentless support.
+    Newer,
+}
+
+/// The matrix entry named by `STREAMGATE_TEST_CONSUL` (`debian`, the default, or
+/// `newer`); any other value is an error naming it.
+pub fn consul_matrix_entry() -> Result<ConsulEntry> {
+    match std::env::var("STREAMGATE_TEST_CONSUL").as_deref() {
+        Err(_) | Ok("") | Ok("debian") => Ok(ConsulEntry::Debian),
+        Ok("newer") => Ok(ConsulEntry::Newer),
+        Ok(other) => bail!("STREAMGATE_TEST_CONSUL={other:?}: use `debian` or `newer`"),
     }
 }
 

@@ -49,7 +49,8 @@ async fn registers_the_pod_and_passes_within_one_period_after_the_app_turns_heal
     assert_eq!(
         instance.meta,
         json!({"team": "media", "managed-by": "streamgate", "k8s-namespace": NAMESPACE,
-               "k8s-pod": sidecar.pod_name, "k8s-pod-uid": format!("uid-{service}")})
+               "k8s-pod": sidecar.pod_name, "k8s-pod-uid": format!("uid-{service}"),
+               "streamgate-registration": "agent"})
     );
     assert_eq!(sidecar.readyz().await?, 503);
     let output = consul.check_output(&sidecar.instance_id).await?;
