@@ -76,37 +76,58 @@ pub async fn sweep_once(
                 continue;
             }
             let cached = pods.get(&ObjectRef::new(pod_name).within(pod_namespace));
-            let mut pod = cached.map(|p| p.metadata.clone());
-            if ghost_reason(&instance, pod.as_ref()).is_none() {
-                continue;
-            }
-            if pod.is_none() {
-                // Not in the cache: maybe too new for it. Unknown is not gone.
+            let lookup = async || {
                 let api: Api<Pod> = Api::namespaced(client.clone(), pod_namespace);
                 match api.get_metadata_opt(pod_name).await {
-                    Ok(found) => pod = found.map(|p| p.metadata),
+                    Ok(found) => Some(found.map(|p| p.metadata)),
                     Err(e) => {
                         warn!(error = %e, pod = pod_name, "sweep: could not read pod");
-                        continue;
+                        None
                     }
                 }
-                if ghost_reason(&instance, pod.as_ref()).is_none() {
-                    continue;
-                }
-            }
-            // Read again: the pod's new sidecar may have re-registered the ID meanwhile.
-            let Some(instance) = consul.instance(&service, &instance.id).await? else {
-                continue;
             };
-            if let Some(reason) = ghost_reason(&instance, pod.as_ref()) {
-                consul.deregister(&instance, node.as_deref()).await?;
+            let reread = async || consul.instance(&service, &instance.id).await;
+            let cached = cached.map(|p| p.metadata.clone());
+            if let Some((ghost, reason)) = judge(&instance, cached, lookup, reread).await? {
+                consul.deregister(&ghost, node.as_deref()).await?;
                 metrics.ghosts_deregistered.inc();
                 removed += 1;
-                info!(service = %instance.service, id = %instance.id, %reason, "deregistered ghost Consul instance");
+                info!(service = %ghost.service, id = %ghost.id, %reason, "deregistered ghost Consul instance");
             }
         }
     }
     Ok(removed)
+}
+
+/// Whether a listed instance is a ghost to remove now: the instance as Consul has it
+/// right before removal, and why. `lookup` reads the pod from the API when the cache
+/// does not have it (`None`: the read failed, so nothing is decided); `reread` reads the
+/// instance again, since the pod's new sidecar may have registered the same ID with its
+/// own UID since the list was taken.
+pub async fn judge(
+    listed: &RegisteredInstance,
+    cached: Option<ObjectMeta>,
+    lookup: impl AsyncFnOnce() -> Option<Option<ObjectMeta>>,
+    reread: impl AsyncFnOnce() -> Result<Option<RegisteredInstance>, ConsulError>,
+) -> Result<Option<(RegisteredInstance, String)>, ConsulError> {
+    let mut pod = cached;
+    if ghost_reason(listed, pod.as_ref()).is_none() {
+        return Ok(None);
+    }
+    if pod.is_none() {
+        // Not in the cache: maybe too new for it. Unknown is not gone.
+        let Some(found) = lookup().await else {
+            return Ok(None);
+        };
+        pod = found;
+        if ghost_reason(listed, pod.as_ref()).is_none() {
+            return Ok(None);
+        }
+    }
+    let Some(current) = reread().await? else {
+        return Ok(None);
+    };
+    Ok(ghost_reason(&current, pod.as_ref()).map(|reason| (current, reason)))
 }
 
 /// Sweeps every `interval` until the process stops, once its pod cache is filled.
@@ -217,6 +238,71 @@ mod tests {
             .insert("streamgate-registration".into(), "catalog".into());
         assert!(ghost_reason(&catalog, None).is_some());
         assert!(ghost_reason(&catalog, Some(&pod("u1"))).is_none());
+    }
+
+    /// The race the re-read exists for: the sweep lists the old pod's instance, the pod
+    /// is re-created under the same name and its sidecar registers the same ID with the
+    /// new UID, then the sweep decides. The live instance stays.
+    #[tokio::test]
+    async fn a_live_instance_of_a_re_created_pod_is_never_removed() {
+        let listed = instance("p1", "u1");
+        let recreated = pod("u2");
+        let registered_again = instance_with("p1", "u2", "passing");
+        let verdict = judge(
+            &listed,
+            Some(recreated.clone()),
+            async || panic!("the cache had the pod"),
+            async || Ok(Some(registered_again.clone())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(verdict, None, "the new pod's instance must stay");
+
+        // Without a new registration the replaced pod's instance goes, as it was re-read.
+        let verdict = judge(
+            &listed,
+            Some(recreated),
+            async || panic!("the cache had the pod"),
+            async || Ok(Some(listed.clone())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(verdict.map(|(i, _)| i.id), Some(listed.id.clone()));
+    }
+
+    #[tokio::test]
+    async fn a_pod_the_cache_misses_is_looked_up_and_a_failed_lookup_decides_nothing() {
+        let listed = instance("p1", "u1");
+        let verdict = judge(
+            &listed,
+            None,
+            async || Some(Some(pod("u1"))),
+            async || panic!("the pod exists: no re-read"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(verdict, None);
+        let verdict = judge(
+            &listed,
+            None,
+            async || None,
+            async || panic!("unknown is not gone"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(verdict, None);
+        let verdict = judge(
+            &listed,
+            None,
+            async || Some(None),
+            async || Ok(Some(listed.clone())),
+        )
+        .await
+        .unwrap();
+        assert!(
+            verdict.is_some(),
+            "a critical instance of a pod that is gone goes"
+        );
     }
 
     #[test]

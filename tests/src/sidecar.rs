@@ -356,7 +356,10 @@ impl ConsulView {
         let service = &entry["Service"];
         Ok(Some(CatalogInstance {
             id: id.to_string(),
-            node: entry["Node"]["Node"].as_str().unwrap_or_default().to_string(),
+            node: entry["Node"]["Node"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             address: service["Address"].as_str().unwrap_or_default().to_string(),
             port: service["Port"].as_u64().unwrap_or_default() as u16,
             tags: serde_json::from_value(service["Tags"].clone()).unwrap_or_default(),

@@ -34,30 +34,45 @@ async fn catalog_mode_registers_on_the_kubernetes_node_follows_health_and_leaves
     let app = DemoApp::start(&dir, &ip, false).await?;
     // `auto`: what answers is a server, not a local agent, so the sidecar writes to the
     // catalog. Read back through the other server: one catalog.
-    let sidecar = Sidecar::start(&dir, &options(&service, &ip, &app, &servers.addr(0), "auto"))?;
+    let sidecar = Sidecar::start(
+        &dir,
+        &options(&service, &ip, &app, &servers.addr(0), "auto"),
+    )?;
     let consul = ConsulView::new(&servers.addr(1));
     let id = &sidecar.instance_id;
 
     let instance = consul
         .wait_status(&service, id, "critical", Duration::from_secs(15))
         .await?;
-    assert_eq!(instance.node, NODE, "the instance hangs off the Kubernetes node");
+    assert_eq!(
+        instance.node, NODE,
+        "the instance hangs off the Kubernetes node"
+    );
     assert_eq!(instance.meta["streamgate-registration"], "catalog");
     assert_eq!(instance.address, ip);
 
     // Health follows the app both ways, written by the sidecar (the catalog runs no check).
     app.set_healthy(true).await?;
-    consul.wait_status(&service, id, "passing", HEALTH_CHANGE).await?;
+    consul
+        .wait_status(&service, id, "passing", HEALTH_CHANGE)
+        .await?;
     app.set_healthy(false).await?;
-    consul.wait_status(&service, id, "critical", HEALTH_CHANGE).await?;
+    consul
+        .wait_status(&service, id, "critical", HEALTH_CHANGE)
+        .await?;
     app.set_healthy(true).await?;
-    consul.wait_status(&service, id, "passing", HEALTH_CHANGE).await?;
+    consul
+        .wait_status(&service, id, "passing", HEALTH_CHANGE)
+        .await?;
 
     // The sidecar dies without leaving and comes back talking to the other server: the
     // same instance on the same node, not a second one.
     sidecar.signal(Signal::SIGKILL);
     sidecar.wait_exit(Duration::from_secs(5)).await?;
-    let again = Sidecar::start(&dir, &options(&service, &ip, &app, &servers.addr(1), "auto"))?;
+    let again = Sidecar::start(
+        &dir,
+        &options(&service, &ip, &app, &servers.addr(1), "auto"),
+    )?;
     again.wait_ready(Duration::from_secs(15)).await?;
     let instances = consul.all_instances(&service).await?;
     ensure!(
@@ -67,7 +82,9 @@ async fn catalog_mode_registers_on_the_kubernetes_node_follows_health_and_leaves
 
     // Pod deletion: SIGTERM removes it from the catalog.
     again.signal(Signal::SIGTERM);
-    consul.wait_gone(&service, id, Duration::from_secs(2)).await?;
+    consul
+        .wait_gone(&service, id, Duration::from_secs(2))
+        .await?;
     let status = again.wait_exit(Duration::from_secs(10)).await?;
     assert!(status.success(), "exit {status}: {}", again.log_tail(20));
     Ok(())
@@ -85,11 +102,17 @@ async fn agent_mode_through_two_servers_leaves_a_duplicate_behind() -> Result<()
     let ip = pod_ip();
     let app = DemoApp::start(&dir, &ip, true).await?;
     let consul = ConsulView::new(&servers.addr(0));
-    let first = Sidecar::start(&dir, &options(&service, &ip, &app, &servers.addr(0), "agent"))?;
+    let first = Sidecar::start(
+        &dir,
+        &options(&service, &ip, &app, &servers.addr(0), "agent"),
+    )?;
     first.wait_ready(Duration::from_secs(15)).await?;
     first.signal(Signal::SIGKILL);
     first.wait_exit(Duration::from_secs(5)).await?;
-    let second = Sidecar::start(&dir, &options(&service, &ip, &app, &servers.addr(1), "agent"))?;
+    let second = Sidecar::start(
+        &dir,
+        &options(&service, &ip, &app, &servers.addr(1), "agent"),
+    )?;
     second.wait_ready(Duration::from_secs(15)).await?;
     let instances = consul.all_instances(&service).await?;
     ensure!(
