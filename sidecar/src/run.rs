@@ -6,10 +6,11 @@
 //!    instance leaves Consul, serves for `leaveDelay`, then inbound stops taking calls —
 //!    all before the kubelet stops the app;
 //! 3. first SIGTERM/SIGINT (after the app exited): the same departure if no hook ran,
-//!    subscriptions stop pulling, in-flight publishes and deliveries drain (spooled
-//!    events stay on disk);
+//!    subscriptions stop pulling, new publishes are refused (503), in-flight publishes
+//!    and deliveries drain, and the spool is flushed to JetStream;
 //! 4. exit 0 when all that is done, or at once (exit 1) on a second signal or when
-//!    `drainTimeout` runs out.
+//!    `drainTimeout` runs out, saying how many events stay in the spool for the next
+//!    sidecar on the same volume.
 
 use crate::EXIT_FAILURE;
 use crate::admin::{self, AdminState};
@@ -43,7 +44,17 @@ async fn start_and_wait(settings: Settings, drain: Drain) -> Result<u8, StartErr
     let running = start(&settings, drain).await?;
     let signal = signals.next().await;
     tracing::info!(signal, drain_timeout = ?settings.drain_timeout, "shutting down");
-    Ok(running.stop(&mut signals, settings.drain_timeout).await)
+    let code = running.stop(&mut signals, settings.drain_timeout).await;
+    let (records, bytes) = running.events.unsent();
+    if records > 0 {
+        tracing::warn!(
+            events = records,
+            bytes,
+            spool = %settings.events.spool_dir.display(),
+            "events stay in the spool unsent; the next sidecar started on the same volume sends them"
+        );
+    }
+    Ok(code)
 }
 
 /// What runs once the sidecar has started, and what its shutdown needs.
@@ -52,6 +63,8 @@ struct Running {
     /// Stops the event relay's subscriptions.
     stop: watch::Sender<bool>,
     drain: Drain,
+    /// The publish API: closed and its spool flushed on shutdown.
+    events: crate::events::api::EventsApi,
 }
 
 /// Starts every part in order: admin server, health checker, event relay, forwarding
@@ -103,7 +116,7 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
             streamgate_consul::contract::INBOUND_MTLS.to_string(),
         );
     }
-    serve_listeners(settings, &forwarding, events).await?;
+    serve_listeners(settings, &forwarding, events.clone()).await?;
 
     let node_address = settings.host_ip.unwrap_or(settings.pod_ip);
     let client = ConsulClient::new(&settings.consul, node_address, metrics.clone())
@@ -138,6 +151,7 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
         departure,
         stop: stop_tx,
         drain,
+        events,
     })
 }
 
@@ -164,16 +178,25 @@ async fn serve_listeners(
 
 impl Running {
     /// The drain sequence; the exit code says whether it completed in time.
-    async fn stop(self, signals: &mut Signals, drain_timeout: std::time::Duration) -> u8 {
+    async fn stop(&self, signals: &mut Signals, drain_timeout: std::time::Duration) -> u8 {
         // Usually a no-op: the preStop hook made the pod leave while the app still ran.
         self.departure.start_leaving();
         let deadline = tokio::time::Instant::now() + drain_timeout;
         let drain = self.drain.clone();
         let graceful = async {
             let _ = self.stop.send(true);
+            self.events.close();
             self.departure.left_consul(drain_timeout).await;
             self.departure.stop_inbound().await;
             drain.idle().await;
+            let (records, _) = self.events.unsent();
+            if records > 0 {
+                tracing::info!(
+                    events = records,
+                    "flushing the spool to JetStream before exiting"
+                );
+            }
+            self.events.flushed().await;
         };
         tokio::select! {
             _ = graceful => {

@@ -3,7 +3,7 @@
 //! redelivery and dead letters, pausing for an unhealthy app, seed-style publishers,
 //! refusals and token auth. Sidecars and demo apps run as processes.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
@@ -544,6 +544,110 @@ async fn spooled_events_survive_a_killed_sidecar() -> Result<()> {
     server.start().await?;
     let got = wait_accepted(&subscriber, 50, Duration::from_secs(60)).await?;
     let expected: BTreeSet<String> = (0..50).map(|n| format!("k-{n}")).collect();
+    assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    Ok(())
+}
+
+/// SIGTERM while 5,000 events wait in the spool and NATS is back: the sidecar flushes
+/// them all to JetStream before it exits (a rollout during an outage loses nothing).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_flushes_the_spool_to_jetstream_before_exiting() -> Result<()> {
+    let env = TestEnv::new("events-sigterm-flush").await?;
+    let dir = log_dir("events-sigterm-flush");
+    let t = event_type(&env, "flush");
+    let (server, _subscriber, mut publisher) = subscriber_then_outage(&env, &dir, &t, "{}").await?;
+    let r = publisher
+        .publish_grpc(json!({"type": t, "count": 5000, "batch": 100, "idPrefix": "f"}))
+        .await?;
+    assert_eq!(
+        (&r["ok"], &r["spooled"]),
+        (&json!(true), &json!(5000)),
+        "{r}"
+    );
+    // The same spool under a sidecar with time to flush (the tests' default is 5 s).
+    publisher.options.drain_timeout = "60s".into();
+    publisher.restart_sidecar_after_kill().await?;
+
+    server.start().await?;
+    publisher.sidecar.signal(Signal::SIGTERM);
+    let status = publisher.sidecar.wait_exit(Duration::from_secs(90)).await?;
+    assert!(
+        status.success(),
+        "exit {status}: {}",
+        publisher.sidecar.log_tail(20)
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+    let stored = js
+        .get_stream(STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    ensure!(
+        stored >= 5000,
+        "only {stored} of 5000 events were in JetStream when the sidecar exited"
+    );
+    Ok(())
+}
+
+/// SIGTERM while NATS stays down: new publishes are refused (503) at once, the sidecar
+/// exits when `drainTimeout` runs out saying how many events stay on disk, and the next
+/// sidecar on the same volume sends them.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_nats_down_leaves_the_spool_to_the_next_sidecar() -> Result<()> {
+    let env = TestEnv::new("events-sigterm-down").await?;
+    let dir = log_dir("events-sigterm-down");
+    let t = event_type(&env, "left");
+    let (server, subscriber, mut publisher) = subscriber_then_outage(&env, &dir, &t, "{}").await?;
+    let r = publisher
+        .publish_grpc(json!({"type": t, "count": 200, "batch": 50, "idPrefix": "d"}))
+        .await?;
+    assert_eq!(
+        (&r["ok"], &r["spooled"]),
+        (&json!(true), &json!(200)),
+        "{r}"
+    );
+
+    publisher.sidecar.signal(Signal::SIGTERM);
+    // A publish that arrives before the signal is handled is still spooled: count it.
+    let mut expected: BTreeSet<String> = (0..200).map(|n| format!("d-{n}")).collect();
+    let mut refused = None;
+    for n in 0..1000 {
+        let id = format!("x-{n}");
+        let (status, body) = publisher.publish_http(&t, "{}", Some(&id)).await?;
+        if status == 503 {
+            refused = Some(body);
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        expected.insert(id);
+    }
+    let refused = refused.context("no publish was refused after SIGTERM")?;
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shutting down"),
+        "{refused}"
+    );
+    let status = publisher.sidecar.wait_exit(Duration::from_secs(30)).await?;
+    assert!(!status.success(), "the drain could not complete: exit 1");
+    let log = publisher.sidecar.log_tail(20);
+    assert!(
+        log.contains("events stay in the spool unsent")
+            && log.contains(&format!("events={}", expected.len())),
+        "the exit names what stays on disk ({} events): {log}",
+        expected.len()
+    );
+
+    publisher.sidecar = Sidecar::start(&publisher.dir, &publisher.options)?;
+    publisher
+        .sidecar
+        .wait_ready(Duration::from_secs(30))
+        .await?;
+    server.start().await?;
+    let got = wait_accepted(&subscriber, expected.len(), Duration::from_secs(60)).await?;
     assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), expected);
     Ok(())
 }

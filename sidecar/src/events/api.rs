@@ -9,7 +9,9 @@
 //! | malformed type, data or id | 400 | INVALID_ARGUMENT |
 //! | larger than the NATS server's `max_payload` (envelope and header room included) | 413 | RESOURCE_EXHAUSTED |
 //! | spool full | 503 | RESOURCE_EXHAUSTED |
-//! | spool unwritable, relay off | 500 | UNAVAILABLE |
+//! | spool unwritable (e.g. its disk is full) | 503 | UNAVAILABLE |
+//! | the sidecar is shutting down | 503 | UNAVAILABLE |
+//! | relay off | 500 | UNAVAILABLE |
 
 use super::envelope::{self, Outgoing, Refused};
 use super::publisher::{Durable, Publisher};
@@ -21,7 +23,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use streamgate_proto::sidecar::v1 as pb;
 use streamgate_proto::sidecar::v1::events_server::{Events, EventsServer};
 use tonic::{Request, Response, Status};
@@ -44,14 +46,21 @@ pub struct EventsApi {
     /// would refuse is refused here, before it is answered as safe: spooled, it would be
     /// retried at the head of the spool forever and hold up every event behind it.
     pub max_payload: Arc<AtomicUsize>,
+    /// Set when the sidecar shuts down: publishes are refused from then on, so the spool
+    /// only shrinks while the shutdown flushes it.
+    pub closing: Arc<AtomicBool>,
 }
 
 /// Why a publish failed, mapped to each protocol's code.
 enum Failure {
     Refused(Refused),
     Spool(SpoolError),
+    Closing,
     Off,
 }
+
+const CLOSING: &str =
+    "the sidecar is shutting down and accepts no more events; publish through another instance";
 
 impl EventsApi {
     pub fn grpc(&self) -> EventsServer<EventsApi> {
@@ -74,9 +83,32 @@ impl EventsApi {
     }
 
     async fn publish(&self, events: Vec<Outgoing>) -> Result<Vec<Durable>, Failure> {
+        // Tracked before the check: a shutdown that closes after it waits for this one.
         let _in_flight = self.drain.track();
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Failure::Closing);
+        }
         let publisher = self.publisher.as_ref().ok_or(Failure::Off)?;
         publisher.publish(events).await.map_err(Failure::Spool)
+    }
+
+    /// Refuses every publish from now on (503 / UNAVAILABLE).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Returns once the spool is empty: everything accepted is in JetStream.
+    pub async fn flushed(&self) {
+        if let Some(publisher) = &self.publisher {
+            publisher.spool().emptied().await;
+        }
+    }
+
+    /// Records and bytes still waiting in the spool.
+    pub fn unsent(&self) -> (u64, u64) {
+        self.publisher
+            .as_ref()
+            .map_or((0, 0), |p| p.spool().unsent())
     }
 }
 
@@ -114,6 +146,7 @@ pub async fn http_publish(
                 // Not accepted (e.g. the spool's disk is full): nothing was kept, and the
                 // app may retry later, as with a full spool.
                 Failure::Spool(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                Failure::Closing => (StatusCode::SERVICE_UNAVAILABLE, CLOSING.into()),
                 Failure::Off => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "the event relay is off".into(),
@@ -131,6 +164,7 @@ fn status(failure: Failure) -> Status {
         Failure::Refused(Refused::TooLarge(m)) => Status::resource_exhausted(m),
         Failure::Spool(e @ SpoolError::Full { .. }) => Status::resource_exhausted(e.to_string()),
         Failure::Spool(e) => Status::unavailable(e.to_string()),
+        Failure::Closing => Status::unavailable(CLOSING),
         Failure::Off => Status::unavailable("the event relay is off"),
     }
 }

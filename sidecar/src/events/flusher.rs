@@ -108,7 +108,8 @@ async fn flush_round(
         let next = records[acked - 1].next;
         let bytes = records[..acked].iter().map(|r| r.size).sum();
         let committer = spool.clone();
-        tokio::task::spawn_blocking(move || committer.commit(next, bytes))
+        let count = acked as u64;
+        tokio::task::spawn_blocking(move || committer.commit(next, bytes, count))
             .await
             .map_err(std::io::Error::other)??;
         metrics.flushed.inc_by(acked as u64);

@@ -31,6 +31,8 @@ pub struct EventMetrics {
     pub delivery_duration: Histogram,
     /// Bytes waiting in the spool.
     pub spool_bytes: Gauge,
+    /// Events waiting in the spool (what a shutdown that cannot flush leaves on disk).
+    pub spool_events: Gauge,
 }
 
 impl Default for EventMetrics {
@@ -52,6 +54,7 @@ impl Default for EventMetrics {
             // 0.5 ms .. ~8 s: apps take milliseconds; timeouts are seconds.
             delivery_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
             spool_bytes: Gauge::default(),
+            spool_events: Gauge::default(),
         }
     }
 }
@@ -124,6 +127,11 @@ impl EventMetrics {
             "event_spool_bytes",
             "Bytes of events waiting in the spool",
             self.spool_bytes.clone(),
+        );
+        registry.register(
+            "event_spool_events",
+            "Events waiting in the spool",
+            self.spool_events.clone(),
         );
     }
 }

@@ -57,6 +57,7 @@ pub async fn start(
         publisher: None,
         drain,
         max_payload: Arc::new(AtomicUsize::new(api::DEFAULT_MAX_PAYLOAD)),
+        closing: Arc::default(),
     };
     if !settings.events.enabled {
         return Ok(api);

@@ -30,6 +30,13 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// The spool behind this publisher (what a shutdown waits to see emptied).
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+}
+
+impl Publisher {
     pub fn new(
         js: jetstream::Context,
         window: Window,

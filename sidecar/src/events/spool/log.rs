@@ -43,6 +43,8 @@ pub struct Log {
     /// recovery would cut off with them).
     sealed: Option<u64>,
     pending_bytes: u64,
+    /// How many records `pending_bytes` holds (what a shutdown reports as unsent).
+    pending_records: u64,
     _lock: File,
 }
 
@@ -83,6 +85,7 @@ impl Log {
             writer: None,
             sealed: None,
             pending_bytes: 0,
+            pending_records: 0,
             _lock: lock,
         };
         log.recover()?;
@@ -91,6 +94,10 @@ impl Log {
 
     pub fn pending_bytes(&self) -> u64 {
         self.pending_bytes
+    }
+
+    pub fn pending_records(&self) -> u64 {
+        self.pending_records
     }
 
     /// Size a record of `event` takes on disk.
@@ -118,6 +125,7 @@ impl Log {
         }
         *size += buffer.len() as u64;
         self.pending_bytes += buffer.len() as u64;
+        self.pending_records += events.len() as u64;
         Ok(())
     }
 
@@ -150,11 +158,12 @@ impl Log {
         Ok(records)
     }
 
-    /// Marks everything before `next` as sent: moves the cursor, frees `bytes`, and
-    /// deletes segments left wholly behind.
-    pub fn commit(&mut self, next: Position, bytes: u64) -> io::Result<()> {
+    /// Marks everything before `next` as sent: moves the cursor, frees `bytes` of
+    /// `records`, and deletes segments left wholly behind.
+    pub fn commit(&mut self, next: Position, bytes: u64, records: u64) -> io::Result<()> {
         self.cursor = next;
         self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
+        self.pending_records = self.pending_records.saturating_sub(records);
         let tmp = self.dir.join("cursor.tmp");
         std::fs::write(&tmp, format!("{} {}\n", next.segment, next.offset))?;
         std::fs::rename(&tmp, self.dir.join("cursor"))?;
@@ -219,6 +228,7 @@ impl Log {
             let mut good = start;
             while let Some((_, size)) = read_record(&mut file)? {
                 good += size;
+                self.pending_records += 1;
             }
             self.pending_bytes += good - start;
             if std::fs::metadata(&path)?.len() > good {
@@ -345,7 +355,8 @@ mod tests {
                 ["id-0", "id-1"]
             );
             let bytes = first.iter().map(|r| r.size).sum();
-            log.commit(first[1].next, bytes).unwrap();
+            log.commit(first[1].next, bytes, 2).unwrap();
+            assert_eq!(log.pending_records(), 3);
         }
         let mut log = Log::open(&dir).unwrap();
         let rest = log.read(10).unwrap();
@@ -357,7 +368,13 @@ mod tests {
             log.pending_bytes(),
             rest.iter().map(|r| r.size).sum::<u64>()
         );
+        assert_eq!(
+            log.pending_records(),
+            3,
+            "recovery counts the unsent records"
+        );
         log.append(&[event(5)]).unwrap();
+        assert_eq!(log.pending_records(), 4);
         assert_eq!(log.read(10).unwrap().len(), 4);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -34,6 +34,8 @@ pub struct Spool {
     active: AtomicBool,
     /// Wakes the flusher when something was spooled.
     pub appended: Notify,
+    /// Wakes a shutdown waiting for the spool to empty when the flusher sent some.
+    committed: Notify,
     writer: Mutex<mpsc::Sender<Append>>,
     metrics: Arc<EventMetrics>,
 }
@@ -49,12 +51,16 @@ impl Spool {
         metrics
             .spool_bytes
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        metrics
+            .spool_events
+            .set(i64::try_from(log.pending_records()).unwrap_or(i64::MAX));
         let (tx, rx) = mpsc::channel::<Append>();
         let spool = Arc::new(Spool {
             log: Mutex::new(log),
             max_bytes,
             active: AtomicBool::new(pending > 0),
             appended: Notify::new(),
+            committed: Notify::new(),
             writer: Mutex::new(tx),
             metrics,
         });
@@ -95,12 +101,32 @@ impl Spool {
         Ok((records, pending))
     }
 
-    /// Records up to `next` were acked by JetStream (blocking).
-    pub fn commit(&self, next: Position, bytes: u64) -> std::io::Result<()> {
+    /// The `records` up to `next` were acked by JetStream (blocking).
+    pub fn commit(&self, next: Position, bytes: u64, records: u64) -> std::io::Result<()> {
         let mut log = self.lock_log();
-        log.commit(next, bytes)?;
+        log.commit(next, bytes, records)?;
         self.publish_size(&log);
+        drop(log);
+        self.committed.notify_waiters();
         Ok(())
+    }
+
+    /// What waits to be sent: records and bytes.
+    pub fn unsent(&self) -> (u64, u64) {
+        let log = self.lock_log();
+        (log.pending_records(), log.pending_bytes())
+    }
+
+    /// Returns once nothing waits in the spool (at once when nothing does).
+    pub async fn emptied(&self) {
+        loop {
+            // Register interest before looking, so a commit in between is seen.
+            let committed = self.committed.notified();
+            if self.unsent().1 == 0 {
+                return;
+            }
+            committed.await;
+        }
     }
 
     /// Turns direct publishing back on once nothing waits; decided under the log's lock,
@@ -118,6 +144,9 @@ impl Spool {
         self.metrics
             .spool_bytes
             .set(i64::try_from(log.pending_bytes()).unwrap_or(i64::MAX));
+        self.metrics
+            .spool_events
+            .set(i64::try_from(log.pending_records()).unwrap_or(i64::MAX));
     }
 
     fn lock_log(&self) -> std::sync::MutexGuard<'_, Log> {
