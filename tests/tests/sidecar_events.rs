@@ -652,6 +652,50 @@ async fn sigterm_with_nats_down_leaves_the_spool_to_the_next_sidecar() -> Result
     Ok(())
 }
 
+/// A W3C trace context given on publish reaches the subscriber as the same headers,
+/// through the spool (NATS down while publishing) and JetStream; seed-style events
+/// without one are delivered without.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_publishers_trace_context_reaches_the_subscriber_through_the_spool() -> Result<()> {
+    let env = TestEnv::new("events-trace").await?;
+    let dir = log_dir("events-trace");
+    let t = event_type(&env, "traced");
+    let (server, subscriber, publisher) = subscriber_then_outage(&env, &dir, &t, "{}").await?;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = http()
+        .post(format!(
+            "http://{}/v1/events/{t}",
+            publisher.sidecar.app_listen
+        ))
+        .header("content-type", "application/json")
+        .header("streamgate-event-id", "traced-1")
+        .header("traceparent", traceparent)
+        .header("tracestate", "vendor=opaque")
+        .body("{}")
+        .send()
+        .await?;
+    let body: Value = response.json().await?;
+    assert_eq!(body["spooled"], true, "NATS is down: {body}");
+    let (status, body) = publisher.publish_http(&t, "{}", Some("plain-1")).await?;
+    assert_eq!(status, 200, "{body}");
+
+    server.start().await?;
+    wait_accepted(&subscriber, 2, Duration::from_secs(60)).await?;
+    let received = subscriber.received().await?;
+    let traced = received
+        .iter()
+        .find(|r| r["eventId"] == "traced-1")
+        .context("the traced event")?;
+    assert_eq!(traced["traceparent"], traceparent);
+    assert_eq!(traced["tracestate"], "vendor=opaque");
+    let plain = received
+        .iter()
+        .find(|r| r["eventId"] == "plain-1")
+        .context("the plain event")?;
+    assert_eq!(plain["traceparent"], "", "no context was given: {plain}");
+    Ok(())
+}
+
 /// The last dead letter on `subject`, once it is in the stream.
 async fn dead_letter(js: &async_nats::jetstream::Context, subject: &str) -> Result<Value> {
     let letter = eventually(

@@ -60,6 +60,8 @@ async fn receive(
         "event": event,
         "eventId": header("streamgate-event-id"),
         "attempt": header("streamgate-delivery-attempt"),
+        "traceparent": header("traceparent"),
+        "tracestate": header("tracestate"),
         "accepted": fail == 0,
     });
     log.received

@@ -13,7 +13,7 @@
 //! | the sidecar is shutting down | 503 | UNAVAILABLE |
 //! | relay off | 500 | UNAVAILABLE |
 
-use super::envelope::{self, Outgoing, Refused};
+use super::envelope::{self, Outgoing, Refused, TraceContext};
 use super::publisher::{Durable, Publisher};
 use super::spool::SpoolError;
 use crate::shutdown::Drain;
@@ -67,8 +67,14 @@ impl EventsApi {
         EventsServer::new(self.clone())
     }
 
-    fn build(&self, event_type: &str, data: &[u8], id: &str) -> Result<Outgoing, Refused> {
-        let event = envelope::build(&self.allowed, &self.service, event_type, data, id)?;
+    fn build(
+        &self,
+        event_type: &str,
+        data: &[u8],
+        id: &str,
+        trace: Option<&TraceContext>,
+    ) -> Result<Outgoing, Refused> {
+        let event = envelope::build(&self.allowed, &self.service, event_type, data, id, trace)?;
         let limit = self
             .max_payload
             .load(Ordering::Relaxed)
@@ -119,11 +125,10 @@ pub async fn http_publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, Json<Value>) {
-    let id = headers
-        .get("streamgate-event-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let result = match api.build(&event_type, &body, id) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let id = header("streamgate-event-id").unwrap_or_default();
+    let trace = TraceContext::from_headers(header("traceparent"), header("tracestate"));
+    let result = match api.build(&event_type, &body, id, trace.as_ref()) {
         Ok(event) => {
             let id = event.id.clone();
             api.publish(vec![event]).await.map(|d| (id, d[0]))
@@ -169,6 +174,12 @@ fn status(failure: Failure) -> Status {
     }
 }
 
+/// The W3C trace context of a gRPC call (its `traceparent` / `tracestate` metadata).
+fn grpc_trace(metadata: &tonic::metadata::MetadataMap) -> Option<TraceContext> {
+    let get = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    TraceContext::from_headers(get("traceparent"), get("tracestate"))
+}
+
 fn responses(ids: Vec<String>, durable: Vec<Durable>) -> Vec<pb::PublishResponse> {
     ids.into_iter()
         .zip(durable)
@@ -185,9 +196,10 @@ impl Events for EventsApi {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        let trace = grpc_trace(request.metadata());
         let r = request.into_inner();
         let event = self
-            .build(&r.r#type, r.data_json.as_bytes(), &r.id)
+            .build(&r.r#type, r.data_json.as_bytes(), &r.id, trace.as_ref())
             .map_err(|e| status(Failure::Refused(e)))?;
         let id = event.id.clone();
         let durable = EventsApi::publish(self, vec![event])
@@ -200,12 +212,13 @@ impl Events for EventsApi {
         &self,
         request: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
+        let trace = grpc_trace(request.metadata());
         let requests = request.into_inner().events;
         // All or nothing at validation: one bad event refuses the batch, naming it.
         let mut events = Vec::with_capacity(requests.len());
         for (i, r) in requests.iter().enumerate() {
             let event = self
-                .build(&r.r#type, r.data_json.as_bytes(), &r.id)
+                .build(&r.r#type, r.data_json.as_bytes(), &r.id, trace.as_ref())
                 .map_err(|e| {
                     let mut s = status(Failure::Refused(e));
                     s = Status::new(s.code(), format!("events[{i}]: {}", s.message()));

@@ -3,7 +3,7 @@
 //! `streamgate.dlq.<service>.<type>` with the last error and stop its redelivery.
 
 use super::dedupe::Dedupe;
-use super::envelope::id_of;
+use super::envelope::{TraceContext, id_of};
 use super::error::{DeadLetterError, DeliveryError};
 use super::metrics::EventMetrics;
 use crate::backoff::Backoff;
@@ -151,12 +151,20 @@ async fn post(
     id: &str,
     attempt: i64,
 ) -> Result<(), DeliveryError> {
-    let response = target
+    let mut request = target
         .http
         .post(&target.url)
         .header("content-type", "application/json")
         .header("streamgate-event-id", id)
-        .header("streamgate-delivery-attempt", attempt.to_string())
+        .header("streamgate-delivery-attempt", attempt.to_string());
+    // The publisher's trace context, so the app's handling joins its trace.
+    if let Some(trace) = TraceContext::from_envelope(&message.payload) {
+        request = request.header("traceparent", trace.traceparent);
+        if let Some(state) = trace.tracestate {
+            request = request.header("tracestate", state);
+        }
+    }
+    let response = request
         .body(message.payload.to_vec())
         .send()
         .await
