@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "streamgate/sidecar/v1/events.proto",
+        "streamgate/app/v1/event_handler.proto",
         "streamgate/demo/v1/upload.proto",
         "streamgate/testing/v1/echo.proto",
     ];

@@ -20,7 +20,9 @@ pub struct Events {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(regex(pattern = EVENT_TYPE_PATTERN), length(max = 128)))]
     pub publish: Vec<String>,
-    /// Event types delivered to the app, each by HTTP POST to its `path`.
+    /// Event types delivered to the app: by a call of `streamgate.app.v1.EventHandler/Handle`
+    /// for gRPC apps, by HTTP POST to the subscription's `path` for HTTP apps (each
+    /// subscription's `delivery` may choose otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub subscribe: Vec<Subscription>,
@@ -35,14 +37,26 @@ pub struct Subscription {
     #[serde(rename = "type")]
     #[schemars(regex(pattern = EVENT_TYPE_PATTERN), length(max = 128))]
     pub event_type: String,
-    /// The app's HTTP path that receives the event envelope as a POST body.
+    /// The app's HTTP path that receives the event envelope as a POST body (HTTP delivery).
     #[serde(default = "default_path")]
     #[schemars(regex(pattern = r"^/"), length(min = 1, max = 1024))]
     pub path: String,
+    /// How the event reaches the app: `grpc` (`streamgate.app.v1.EventHandler/Handle`) or
+    /// `http` (POST to `path`). Default: the service's `protocol`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<EventDelivery>,
     /// Delivery attempts before the event goes to `streamgate.dlq.<service>.<type>`.
     #[serde(default = "default_max_deliver")]
     #[schemars(range(min = 1, max = 100))]
     pub max_deliver: i32,
+}
+
+/// How subscribed events reach the app.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventDelivery {
+    Grpc,
+    Http,
 }
 
 fn default_path() -> String {

@@ -1,6 +1,7 @@
 //! StreamGate's protobuf APIs, generated at build time by tonic/prost from `proto/streamgate`.
 //!
 //! - [`sidecar::v1`]: the sidecar's app-facing events API.
+//! - [`app::v1`]: what a gRPC app implements to receive its events.
 //! - [`demo::v1`]: the demo app's upload service (the seed's UploadService, simplified).
 //! - [`testing::v1`]: an echo service in all four call kinds, for the forwarding tests
 //!   and benchmark.
@@ -8,6 +9,12 @@
 pub mod sidecar {
     pub mod v1 {
         tonic::include_proto!("streamgate.sidecar.v1");
+    }
+}
+
+pub mod app {
+    pub mod v1 {
+        tonic::include_proto!("streamgate.app.v1");
     }
 }
 

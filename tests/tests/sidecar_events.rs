@@ -249,7 +249,10 @@ async fn published_event_reaches_the_subscriber_with_its_envelope_intact() -> Re
         nats: nats(env.nats_url()),
         pod_name: None,
     };
-    let subscriber = Pod::start(&dir, spec(&meta, subscribe(&t, 5))).await?;
+    // HTTP delivery, asked for by the subscription (the service's protocol is gRPC).
+    let http_delivery =
+        format!("{{subscribe: [{{type: {t}, path: /events, maxDeliver: 5, delivery: http}}]}}");
+    let subscriber = Pod::start(&dir, spec(&meta, http_delivery)).await?;
     wait_consumer(env.nats_url(), &meta, &t).await?;
     let publisher = Pod::start(&dir, spec(&upload, publish(&t))).await?;
 
@@ -693,6 +696,85 @@ async fn the_publishers_trace_context_reaches_the_subscriber_through_the_spool()
         .find(|r| r["eventId"] == "plain-1")
         .context("the plain event")?;
     assert_eq!(plain["traceparent"], "", "no context was given: {plain}");
+    Ok(())
+}
+
+/// A gRPC app (the default protocol) receives its events through
+/// `streamgate.app.v1.EventHandler/Handle` with the event's fields and envelope; a RETRY
+/// answer is redelivered with backoff until it is handled; DEAD_LETTER dead-letters at
+/// once, without using up the remaining attempts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_app_receives_events_and_its_answers_settle_them() -> Result<()> {
+    let env = TestEnv::new("events-grpc").await?;
+    let dir = log_dir("events-grpc");
+    let t = event_type(&env, "grpc");
+    let (source, sink) = (env.unique("source"), env.unique("sink"));
+    let spec = |service, events| PodSpec {
+        service,
+        consul: env.consul_addr(),
+        events,
+        nats: nats(env.nats_url()),
+        pod_name: None,
+    };
+    let subscriber = Pod::start(&dir, spec(&sink, subscribe(&t, 5))).await?;
+    wait_consumer(env.nats_url(), &sink, &t).await?;
+    let publisher = Pod::start(&dir, spec(&source, publish(&t))).await?;
+    let attempts_of = |records: &[Value], id: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r["eventId"] == id)
+            .map(|r| r["attempt"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+
+    let (status, body) = publisher
+        .publish_http(&t, r#"{"n":1}"#, Some("g-1"))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    wait_accepted(&subscriber, 1, Duration::from_secs(30)).await?;
+    let received = subscriber.received().await?;
+    let first = received
+        .iter()
+        .find(|r| r["eventId"] == "g-1")
+        .context("g-1")?;
+    assert_eq!(first["path"], "streamgate.app.v1.EventHandler/Handle");
+    assert_eq!(first["grpc"]["type"], t.as_str());
+    assert_eq!(first["grpc"]["source"], source.as_str());
+    assert_eq!(first["grpc"]["data"], json!({"n": 1}));
+    assert_eq!(first["event"]["id"], "g-1", "the whole envelope: {first}");
+
+    // RETRY: redelivered (250 ms, then doubling) until the app takes it.
+    subscriber.fail_deliveries(503).await?;
+    publisher.publish_http(&t, "{}", Some("g-2")).await?;
+    eventually("g-2 is redelivered", Duration::from_secs(30), || async {
+        let attempts = attempts_of(&subscriber.received().await?, "g-2");
+        Ok((attempts.len() >= 2).then_some(()))
+    })
+    .await?;
+    subscriber.fail_deliveries(0).await?;
+    let accepted = wait_accepted(&subscriber, 2, Duration::from_secs(30)).await?;
+    assert!(accepted.contains_key("g-2"), "{accepted:?}");
+    assert!(subscriber.metric("events_redelivered_total").await? >= 1.0);
+
+    // DEAD_LETTER: one attempt, then the dead letter with the app's reason.
+    http()
+        .post(format!("http://{}/admin/events/fail", subscriber.app.addr))
+        .json(&json!({"status": 422, "deadLetter": true}))
+        .send()
+        .await?
+        .error_for_status()?;
+    publisher.publish_http(&t, "{}", Some("g-3")).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats_url()).await?);
+    let letter = dead_letter(&js, &format!("streamgate.dlq.{sink}.{t}")).await?;
+    assert_eq!(letter["event"]["id"], "g-3", "{letter}");
+    assert!(
+        letter["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refuses this event for good"),
+        "{letter}"
+    );
+    assert_eq!(attempts_of(&subscriber.received().await?, "g-3"), ["1"]);
     Ok(())
 }
 

@@ -7,7 +7,8 @@
 //!   `grpc.health.v1.Health`; tests flip it with `POST /admin/health {"healthy": false}`.
 //! - [`upload`]: `streamgate.demo.v1.UploadService`, in memory, answering with the pod
 //!   name so tests can see which instance served a call.
-//! - [`events`]: receives subscribed events by HTTP POST and records them for tests.
+//! - [`events`]: receives subscribed events (HTTP POST or gRPC `EventHandler/Handle`)
+//!   and records them for tests.
 //! - [`publish`]: publishes events through the sidecar's gRPC API.
 //! - [`call`]: calls another service's UploadService through the sidecar.
 //! - [`http`]: the HTTP routes.
@@ -83,10 +84,11 @@ pub fn main() -> ExitCode {
 pub async fn run(cli: Cli) -> std::io::Result<()> {
     let switch = health::HealthSwitch::new(!cli.start_unhealthy).await;
     let stopping = Arc::new(AtomicBool::new(false));
+    let log = std::sync::Arc::new(events::EventLog::default());
     let grpc = tonic::service::Routes::new(upload::server(cli.pod_name.clone(), stopping.clone()))
         .add_service(switch.grpc_server())
+        .add_service(events::grpc_server(log.clone()))
         .into_axum_router();
-    let log = std::sync::Arc::new(events::EventLog::default());
     let app = grpc
         .merge(http::router(switch.clone()))
         .merge(events::router(&cli.event_paths, log))

@@ -326,6 +326,8 @@ fn parse_subscriptions(value: &str) -> Result<Vec<Subscription>, FieldError> {
                 event_type: event_type.trim().to_string(),
                 path: path.trim().to_string(),
                 max_deliver,
+                // By the pod's protocol annotation, as for a StreamGateService.
+                delivery: None,
             })
         })
         .collect()

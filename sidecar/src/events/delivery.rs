@@ -1,11 +1,13 @@
-//! One event to the app: POST the envelope to the subscription's path, then ack on 2xx,
-//! nak with a growing delay otherwise, and after `maxDeliver` attempts publish it to
+//! One event to the app (by HTTP or gRPC, see [`super::receiver`]), then ack when it was
+//! handled, nak with a growing delay when not, and after `maxDeliver` attempts (or at
+//! once when a gRPC app answers DEAD_LETTER) publish it to
 //! `streamgate.dlq.<service>.<type>` with the last error and stop its redelivery.
 
 use super::dedupe::Dedupe;
-use super::envelope::{TraceContext, id_of};
-use super::error::{DeadLetterError, DeliveryError};
+use super::envelope::id_of;
+use super::error::DeadLetterError;
 use super::metrics::EventMetrics;
+use super::receiver::{AppReceiver, NotTaken};
 use crate::backoff::Backoff;
 use crate::health::AppHealth;
 use crate::health::thresholds::Health;
@@ -18,10 +20,9 @@ use tokio::sync::watch;
 pub struct DeliveryTarget {
     pub service: String,
     pub event_type: String,
-    pub url: String,
+    pub app: AppReceiver,
     pub max_deliver: i64,
     pub ack_wait: Duration,
-    pub http: reqwest::Client,
     pub js: jetstream::Context,
     pub health: watch::Receiver<AppHealth>,
     pub dedupe: Mutex<Dedupe>,
@@ -61,7 +62,7 @@ pub async fn deliver(target: &DeliveryTarget, message: Message) {
     wait_healthy(target, &message).await;
 
     let started = Instant::now();
-    let result = post(target, &message, &id, attempt).await;
+    let result = target.app.deliver(&message, &id, attempt).await;
     target
         .metrics
         .delivery_duration
@@ -72,12 +73,16 @@ pub async fn deliver(target: &DeliveryTarget, message: Message) {
             target.metrics.delivered.inc();
             settle(&message, AckKind::Ack).await;
         }
-        Err(error) if attempt >= target.max_deliver => {
+        Err(NotTaken::DeadLetter(reason)) => {
+            tracing::warn!(%id, attempt, %reason, subject = %target.dlq_subject(), "dead-lettering at the app's word");
+            dead_letter_or_give_up(target, &message, &id, attempt, sequence, &reason).await;
+        }
+        Err(NotTaken::Retry(error)) if attempt >= target.max_deliver => {
             tracing::warn!(%id, attempt, %error, subject = %target.dlq_subject(), "dead-lettering");
             let error = error.to_string();
             dead_letter_or_give_up(target, &message, &id, attempt, sequence, &error).await;
         }
-        Err(error) => {
+        Err(NotTaken::Retry(error)) => {
             let delay = redelivery_delay(attempt);
             tracing::debug!(%id, attempt, %error, ?delay, "delivery failed: redelivering");
             target.metrics.redelivered.inc();
@@ -143,42 +148,6 @@ async fn wait_healthy(target: &DeliveryTarget, message: &Message) {
             Err(_) => settle(message, AckKind::Progress).await,
         }
     }
-}
-
-async fn post(
-    target: &DeliveryTarget,
-    message: &Message,
-    id: &str,
-    attempt: i64,
-) -> Result<(), DeliveryError> {
-    let mut request = target
-        .http
-        .post(&target.url)
-        .header("content-type", "application/json")
-        .header("streamgate-event-id", id)
-        .header("streamgate-delivery-attempt", attempt.to_string());
-    // The publisher's trace context, so the app's handling joins its trace.
-    if let Some(trace) = TraceContext::from_envelope(&message.payload) {
-        request = request.header("traceparent", trace.traceparent);
-        if let Some(state) = trace.tracestate {
-            request = request.header("tracestate", state);
-        }
-    }
-    let response = request
-        .body(message.payload.to_vec())
-        .send()
-        .await
-        .map_err(DeliveryError::Request)?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    let body = response.text().await.unwrap_or_default();
-    let body: String = body.chars().take(200).collect();
-    Err(DeliveryError::Refused {
-        status,
-        body: body.trim().to_string(),
-    })
 }
 
 async fn dead_letter(

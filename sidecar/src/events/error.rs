@@ -31,6 +31,8 @@ pub enum StartError {
     },
     #[error("HTTP client for deliveries: {}", crate::error_chain(.0))]
     HttpClient(#[source] reqwest::Error),
+    #[error("gRPC endpoint of the app for deliveries: {0}")]
+    AppEndpoint(#[source] tonic::transport::Error),
 }
 
 /// Why the stream could not be created or updated (retried by its callers).
@@ -71,6 +73,10 @@ pub enum DeliveryError {
         /// The start of the app's answer, for the log and the dead letter.
         body: String,
     },
+    #[error("the app answered gRPC {}: {}", .0.code(), .0.message())]
+    Grpc(tonic::Status),
+    #[error("the app asked for a retry: {0}")]
+    AskedToRetry(String),
 }
 
 /// Why a dead letter could not be published.

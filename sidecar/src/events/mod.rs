@@ -6,9 +6,10 @@
 //! in order when NATS is back.
 //!
 //! Subscribing, JetStream → app: [`subscriber`] pulls from one durable consumer per
-//! (service, type) shared by all replicas, while the app is healthy; [`delivery`] POSTs
-//! each event to the app and acks, naks with backoff or dead-letters it; [`dedupe`]
-//! keeps an id the app accepted from reaching it twice.
+//! (service, type) shared by all replicas, while the app is healthy; [`delivery`] hands
+//! each event to the app ([`receiver`]: HTTP POST or gRPC `EventHandler/Handle`) and
+//! acks, naks with backoff or dead-letters it; [`dedupe`] keeps an id the app accepted
+//! from reaching it twice.
 //!
 //! [`connect`] owns the connection, credentials and the stream; [`metrics`] counts it all;
 //! [`error`] names what failed.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod flusher;
 pub mod metrics;
 pub mod publisher;
+pub mod receiver;
 pub mod spool;
 pub mod subscriber;
 
@@ -33,8 +35,11 @@ use async_nats::jetstream;
 use delivery::DeliveryTarget;
 pub use error::StartError;
 use metrics::EventMetrics;
+use receiver::AppReceiver;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use streamgate_crds::events::EventDelivery;
+use streamgate_crds::service::Protocol;
 use tokio::sync::watch;
 
 /// Most ids remembered per subscription for dedupe, whatever the window.
@@ -143,18 +148,27 @@ fn start_subscribers(
         .timeout(events.delivery_timeout)
         .build()
         .map_err(StartError::HttpClient)?;
+    let authority = settings.health.authority_for(service.port);
     for subscription in &service.events.subscribe {
+        let by_grpc = match subscription.delivery {
+            Some(delivery) => delivery == EventDelivery::Grpc,
+            None => service.protocol == Protocol::Grpc,
+        };
+        let app = if by_grpc {
+            AppReceiver::grpc(&authority, events.delivery_timeout)
+                .map_err(StartError::AppEndpoint)?
+        } else {
+            AppReceiver::Http {
+                url: format!("http://{authority}{}", subscription.path),
+                client: http.clone(),
+            }
+        };
         let target = Arc::new(DeliveryTarget {
             service: service.service_name.clone(),
             event_type: subscription.event_type.clone(),
-            url: format!(
-                "http://{}{}",
-                settings.health.authority_for(service.port),
-                subscription.path
-            ),
+            app,
             max_deliver: subscription.max_deliver.into(),
             ack_wait: events.delivery_timeout + std::time::Duration::from_secs(20),
-            http: http.clone(),
             js: js.clone(),
             health: health.clone(),
             dedupe: Mutex::new(dedupe::Dedupe::new(events.duplicate_window, DEDUPE_ENTRIES)),

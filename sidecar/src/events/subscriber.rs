@@ -50,7 +50,7 @@ pub async fn run(
                 }
             }
         };
-        tracing::info!(consumer = %name, url = %target.url, "delivering events");
+        tracing::info!(consumer = %name, to = %target.app.describe(), "delivering events");
         backoff.reset();
         let outcome = tokio::select! {
             outcome = pull_loop(&consumer, &target, &slots) => outcome,
