@@ -49,11 +49,11 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    match state.readiness.check() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(why) => (
+    match state.readiness.explain() {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", why.as_str()),
+            format!("not ready: {why}\n"),
         ),
     }
 }

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub consul_registered: Gauge,
     /// 1 while `/readyz` answers 200.
     pub ready: Gauge,
+    /// 0 while the event relay cannot set up its streams or consumers on a reachable NATS.
+    pub event_relay_working: Gauge,
     pub health_checks: Family<ResultLabels, Counter>,
     pub health_check_duration: Histogram,
     pub health_transitions: Counter,
@@ -64,6 +66,11 @@ impl Metrics {
             app_healthy: Gauge::default(),
             consul_registered: Gauge::default(),
             ready: Gauge::default(),
+            event_relay_working: {
+                let working = Gauge::default();
+                working.set(1);
+                working
+            },
             health_checks: Family::default(),
             // 0.5 ms .. ~4 s: loopback checks are sub-millisecond, timeouts are seconds.
             health_check_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -89,6 +96,11 @@ impl Metrics {
             "ready",
             "Whether /readyz reports ready (1)",
             metrics.ready.clone(),
+        );
+        registry.register(
+            "event_relay_working",
+            "0 while the event relay cannot set up its streams or consumers on a reachable NATS",
+            metrics.event_relay_working.clone(),
         );
         registry.register(
             "health_checks",

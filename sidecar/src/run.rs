@@ -105,6 +105,7 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
         settings,
         health_rx.clone(),
         metrics.events.clone(),
+        readiness.clone(),
         drain.clone(),
         stop_rx,
     )

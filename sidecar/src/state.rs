@@ -1,17 +1,24 @@
 //! Readiness: the app is healthy AND the instance is registered in Consul AND the pod
-//! is not shutting down. `/readyz` answers from here, and so does the `ready` metric.
+//! is not shutting down AND the event relay can work (its streams and consumers could be
+//! set up on a reachable NATS). `/readyz` answers from here, and so does the `ready`
+//! metric.
 //!
-//! Three independent writers (health checker, registration, shutdown) each own one
-//! flag; atomics keep them from ever waiting on each other.
+//! Independent writers (health checker, registration, shutdown, relay parts) each own
+//! their flag; atomics keep them from ever waiting on each other, and the relay's
+//! problems sit behind a lock of their own, held only to copy a string.
 
 use crate::metrics::Metrics;
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub struct Readiness {
     app_healthy: AtomicBool,
     registered: AtomicBool,
     draining: AtomicBool,
+    /// What keeps the event relay from working, by the part that found it (the stream,
+    /// each subscription's consumer). Empty when it works or only waits for NATS.
+    relay_problems: Mutex<BTreeMap<String, String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -21,6 +28,7 @@ pub enum NotReady {
     Draining,
     AppUnhealthy,
     NotRegistered,
+    RelayBroken,
 }
 
 impl NotReady {
@@ -29,6 +37,7 @@ impl NotReady {
             NotReady::Draining => "shutting down",
             NotReady::AppUnhealthy => "the app is not healthy",
             NotReady::NotRegistered => "the instance is not registered in Consul",
+            NotReady::RelayBroken => "the event relay cannot work",
         }
     }
 }
@@ -39,8 +48,47 @@ impl Readiness {
             app_healthy: AtomicBool::new(false),
             registered: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            relay_problems: Mutex::new(BTreeMap::new()),
             metrics,
         }
+    }
+
+    /// Records (or, with `None`, clears) why the relay part `part` cannot work.
+    pub fn set_relay_problem(&self, part: &str, problem: Option<String>) {
+        let mut problems = self.lock_relay();
+        let changed = match problem {
+            Some(problem) => problems.insert(part.to_string(), problem.clone()) != Some(problem),
+            None => problems.remove(part).is_some(),
+        };
+        let broken = !problems.is_empty();
+        drop(problems);
+        if changed {
+            self.metrics.event_relay_working.set((!broken).into());
+            self.publish();
+        }
+    }
+
+    /// What keeps relay part `part` from working, if anything.
+    pub fn relay_problem(&self, part: &str) -> Option<String> {
+        self.lock_relay().get(part).cloned()
+    }
+
+    /// Why the sidecar is not ready, in full: the reason and, for the relay, what it met.
+    pub fn explain(&self) -> Option<String> {
+        let why = self.check().err()?;
+        let mut text = why.as_str().to_string();
+        if why == NotReady::RelayBroken {
+            for (part, problem) in self.lock_relay().iter() {
+                text.push_str(&format!("; {part}: {problem}"));
+            }
+        }
+        Some(text)
+    }
+
+    fn lock_relay(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.relay_problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn check(&self) -> Result<(), NotReady> {
@@ -50,6 +98,8 @@ impl Readiness {
             Err(NotReady::AppUnhealthy)
         } else if !self.registered.load(Ordering::Acquire) {
             Err(NotReady::NotRegistered)
+        } else if !self.lock_relay().is_empty() {
+            Err(NotReady::RelayBroken)
         } else {
             Ok(())
         }
@@ -92,6 +142,22 @@ mod tests {
         r.set_app_healthy(true);
         assert_eq!(r.check(), Err(NotReady::NotRegistered));
         r.set_registered(true);
+        assert_eq!(r.check(), Ok(()));
+        r.set_relay_problem("stream", Some("subjects overlap".into()));
+        r.set_relay_problem("consumer a", Some("no stream captures x".into()));
+        assert_eq!(r.check(), Err(NotReady::RelayBroken));
+        let why = r.explain().unwrap();
+        assert!(
+            why.contains("subjects overlap") && why.contains("consumer a"),
+            "{why}"
+        );
+        r.set_relay_problem("stream", None);
+        assert_eq!(
+            r.check(),
+            Err(NotReady::RelayBroken),
+            "one part still cannot work"
+        );
+        r.set_relay_problem("consumer a", None);
         assert_eq!(r.check(), Ok(()));
         r.start_draining();
         assert_eq!(r.check(), Err(NotReady::Draining));

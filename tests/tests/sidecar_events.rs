@@ -38,6 +38,13 @@ struct PodSpec<'a> {
 
 impl Pod {
     async fn start(dir: &Path, spec: PodSpec<'_>) -> Result<Pod> {
+        let pod = Self::launch(dir, spec).await?;
+        pod.sidecar.wait_ready(Duration::from_secs(30)).await?;
+        Ok(pod)
+    }
+
+    /// The app and its sidecar, without waiting for the sidecar to be ready.
+    async fn launch(dir: &Path, spec: PodSpec<'_>) -> Result<Pod> {
         let ip = pod_ip();
         let app_listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let app_addr: SocketAddr = format!("{ip}:{}", free_port()?).parse()?;
@@ -65,7 +72,6 @@ impl Pod {
         );
         options.pod_name = Some(pod_name);
         let sidecar = Sidecar::start(dir, &options)?;
-        sidecar.wait_ready(Duration::from_secs(30)).await?;
         Ok(Pod {
             app,
             sidecar,
@@ -778,6 +784,241 @@ async fn a_grpc_app_receives_events_and_its_answers_settle_them() -> Result<()> 
     Ok(())
 }
 
+/// The seed's work queue as its Go services create it (the issue's account of them):
+/// stream `TRANSCODING` on `streamgate.transcoding.tasks`, work-queue retention, file
+/// storage; `TRANSCODING_DLQ` on `streamgate.transcoding.dlq`.
+async fn create_seed_queue(js: &async_nats::jetstream::Context) -> Result<()> {
+    use async_nats::jetstream::stream::{Config, RetentionPolicy, StorageType};
+    for (name, subject) in [
+        ("TRANSCODING", "streamgate.transcoding.tasks"),
+        ("TRANSCODING_DLQ", "streamgate.transcoding.dlq"),
+    ] {
+        js.create_stream(Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating the seed's {name} the seed's way"))?;
+    }
+    Ok(())
+}
+
+/// The seed's queue exists before the sidecars: a subscription to its subject binds to
+/// it, everything else goes to StreamGate's stream, which captures only declared subjects
+/// (not `streamgate.>`, which would overlap the seed's), and events flow both ways.
+#[tokio::test(flavor = "multi_thread")]
+async fn sidecars_bind_to_the_seeds_queue_when_it_exists_first() -> Result<()> {
+    let env = TestEnv::new("events-seed-first").await?;
+    let dir = log_dir("events-seed-first");
+    let server = NatsServer::start_new(
+        &env.platform.info.tools.nats_server,
+        &dir.join("nats"),
+        None,
+    )
+    .await?;
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+    create_seed_queue(&js).await?;
+
+    let (worker, gateway) = (env.unique("worker"), env.unique("gateway"));
+    let spec = |service, events| PodSpec {
+        service,
+        consul: env.consul_addr(),
+        events,
+        nats: nats(&server.url()),
+        pod_name: None,
+    };
+    let subscriber = Pod::start(
+        &dir,
+        spec(
+            &worker,
+            "{subscribe: [{type: transcoding.tasks, path: /events, maxDeliver: 5}, {type: file.uploaded, path: /events, maxDeliver: 5}]}".into(),
+        ),
+    )
+    .await?;
+    let publisher = Pod::start(
+        &dir,
+        spec(
+            &gateway,
+            "{publish: [transcoding.tasks, file.uploaded]}".into(),
+        ),
+    )
+    .await?;
+    let consumer = format!("{worker}--transcoding_tasks");
+    let queue = js.get_stream("TRANSCODING").await?;
+    queue.consumer_info(&consumer).await.with_context(|| {
+        format!(
+            "the subscription's consumer is on the seed's stream: {}",
+            subscriber.sidecar.log_tail(20)
+        )
+    })?;
+
+    for (t, id) in [("transcoding.tasks", "task-1"), ("file.uploaded", "file-1")] {
+        let (status, body) = publisher.publish_http(t, "{}", Some(id)).await?;
+        assert_eq!(
+            (status, &body["spooled"]),
+            (200, &json!(false)),
+            "{t}: {body}"
+        );
+    }
+    let got = wait_accepted(&subscriber, 2, Duration::from_secs(30)).await?;
+    assert!(
+        got.contains_key("task-1") && got.contains_key("file-1"),
+        "{got:?}"
+    );
+    let ours = js
+        .get_stream(STREAM)
+        .await?
+        .info()
+        .await?
+        .config
+        .subjects
+        .clone();
+    assert!(
+        !ours
+            .iter()
+            .any(|s| s.contains('>') || s == "streamgate.transcoding.tasks"),
+        "StreamGate's stream leaves the seed's subject alone: {ours:?}"
+    );
+    assert!(
+        ours.contains(&"streamgate.file.uploaded".to_string()),
+        "{ours:?}"
+    );
+    Ok(())
+}
+
+/// The sidecars first, the seed's queue after: the seed creates it without "subjects
+/// overlap", its messages land in it, and the sidecars' events keep flowing. A sidecar
+/// cannot change the stream's retention either.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seeds_queue_can_be_created_after_the_sidecars() -> Result<()> {
+    let env = TestEnv::new("events-seed-after").await?;
+    let dir = log_dir("events-seed-after");
+    let server = NatsServer::start_new(
+        &env.platform.info.tools.nats_server,
+        &dir.join("nats"),
+        None,
+    )
+    .await?;
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+    // StreamGate's stream exists with an operator's retention (1 h) and another subject.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["streamgate.job.submitted".into()],
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await?;
+    let (sink, source) = (env.unique("sink"), env.unique("source"));
+    let spec = |service, events| PodSpec {
+        service,
+        consul: env.consul_addr(),
+        events,
+        nats: nats(&server.url()),
+        pod_name: None,
+    };
+    let subscriber = Pod::start(&dir, spec(&sink, subscribe("file.uploaded", 5))).await?;
+    wait_consumer(&server.url(), &sink, "file.uploaded").await?;
+    let publisher = Pod::start(&dir, spec(&source, publish("file.uploaded"))).await?;
+
+    create_seed_queue(&js).await?;
+    js.publish("streamgate.transcoding.tasks", "{}".into())
+        .await?
+        .await
+        .context("the seed's task lands in its own queue")?;
+    assert_eq!(
+        js.get_stream("TRANSCODING")
+            .await?
+            .info()
+            .await?
+            .state
+            .messages,
+        1
+    );
+    let (status, body) = publisher
+        .publish_http("file.uploaded", "{}", Some("f-1"))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let got = wait_accepted(&subscriber, 1, Duration::from_secs(30)).await?;
+    assert!(got.contains_key("f-1"), "{got:?}");
+
+    let config = js.get_stream(STREAM).await?.info().await?.config.clone();
+    assert_eq!(
+        config.max_age,
+        Duration::from_secs(3600),
+        "retention untouched"
+    );
+    assert!(
+        config
+            .subjects
+            .contains(&"streamgate.job.submitted".to_string())
+    );
+    assert!(
+        config
+            .subjects
+            .contains(&"streamgate.file.uploaded".to_string())
+    );
+    Ok(())
+}
+
+/// A subscription that cannot start on a reachable NATS (the seed's work queue already
+/// has an unfiltered consumer, so no other may read it) keeps the sidecar not ready,
+/// and `/readyz` and the metric say why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_that_cannot_start_keeps_the_sidecar_not_ready_saying_why() -> Result<()> {
+    let env = TestEnv::new("events-cannot-start").await?;
+    let dir = log_dir("events-cannot-start");
+    let server = NatsServer::start_new(
+        &env.platform.info.tools.nats_server,
+        &dir.join("nats"),
+        None,
+    )
+    .await?;
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+    create_seed_queue(&js).await?;
+    js.create_consumer_on_stream(
+        async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("seed-worker".into()),
+            ..Default::default()
+        },
+        "TRANSCODING",
+    )
+    .await?;
+    let worker = env.unique("worker");
+    let pod = Pod::launch(
+        &dir,
+        PodSpec {
+            service: &worker,
+            consul: env.consul_addr(),
+            events: subscribe("transcoding.tasks", 5),
+            nats: nats(&server.url()),
+            pod_name: None,
+        },
+    )
+    .await?;
+    let why = eventually(
+        "/readyz says the relay cannot work",
+        Duration::from_secs(30),
+        || async {
+            let response = http()
+                .get(format!("http://{}/readyz", pod.sidecar.admin))
+                .send()
+                .await?;
+            let (status, body) = (response.status().as_u16(), response.text().await?);
+            Ok((status == 503 && body.contains("event relay")).then_some(body))
+        },
+    )
+    .await?;
+    assert!(
+        why.contains("subscription transcoding.tasks") && why.contains("TRANSCODING"),
+        "{why}"
+    );
+    assert_eq!(pod.metric("event_relay_working").await?, 0.0);
+    Ok(())
+}
+
 /// The last dead letter on `subject`, once it is in the stream.
 async fn dead_letter(js: &async_nats::jetstream::Context, subject: &str) -> Result<Value> {
     let letter = eventually(
@@ -1033,6 +1274,18 @@ async fn forbidden_and_malformed_publishes_are_refused_with_their_codes() -> Res
     assert_eq!(status, 413, "oversized event: {answer}");
     let error = answer["error"].as_str().unwrap_or_default();
     assert!(error.contains("max_payload"), "{error}");
+    // Far larger (past what the HTTP server would buffer by default): refused the same
+    // way, from its length, before it is read whole.
+    let huge = format!("{{\"blob\": \"{}\"}}", "x".repeat(3 * 1024 * 1024));
+    let (status, answer) = publisher.publish_http(&t, &huge, None).await?;
+    assert_eq!(status, 413, "huge event: {answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_payload"),
+        "{answer}"
+    );
     let (status, answer) = publisher.publish_http(&t, "{}", None).await?;
     assert_eq!(status, 200, "the next event: {answer}");
     Ok(())

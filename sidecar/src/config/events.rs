@@ -14,6 +14,10 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub struct EventSettings {
     /// False when the service neither publishes nor subscribes: no NATS connection at all.
     pub enabled: bool,
+    /// Every subject the relay uses: `streamgate.<type>` of each published and subscribed
+    /// type, and each subscription's dead-letter subject. Each must be captured by some
+    /// stream (StreamGate's own, or one that exists already, e.g. the seed's).
+    pub subjects: Vec<String>,
     pub url: String,
     pub credentials_dir: Option<PathBuf>,
     pub spool_dir: PathBuf,
@@ -53,8 +57,24 @@ pub fn resolve(doc: &mut SidecarConfig, env: EnvLookup<'_>) -> Result<EventSetti
     }
     let relay = doc.nats.relay.clone().unwrap_or_default();
     check(&relay)?;
+    let service = &doc.service.service_name;
+    let mut subjects: Vec<String> = events
+        .publish
+        .iter()
+        .chain(events.subscribe.iter().map(|s| &s.event_type))
+        .map(|t| format!("streamgate.{t}"))
+        .chain(
+            events
+                .subscribe
+                .iter()
+                .map(|s| format!("streamgate.dlq.{service}.{}", s.event_type)),
+        )
+        .collect();
+    subjects.sort();
+    subjects.dedup();
     Ok(EventSettings {
         enabled,
+        subjects,
         url,
         credentials_dir: doc
             .nats

@@ -118,13 +118,44 @@ impl EventsApi {
     }
 }
 
+/// The body of `POST /v1/events/{type}`, read no further than the NATS server's
+/// `max_payload`: an event larger than that could never be published, so its body is
+/// refused (413) before it is held in memory whole, whatever its `Content-Length` says.
+async fn bounded_body(
+    api: &EventsApi,
+    body: axum::body::Body,
+) -> Result<Bytes, (StatusCode, String)> {
+    use http_body_util::BodyExt;
+    let limit = api.max_payload.load(Ordering::Relaxed);
+    let too_large = || {
+        format!(
+            "the event is larger than the NATS server's max_payload allows ({limit} bytes per event)"
+        )
+    };
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        // Refused at the first frame when the declared length is over already.
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err((StatusCode::PAYLOAD_TOO_LARGE, too_large()))
+        }
+        Err(e) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("the request body could not be read: {e}"),
+        )),
+    }
+}
+
 /// `POST /v1/events/{type}`.
 pub async fn http_publish(
     State(api): State<EventsApi>,
     Path(event_type): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> (StatusCode, Json<Value>) {
+    let body = match bounded_body(&api, body).await {
+        Ok(body) => body,
+        Err((status, message)) => return (status, Json(json!({"error": message}))),
+    };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let id = header("streamgate-event-id").unwrap_or_default();
     let trace = TraceContext::from_headers(header("traceparent"), header("tracestate"));

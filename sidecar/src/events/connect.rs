@@ -127,26 +127,115 @@ pub fn context(client: async_nats::Client, settings: &EventSettings) -> jetstrea
         .build(client)
 }
 
-/// Creates the stream over `streamgate.>` or brings its retention up to date.
+/// Makes sure a stream captures every subject the relay uses (`settings.subjects`).
+///
+/// A subject some stream captures already is left to it: StreamGate's own stream from an
+/// earlier sidecar (or an older one over `streamgate.>`), or another application's, such
+/// as the seed's `TRANSCODING` on `streamgate.transcoding.tasks`. Publishing needs no
+/// more than that, and subscriptions bind their consumer to whichever stream it is
+/// ([`stream_of`]). The subjects no stream captures are added to StreamGate's own stream
+/// (created with the relay's settings if it does not exist). An existing stream's other
+/// settings are never touched: no sidecar can shrink the retention others rely on, and
+/// capturing only declared subjects leaves the rest of `streamgate.>` to other streams.
+/// Sidecars extending the stream at once may overwrite each other's additions; the
+/// check-then-add repeats until every subject is captured, so the last one settles it.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     settings: &EventSettings,
 ) -> Result<(), StreamError> {
-    let config = stream::Config {
-        name: settings.stream.clone(),
-        subjects: vec![format!("{}>", super::envelope::SUBJECT_PREFIX)],
-        max_age: settings.stream_max_age,
-        duplicate_window: settings.duplicate_window,
-        storage: stream::StorageType::File,
-        ..Default::default()
+    let error = |reason: String| StreamError {
+        stream: settings.stream.clone(),
+        reason,
     };
-    js.create_or_update_stream(config)
-        .await
-        .map(|_| ())
-        .map_err(|source| StreamError {
-            stream: settings.stream.clone(),
-            source,
-        })
+    for _ in 0..5 {
+        let mut uncaptured = Vec::new();
+        for subject in &settings.subjects {
+            if stream_of(js, subject).await.map_err(error)?.is_none() {
+                uncaptured.push(subject.clone());
+            }
+        }
+        if uncaptured.is_empty() {
+            return Ok(());
+        }
+        capture(js, settings, uncaptured).await.map_err(error)?;
+    }
+    Err(error(
+        "other sidecars keep changing the stream's subjects; trying again".into(),
+    ))
+}
+
+/// Tells readiness how setting up the streams went. A failure only counts against the
+/// relay while NATS is connected: while it is not, events spool and nothing is broken.
+pub fn report_stream(
+    js: &jetstream::Context,
+    readiness: &crate::state::Readiness,
+    part: &str,
+    result: &Result<(), StreamError>,
+) {
+    match result {
+        Ok(()) => readiness.set_relay_problem(part, None),
+        Err(e) if js.client().connection_state() == async_nats::connection::State::Connected => {
+            let problem = e.to_string();
+            // Once per distinct problem; the retries themselves are not news.
+            if readiness.relay_problem(part).as_deref() != Some(problem.as_str()) {
+                tracing::warn!(error = %problem, "the event relay cannot set up its stream");
+            }
+            readiness.set_relay_problem(part, Some(problem));
+        }
+        Err(e) => tracing::debug!(error = %e, "stream not set up yet: NATS is not connected"),
+    }
+}
+
+/// The stream capturing `subject`, if any.
+pub async fn stream_of(js: &jetstream::Context, subject: &str) -> Result<Option<String>, String> {
+    use async_nats::jetstream::context::GetStreamByNameErrorKind;
+    match js.stream_by_subject(subject).await {
+        Ok(name) => Ok(Some(name)),
+        Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("looking up the stream of {subject}: {e}")),
+    }
+}
+
+/// Adds `subjects` to StreamGate's own stream, creating it when there is none.
+async fn capture(
+    js: &jetstream::Context,
+    settings: &EventSettings,
+    subjects: Vec<String>,
+) -> Result<(), String> {
+    match js.get_stream(&settings.stream).await {
+        Ok(stream) => {
+            let mut config = stream
+                .get_info()
+                .await
+                .map_err(|e| format!("reading its configuration: {e}"))?
+                .config;
+            for subject in subjects {
+                if !config.subjects.contains(&subject) {
+                    config.subjects.push(subject);
+                }
+            }
+            tracing::info!(stream = %settings.stream, subjects = ?config.subjects, "adding subjects to the stream");
+            js.update_stream(config)
+                .await
+                .map(drop)
+                .map_err(|e| format!("adding subjects: {e}"))
+        }
+        Err(_) => {
+            let config = stream::Config {
+                name: settings.stream.clone(),
+                subjects,
+                max_age: settings.stream_max_age,
+                duplicate_window: settings.duplicate_window,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            };
+            tracing::info!(stream = %settings.stream, subjects = ?config.subjects, "creating the stream");
+            js.create_stream(config)
+                .await
+                .map(drop)
+                .map_err(|e| format!("creating it: {e}"))
+        }
+    }
 }
 
 #[cfg(test)]

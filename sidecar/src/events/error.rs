@@ -2,7 +2,7 @@
 //! field), and what makes a subscription start over (retried with backoff).
 
 use async_nats::jetstream::consumer::pull::BatchError;
-use async_nats::jetstream::context::{CreateStreamError, PublishError};
+use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::stream::ConsumerError;
 use std::path::PathBuf;
 
@@ -35,13 +35,13 @@ pub enum StartError {
     AppEndpoint(#[source] tonic::transport::Error),
 }
 
-/// Why the stream could not be created or updated (retried by its callers).
+/// Why the relay's subjects are not all captured by a stream yet (retried by its
+/// callers).
 #[derive(Debug, thiserror::Error)]
-#[error("stream {stream}: {source}")]
+#[error("stream {stream}: {reason}")]
 pub struct StreamError {
     pub stream: String,
-    #[source]
-    pub source: CreateStreamError,
+    pub reason: String,
 }
 
 /// Why a subscription stopped pulling; it starts over after a backoff.
@@ -49,8 +49,14 @@ pub struct StreamError {
 pub enum PullError {
     #[error(transparent)]
     Stream(#[from] StreamError),
-    #[error("consumer: {0}")]
-    Consumer(#[source] ConsumerError),
+    #[error("consumer on stream {stream}: {source}")]
+    Consumer {
+        stream: String,
+        #[source]
+        source: ConsumerError,
+    },
+    #[error("{0}")]
+    NoStream(String),
     #[error("the health checker stopped")]
     HealthStopped,
     #[error("pull request: {0}")]

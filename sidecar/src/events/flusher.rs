@@ -4,7 +4,7 @@
 //! past the longest prefix JetStream acked; the rest are retried next round (those
 //! stored already come back as duplicates, which JetStream drops by `Nats-Msg-Id`).
 
-use super::connect::ensure_stream;
+use super::connect::{ensure_stream, report_stream};
 use super::metrics::EventMetrics;
 use super::publisher::{Window, send_all};
 use super::spool::Spool;
@@ -26,6 +26,7 @@ pub async fn run(
     window: Window,
     settings: EventSettings,
     metrics: Arc<EventMetrics>,
+    readiness: Arc<crate::state::Readiness>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut stream_ready = false;
@@ -45,14 +46,13 @@ pub async fn run(
             }
         }
         if !stream_ready {
-            match ensure_stream(&js, &settings).await {
-                Ok(()) => stream_ready = true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create the stream yet");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
-                }
+            let ensured = ensure_stream(&js, &settings).await;
+            report_stream(&js, &readiness, super::STREAM_PART, &ensured);
+            if ensured.is_err() {
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
             }
+            stream_ready = true;
         }
         match flush_round(&js, &window, &spool, &metrics).await {
             Ok(Round::AllAcked) => backoff.reset(),

@@ -30,6 +30,7 @@ pub mod subscriber;
 use crate::config::Settings;
 use crate::health::AppHealth;
 use crate::shutdown::Drain;
+use crate::state::Readiness;
 use api::EventsApi;
 use async_nats::jetstream;
 use delivery::DeliveryTarget;
@@ -42,6 +43,9 @@ use streamgate_crds::events::EventDelivery;
 use streamgate_crds::service::Protocol;
 use tokio::sync::watch;
 
+/// The relay part that reports on the streams in `/readyz`.
+pub const STREAM_PART: &str = "stream";
+
 /// Most ids remembered per subscription for dedupe, whatever the window.
 const DEDUPE_ENTRIES: usize = 200_000;
 
@@ -52,6 +56,7 @@ pub async fn start(
     settings: &Settings,
     health: watch::Receiver<AppHealth>,
     metrics: Arc<EventMetrics>,
+    readiness: Arc<Readiness>,
     drain: Drain,
     stop: watch::Receiver<bool>,
 ) -> Result<EventsApi, StartError> {
@@ -67,11 +72,17 @@ pub async fn start(
     if !settings.events.enabled {
         return Ok(api);
     }
-    let (js, connected) = connect_relay(settings, api.max_payload.clone()).await?;
+    let (js, connected) = connect_relay(settings, api.max_payload.clone(), &readiness).await?;
     if !service.events.publish.is_empty() {
-        api.publisher = Some(start_publisher(settings, &js, connected, metrics.clone())?);
+        api.publisher = Some(start_publisher(
+            settings,
+            &js,
+            connected,
+            metrics.clone(),
+            readiness.clone(),
+        )?);
     }
-    start_subscribers(settings, &js, health, metrics, stop)?;
+    start_subscribers(settings, &js, health, metrics, readiness, stop)?;
     Ok(api)
 }
 
@@ -81,6 +92,7 @@ pub async fn start(
 async fn connect_relay(
     settings: &Settings,
     max_payload: Arc<AtomicUsize>,
+    readiness: &Readiness,
 ) -> Result<(jetstream::Context, watch::Receiver<bool>), StartError> {
     let events = &settings.events;
     let name = format!(
@@ -98,9 +110,8 @@ async fn connect_relay(
         || js.client().connection_state() == async_nats::connection::State::Connected
     {
         // Best effort now; the flusher and subscribers retry until the stream exists.
-        if let Err(e) = connect::ensure_stream(&js, events).await {
-            tracing::warn!(error = %e, "cannot create the stream yet");
-        }
+        let ensured = connect::ensure_stream(&js, events).await;
+        connect::report_stream(&js, readiness, STREAM_PART, &ensured);
     }
     Ok((js, connected))
 }
@@ -111,6 +122,7 @@ fn start_publisher(
     js: &jetstream::Context,
     connected: watch::Receiver<bool>,
     metrics: Arc<EventMetrics>,
+    readiness: Arc<Readiness>,
 ) -> Result<Arc<publisher::Publisher>, StartError> {
     let events = &settings.events;
     let spool = spool::Spool::open(&events.spool_dir, events.spool_max_bytes, metrics.clone())
@@ -126,6 +138,7 @@ fn start_publisher(
         window.clone(),
         events.clone(),
         metrics.clone(),
+        readiness,
     ));
     Ok(Arc::new(publisher::Publisher::new(
         js.clone(),
@@ -141,6 +154,7 @@ fn start_subscribers(
     js: &jetstream::Context,
     health: watch::Receiver<AppHealth>,
     metrics: Arc<EventMetrics>,
+    readiness: Arc<Readiness>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), StartError> {
     let (events, service) = (&settings.events, &settings.document.service);
@@ -179,6 +193,7 @@ fn start_subscribers(
             events.clone(),
             target,
             events.delivery_in_flight,
+            readiness.clone(),
             stop.clone(),
         ));
     }

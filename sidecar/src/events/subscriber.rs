@@ -4,12 +4,13 @@
 //! nothing while the app is unhealthy, so events wait in the stream for a healthy
 //! replica instead of piling up in one that cannot take them.
 
-use super::connect::ensure_stream;
+use super::connect::{ensure_stream, stream_of};
 use super::delivery::{self, DeliveryTarget};
 use super::error::PullError;
 use crate::backoff::Backoff;
 use crate::config::events::EventSettings;
 use crate::health::thresholds::Health;
+use crate::state::Readiness;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub async fn run(
     settings: EventSettings,
     target: Arc<DeliveryTarget>,
     in_flight: usize,
+    readiness: Arc<Readiness>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(in_flight));
@@ -37,13 +39,25 @@ pub async fn run(
     while !*stop.borrow() {
         // The stream first: a sidecar that only subscribes may be the first to connect.
         let ensured = match ensure_stream(&js, &settings).await {
-            Ok(()) => ensure_consumer(&js, &settings.stream, &name, &target).await,
+            Ok(()) => ensure_consumer(&js, &name, &target).await,
             Err(e) => Err(e.into()),
         };
+        let part = format!("subscription {}", target.event_type);
         let consumer = match ensured {
-            Ok(consumer) => consumer,
+            Ok(consumer) => {
+                readiness.set_relay_problem(&part, None);
+                consumer
+            }
             Err(e) => {
-                tracing::debug!(consumer = %name, error = %e, "consumer not ready");
+                // Only a reachable NATS that refuses counts: an outage just waits.
+                if js.client().connection_state() == async_nats::connection::State::Connected {
+                    if readiness.relay_problem(&part).as_deref() != Some(&e.to_string()) {
+                        tracing::warn!(consumer = %name, error = %e, "the subscription cannot start");
+                    }
+                    readiness.set_relay_problem(&part, Some(e.to_string()));
+                } else {
+                    tracing::debug!(consumer = %name, error = %e, "consumer not ready");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => continue,
                     _ = stop.changed() => return,
@@ -66,25 +80,44 @@ pub async fn run(
     }
 }
 
+/// The durable consumer on whichever stream captures the subscription's subject.
 async fn ensure_consumer(
     js: &jetstream::Context,
-    stream: &str,
     name: &str,
     target: &DeliveryTarget,
 ) -> Result<consumer::PullConsumer, PullError> {
+    let subject = format!("streamgate.{}", target.event_type);
+    let stream = stream_of(js, &subject)
+        .await
+        .map_err(PullError::NoStream)?
+        .ok_or_else(|| PullError::NoStream(format!("no stream captures {subject}")))?;
+    // A work-queue stream (e.g. the seed's TRANSCODING) takes only consumers that start
+    // at its first message: what it still holds is what nobody has taken yet.
+    let retention = js
+        .get_stream(&stream)
+        .await
+        .map_err(|e| PullError::NoStream(format!("reading stream {stream}: {e}")))?
+        .cached_info()
+        .config
+        .retention;
+    let deliver_policy = if retention == jetstream::stream::RetentionPolicy::WorkQueue {
+        consumer::DeliverPolicy::All
+    } else {
+        consumer::DeliverPolicy::New
+    };
     let config = consumer::pull::Config {
         durable_name: Some(name.to_string()),
-        filter_subject: format!("streamgate.{}", target.event_type),
+        filter_subject: subject,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: target.ack_wait,
         // The sidecar counts attempts itself and dead-letters after the last one.
         max_deliver: -1,
-        deliver_policy: consumer::DeliverPolicy::New,
+        deliver_policy,
         ..Default::default()
     };
-    js.create_consumer_on_stream(config, stream)
+    js.create_consumer_on_stream(config, &stream)
         .await
-        .map_err(PullError::Consumer)
+        .map_err(|source| PullError::Consumer { stream, source })
 }
 
 /// Pulls batches as long as slots are free and the app is healthy.
