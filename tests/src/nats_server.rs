@@ -86,6 +86,20 @@ impl NatsServer {
         .with_context(|| self.log_tail(20))
     }
 
+    /// Sets the server's `max_payload` for its next start (NATS's default is 1 MiB), as
+    /// an operator lowering the limit in the server's configuration does.
+    pub fn set_max_payload(&self, bytes: usize) -> Result<()> {
+        let path = self.config_path();
+        let config = std::fs::read_to_string(&path)?;
+        let kept: String = config
+            .lines()
+            .filter(|l| !l.starts_with("max_payload"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(path, format!("max_payload: {bytes}\n{kept}"))?;
+        Ok(())
+    }
+
     /// Stops the server gracefully (it flushes its store), as a restart of NATS does.
     pub fn stop(&self) {
         if let Some(proc) = self.proc.lock().unwrap_or_else(|e| e.into_inner()).take() {

@@ -1019,6 +1019,59 @@ async fn a_subscription_that_cannot_start_keeps_the_sidecar_not_ready_saying_why
     Ok(())
 }
 
+/// A spooled event NATS can no longer take (its server's `max_payload` was lowered while
+/// it waited) is moved to the spool's dead-letter file, named in the log and counted,
+/// and the 1,000 events behind it are delivered: it never jams the relay.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unpublishable_spooled_event_is_set_aside_and_the_rest_flows() -> Result<()> {
+    let env = TestEnv::new("events-unpublishable").await?;
+    let dir = log_dir("events-unpublishable");
+    let t = event_type(&env, "jam");
+    let (server, subscriber, publisher) = subscriber_then_outage(&env, &dir, &t, "{}").await?;
+    // 600 KiB: within the 1 MiB the sidecar assumes while NATS has not told it otherwise.
+    let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(600 * 1024));
+    let (status, body) = publisher.publish_http(&t, &big, Some("big-1")).await?;
+    assert_eq!((status, &body["spooled"]), (200, &json!(true)), "{body}");
+    let r = publisher
+        .publish_grpc(json!({"type": t, "count": 1000, "batch": 100, "idPrefix": "after"}))
+        .await?;
+    assert_eq!(
+        (&r["ok"], &r["spooled"]),
+        (&json!(true), &json!(1000)),
+        "{r}"
+    );
+
+    server.set_max_payload(256 * 1024)?;
+    server.start().await?;
+    let got = wait_accepted(&subscriber, 1000, Duration::from_secs(120)).await?;
+    let expected: BTreeSet<String> = (0..1000).map(|n| format!("after-{n}")).collect();
+    assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), expected);
+
+    let spool = dir.join(format!(
+        "spool-{}",
+        publisher.options.pod_name.clone().unwrap_or_default()
+    ));
+    let letters = std::fs::read_to_string(spool.join("dead-letters.jsonl"))?;
+    let letter: Value = serde_json::from_str(letters.lines().next().context("a dead letter")?)?;
+    assert_eq!(letter["id"], "big-1", "{letter}");
+    assert!(
+        letter["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_payload"),
+        "{letter}"
+    );
+    assert_eq!(publisher.metric("events_unpublishable_total").await?, 1.0);
+    let log =
+        std::fs::read_to_string(dir.join(format!("sidecar-{}.log", publisher.options.service)))?;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("dead-letter file") && l.contains("big-1")),
+        "the log names the event"
+    );
+    Ok(())
+}
+
 /// The last dead letter on `subject`, once it is in the stream.
 async fn dead_letter(js: &async_nats::jetstream::Context, subject: &str) -> Result<Value> {
     let letter = eventually(

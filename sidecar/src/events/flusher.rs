@@ -2,12 +2,16 @@
 //!
 //! Each round reads a window of records, sends them all, and moves the spool's cursor
 //! past the longest prefix JetStream acked; the rest are retried next round (those
-//! stored already come back as duplicates, which JetStream drops by `Nats-Msg-Id`).
+//! stored already come back as duplicates, which JetStream drops by `Nats-Msg-Id`). A
+//! record NATS can never take (over the server's `max_payload`, which may have fallen
+//! since the record was accepted) counts as done once it is written to the spool's
+//! dead-letter file: it never holds up the events behind it.
 
 use super::connect::{ensure_stream, report_stream};
 use super::metrics::EventMetrics;
-use super::publisher::{Window, send_all};
+use super::publisher::{Sent, Window, send_all};
 use super::spool::Spool;
+use super::spool::log::Record;
 use crate::backoff::Backoff;
 use crate::config::events::EventSettings;
 use async_nats::jetstream;
@@ -54,7 +58,7 @@ pub async fn run(
             }
             stream_ready = true;
         }
-        match flush_round(&js, &window, &spool, &metrics).await {
+        match flush_round(&js, &window, &spool, &metrics, &settings.spool_dir).await {
             Ok(Round::AllAcked) => backoff.reset(),
             Ok(Round::Refused) => {
                 // JetStream refused part of the round: maybe the stream went away.
@@ -90,6 +94,7 @@ async fn flush_round(
     window: &Window,
     spool: &Arc<Spool>,
     metrics: &EventMetrics,
+    spool_dir: &std::path::Path,
 ) -> std::io::Result<Round> {
     let reader = spool.clone();
     let (records, pending) = tokio::task::spawn_blocking(move || reader.read_round(ROUND))
@@ -102,8 +107,21 @@ async fn flush_round(
         });
     }
     let events: Vec<_> = records.iter().map(|r| r.event.clone()).collect();
-    let acks = send_all(js, window, &events).await;
-    let acked = acks.iter().take_while(|ok| **ok).count();
+    let sent = send_all(js, window, &events).await;
+    // The prefix that is done with: stored, or never publishable and set aside.
+    let acked = sent.iter().take_while(|s| **s != Sent::Failed).count();
+    let unpublishable: Vec<(&Record, &str)> = records[..acked]
+        .iter()
+        .zip(&sent)
+        .filter_map(|(record, sent)| match sent {
+            Sent::Unpublishable(reason) => Some((record, reason.as_str())),
+            _ => None,
+        })
+        .collect();
+    if !unpublishable.is_empty() {
+        // Set aside before the commit: a crash in between resends, never loses.
+        set_aside(spool_dir, &unpublishable, metrics).await?;
+    }
     if acked > 0 {
         let next = records[acked - 1].next;
         let bytes = records[..acked].iter().map(|r| r.size).sum();
@@ -121,4 +139,46 @@ async fn flush_round(
     } else {
         Round::Refused
     })
+}
+
+/// The spool's dead-letter file: one JSON line per event NATS can never take.
+pub const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
+
+/// Appends the unpublishable records to the dead-letter file (fsynced), each with why,
+/// and says so once per event: the relay moves on past them instead of retrying the
+/// head of the spool forever.
+async fn set_aside(
+    spool_dir: &std::path::Path,
+    records: &[(&Record, &str)],
+    metrics: &EventMetrics,
+) -> std::io::Result<()> {
+    let path = spool_dir.join(DEAD_LETTER_FILE);
+    let mut lines = String::new();
+    for (record, reason) in records {
+        let event = &record.event;
+        let line = serde_json::json!({
+            "id": event.id,
+            "subject": event.subject,
+            "reason": reason,
+            "envelope": String::from_utf8_lossy(&event.payload),
+        });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+        tracing::error!(id = %event.id, subject = %event.subject, %reason, file = %path.display(),
+            "an event NATS can never take was moved to the spool's dead-letter file");
+    }
+    let write_path = path.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&write_path)?;
+        file.write_all(lines.as_bytes())?;
+        file.sync_data()
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    metrics.unpublishable.inc_by(records.len() as u64);
+    Ok(())
 }

@@ -23,6 +23,8 @@ pub struct EventMetrics {
     /// Events given up after their dead letter could not be published either (they stay
     /// in the stream until its max age; the log names each id and stream sequence).
     pub dead_letter_failed: Counter,
+    /// Spooled events JetStream can never take, moved to the spool's dead-letter file.
+    pub unpublishable: Counter,
     /// Deliveries skipped because the same id was delivered within the window.
     pub duplicates: Counter,
     /// From the app's call to the event being durable.
@@ -49,6 +51,7 @@ impl Default for EventMetrics {
             redelivered: Counter::default(),
             dead_lettered: Counter::default(),
             dead_letter_failed: Counter::default(),
+            unpublishable: Counter::default(),
             duplicates: Counter::default(),
             publish_duration: publish(),
             // 0.5 ms .. ~8 s: apps take milliseconds; timeouts are seconds.
@@ -103,6 +106,11 @@ impl EventMetrics {
                 "events_dead_letter_failed",
                 "Events given up because their dead letter could not be published",
                 &self.dead_letter_failed,
+            ),
+            (
+                "events_unpublishable",
+                "Spooled events NATS can never take (e.g. over its max_payload), moved to the spool's dead-letter file",
+                &self.unpublishable,
             ),
             (
                 "events_duplicates",

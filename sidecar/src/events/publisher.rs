@@ -81,8 +81,10 @@ impl Publisher {
         let acks = send_all(&self.js, &self.window, &events).await;
         let mut results = Vec::with_capacity(events.len());
         let mut failed = Vec::new();
-        for (event, acked) in events.into_iter().zip(acks) {
-            if acked {
+        // An unpublishable one (the server's limit fell since the door checked it) is
+        // spooled too: the flusher moves it to the dead-letter file, in order.
+        for (event, sent) in events.into_iter().zip(acks) {
+            if sent == Sent::Stored {
                 results.push(Durable::Acked);
             } else {
                 results.push(Durable::Spooled);
@@ -127,13 +129,23 @@ impl Window {
     }
 }
 
-/// Sends every event, then awaits every ack, a window's worth at a time; true where
-/// JetStream stored the event (or already had it: a duplicate id is as good as stored).
-pub async fn send_all(js: &jetstream::Context, window: &Window, events: &[Outgoing]) -> Vec<bool> {
+/// What became of one sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// JetStream stored it (or already had it: a duplicate id is as good as stored).
+    Stored,
+    /// Not now (no ack in time, no connection, no stream yet): try again later.
+    Failed,
+    /// Never, as it is (larger than the server's `max_payload`): retrying cannot help.
+    Unpublishable(String),
+}
+
+/// Sends every event, then awaits every ack, a window's worth at a time.
+pub async fn send_all(js: &jetstream::Context, window: &Window, events: &[Outgoing]) -> Vec<Sent> {
     let mut results = Vec::with_capacity(events.len());
     for chunk in events.chunks(window.size) {
         let Ok(_permits) = window.permits.acquire_many(chunk.len() as u32).await else {
-            results.extend(std::iter::repeat_n(false, chunk.len()));
+            results.extend(std::iter::repeat_n(Sent::Failed, chunk.len()));
             continue;
         };
         results.extend(send_chunk(js, chunk).await);
@@ -141,7 +153,7 @@ pub async fn send_all(js: &jetstream::Context, window: &Window, events: &[Outgoi
     results
 }
 
-async fn send_chunk(js: &jetstream::Context, events: &[Outgoing]) -> Vec<bool> {
+async fn send_chunk(js: &jetstream::Context, events: &[Outgoing]) -> Vec<Sent> {
     let mut pending = Vec::with_capacity(events.len());
     for event in events {
         let message = PublishMessage::build()
@@ -150,17 +162,24 @@ async fn send_chunk(js: &jetstream::Context, events: &[Outgoing]) -> Vec<bool> {
         pending.push(js.send_publish(event.subject.clone(), message).await);
     }
     let acks = pending.into_iter().map(|sent| async move {
+        use async_nats::jetstream::context::PublishErrorKind;
         match sent {
             Ok(ack) => match ack.await {
-                Ok(_) => true,
+                Ok(_) => Sent::Stored,
                 Err(e) => {
                     tracing::debug!(error = %e, "publish ack");
-                    false
+                    Sent::Failed
                 }
             },
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                Sent::Unpublishable(format!(
+                    "larger than the NATS server's max_payload ({} bytes)",
+                    js.client().server_info().max_payload
+                ))
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "publish");
-                false
+                Sent::Failed
             }
         }
     });
