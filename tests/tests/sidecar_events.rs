@@ -1072,6 +1072,121 @@ async fn an_unpublishable_spooled_event_is_set_aside_and_the_rest_flows() -> Res
     Ok(())
 }
 
+/// A small tmpfs mounted at a directory for one test (the spool's disk), unmounted when
+/// dropped.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Result<SmallDisk> {
+        std::fs::create_dir_all(path)?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()?;
+        ensure!(status.success(), "mounting a tmpfs at {}", path.display());
+        Ok(SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Gives the disk room again, as freeing space on a node does.
+    fn grow(&self, size: &str) -> Result<()> {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .status()?;
+        ensure!(
+            status.success(),
+            "growing the tmpfs at {}",
+            self.path.display()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// The spool's disk fills up during an outage: publishes are refused with 503 (never a
+/// false "spooled"), and once the disk has room again and the sidecar restarted, every
+/// event that was accepted arrives and none that was refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_publishes_and_loses_nothing_accepted() -> Result<()> {
+    let env = TestEnv::new("events-disk-full").await?;
+    let dir = log_dir("events-disk-full");
+    let t = event_type(&env, "disk");
+    let source = env.unique("source");
+    // The spool directory Pod::start gives the publisher, on a 256 KiB disk.
+    let disk = SmallDisk::mount(&dir.join(format!("spool-{source}-pod")), "256k")?;
+    let server = NatsServer::start_new(
+        &env.platform.info.tools.nats_server,
+        &dir.join("nats"),
+        None,
+    )
+    .await?;
+    let sink = env.unique("sink");
+    let spec = |service, events| PodSpec {
+        service,
+        consul: env.consul_addr(),
+        events,
+        nats: nats(&server.url()),
+        pod_name: None,
+    };
+    let subscriber = Pod::start(&dir, spec(&sink, subscribe(&t, 5))).await?;
+    wait_consumer(&server.url(), &sink, &t).await?;
+    server.stop();
+    let mut publisher = Pod::start(&dir, spec(&source, publish(&t))).await?;
+
+    let payload = format!("{{\"pad\": \"{}\"}}", "p".repeat(4000));
+    let mut accepted = BTreeSet::new();
+    let refusal = loop {
+        let id = format!("d-{}", accepted.len());
+        let (status, body) = publisher.publish_http(&t, &payload, Some(&id)).await?;
+        if status != 200 {
+            break (status, body);
+        }
+        assert_eq!(body["spooled"], true, "NATS is down: {body}");
+        accepted.insert(id);
+        ensure!(
+            accepted.len() < 200,
+            "a 256 KiB disk took 200 events of 4 KB"
+        );
+    };
+    assert_eq!(refusal.0, 503, "{}", refusal.1);
+    assert!(
+        refusal.1["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot be written"),
+        "{}",
+        refusal.1
+    );
+
+    disk.grow("8m")?;
+    let (status, body) = publisher
+        .publish_http(&t, &payload, Some("after-room"))
+        .await?;
+    assert_eq!(status, 200, "room again: {body}");
+    accepted.insert("after-room".into());
+    publisher.restart_sidecar_after_kill().await?;
+    server.start().await?;
+    let got = wait_accepted(&subscriber, accepted.len(), Duration::from_secs(60)).await?;
+    assert_eq!(
+        got.keys().cloned().collect::<BTreeSet<_>>(),
+        accepted,
+        "every accepted event arrived, no refused one did"
+    );
+    Ok(())
+}
+
 /// The last dead letter on `subject`, once it is in the stream.
 async fn dead_letter(js: &async_nats::jetstream::Context, subject: &str) -> Result<Value> {
     let letter = eventually(
