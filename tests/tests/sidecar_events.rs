@@ -784,6 +784,21 @@ async fn a_grpc_app_receives_events_and_its_answers_settle_them() -> Result<()> 
     Ok(())
 }
 
+/// A nats-server of the test's own, and a JetStream context on it.
+async fn own_nats(
+    env: &TestEnv,
+    dir: &Path,
+) -> Result<(NatsServer, async_nats::jetstream::Context)> {
+    let server = NatsServer::start_new(
+        &env.platform.info.tools.nats_server,
+        &dir.join("nats"),
+        None,
+    )
+    .await?;
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+    Ok((server, js))
+}
+
 /// The seed's work queue as its Go services create it (the account of them):
 /// stream `TRANSCODING` on `streamgate.transcoding.tasks`, work-queue retention, file
 /// storage; `TRANSCODING_DLQ` on `streamgate.transcoding.dlq`.
@@ -813,13 +828,7 @@ async fn create_seed_queue(js: &async_nats::jetstream::Context) -> Result<()> {
 async fn sidecars_bind_to_the_seeds_queue_when_it_exists_first() -> Result<()> {
     let env = TestEnv::new("events-seed-first").await?;
     let dir = log_dir("events-seed-first");
-    let server = NatsServer::start_new(
-        &env.platform.info.tools.nats_server,
-        &dir.join("nats"),
-        None,
-    )
-    .await?;
-    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+    let (server, js) = own_nats(&env, &dir).await?;
     create_seed_queue(&js).await?;
 
     let (worker, gateway) = (env.unique("worker"), env.unique("gateway"));
@@ -896,13 +905,7 @@ async fn sidecars_bind_to_the_seeds_queue_when_it_exists_first() -> Result<()> {
 async fn the_seeds_queue_can_be_created_after_the_sidecars() -> Result<()> {
     let env = TestEnv::new("events-seed-after").await?;
     let dir = log_dir("events-seed-after");
-    let server = NatsServer::start_new(
-        &env.platform.info.tools.nats_server,
-        &dir.join("nats"),
-        None,
-    )
-    .await?;
-    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+    let (server, js) = own_nats(&env, &dir).await?;
     // StreamGate's stream exists with an operator's retention (1 h) and another subject.
     js.create_stream(async_nats::jetstream::stream::Config {
         name: STREAM.into(),
@@ -970,13 +973,7 @@ async fn the_seeds_queue_can_be_created_after_the_sidecars() -> Result<()> {
 async fn a_subscription_that_cannot_start_keeps_the_sidecar_not_ready_saying_why() -> Result<()> {
     let env = TestEnv::new("events-cannot-start").await?;
     let dir = log_dir("events-cannot-start");
-    let server = NatsServer::start_new(
-        &env.platform.info.tools.nats_server,
-        &dir.join("nats"),
-        None,
-    )
-    .await?;
-    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+    let (server, js) = own_nats(&env, &dir).await?;
     create_seed_queue(&js).await?;
     js.create_consumer_on_stream(
         async_nats::jetstream::consumer::pull::Config {
