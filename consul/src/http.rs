@@ -47,6 +47,10 @@ impl Answer {
 pub enum ConsulError {
     #[error("the Consul HTTP client could not be built: {0}")]
     Client(String),
+    /// What the caller was told to do cannot be done with what it knows (e.g. catalog
+    /// registration without the node's name).
+    #[error("Consul registration cannot start: {0}")]
+    Setup(String),
     #[error("Consul at {address} is unreachable ({what}): {reason}")]
     Unreachable {
         address: String,

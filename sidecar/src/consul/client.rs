@@ -79,7 +79,7 @@ impl ConsulClient {
 
     fn catalog_target(&self) -> Result<Target, ConsulError> {
         let (node, address) = self.node.clone().ok_or_else(|| {
-            ConsulError::Client(
+            ConsulError::Setup(
                 "catalog registration needs the Kubernetes node's name (pod.nodeName, NODE_NAME): \
              what answers at consul.address is not a local agent"
                     .to_string(),
@@ -102,11 +102,10 @@ impl ConsulClient {
         status: CheckStatus,
         output: &str,
     ) -> Result<(), ConsulError> {
-        let result = match self.registry().await {
-            Ok(registry) => registry.register(instance, status, output).await,
-            Err(e) => Err(e),
-        };
-        self.observe("register", result)
+        self.call("register", async |r| {
+            r.register(instance, status, output).await
+        })
+        .await
     }
 
     pub async fn set_check(
@@ -115,20 +114,16 @@ impl ConsulClient {
         status: CheckStatus,
         output: &str,
     ) -> Result<(), ConsulError> {
-        let result = match self.registry().await {
-            Ok(registry) => registry.set_check(instance, status, output).await,
-            Err(e) => Err(e),
-        };
-        self.observe("update_check", result)
+        self.call("update_check", async |r| {
+            r.set_check(instance, status, output).await
+        })
+        .await
     }
 
     /// Removes the instance; one Consul no longer has counts as removed.
     pub async fn deregister(&self, instance: &PodInstance) -> Result<(), ConsulError> {
-        let result = match self.registry().await {
-            Ok(registry) => registry.deregister(&instance.id).await,
-            Err(e) => Err(e),
-        };
-        self.observe("deregister", result)
+        self.call("deregister", async |r| r.deregister(&instance.id).await)
+            .await
     }
 
     /// A blocking query on the instance (see [`Registry::watch`]).
@@ -137,18 +132,22 @@ impl ConsulClient {
         instance: &PodInstance,
         seen: Option<Seen>,
     ) -> Result<Seen, ConsulError> {
-        let result = match self.registry().await {
-            Ok(registry) => registry.watch(instance, seen.as_ref(), WATCH_WAIT).await,
-            Err(e) => Err(e),
-        };
-        self.observe("watch", result)
+        self.call("watch", async |r| {
+            r.watch(instance, seen.as_ref(), WATCH_WAIT).await
+        })
+        .await
     }
 
-    fn observe<T>(
+    /// One call through the registry, counted in the Consul metrics by `operation`.
+    async fn call<T>(
         &self,
         operation: &'static str,
-        result: Result<T, ConsulError>,
+        call: impl AsyncFnOnce(&Registry) -> Result<T, ConsulError>,
     ) -> Result<T, ConsulError> {
+        let result = match self.registry().await {
+            Ok(registry) => call(registry).await,
+            Err(e) => Err(e),
+        };
         self.metrics.observe_consul(operation, result.is_ok());
         result
     }

@@ -139,12 +139,7 @@ impl Registrar {
             Ok(refreshes) => refreshes,
             Err(e) => return Some(e),
         };
-        let period = if refreshes {
-            self.instance.ttl / 3
-        } else {
-            Duration::from_secs(24 * 3600)
-        };
-        let mut refresh = tokio::time::interval(period);
+        let mut refresh = tokio::time::interval(self.instance.ttl / 3);
         refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
         refresh.tick().await; // the first tick is immediate; the check was just set
         let mut watch = Box::pin(self.client.watch(&self.instance, None));
@@ -158,7 +153,7 @@ impl Registrar {
                     let current = health.borrow_and_update().clone();
                     self.update(&current).await
                 }
-                _ = refresh.tick() => {
+                _ = refresh.tick(), if refreshes => {
                     let current = health.borrow().clone();
                     self.update(&current).await
                 }

@@ -54,10 +54,9 @@ struct Envelope<'a> {
 }
 
 /// A W3C trace context (<https://www.w3.org/TR/trace-context/>) carried with an event.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
     pub traceparent: String,
-    #[serde(default)]
     pub tracestate: Option<String>,
 }
 
@@ -82,10 +81,11 @@ impl TraceContext {
     /// The context an envelope carries, if any (checked again: the envelope may come
     /// from any publisher).
     pub fn from_envelope(payload: &[u8]) -> Option<Self> {
-        let carried: TraceContext = serde_json::from_slice::<Carried>(payload)
-            .ok()?
-            .into_context()?;
-        Self::from_headers(Some(&carried.traceparent), carried.tracestate.as_deref())
+        let carried: Carried = serde_json::from_slice(payload).ok()?;
+        Self::from_headers(
+            carried.traceparent.as_deref(),
+            carried.tracestate.as_deref(),
+        )
     }
 }
 
@@ -94,15 +94,6 @@ impl TraceContext {
 struct Carried {
     traceparent: Option<String>,
     tracestate: Option<String>,
-}
-
-impl Carried {
-    fn into_context(self) -> Option<TraceContext> {
-        Some(TraceContext {
-            traceparent: self.traceparent?,
-            tracestate: self.tracestate,
-        })
-    }
 }
 
 /// `version-traceid-parentid-flags`: lower-case hex of 2, 32, 16 and 2 digits; version

@@ -164,8 +164,6 @@ async fn set_aside(
         });
         lines.push_str(&line.to_string());
         lines.push('\n');
-        tracing::error!(id = %event.id, subject = %event.subject, %reason, file = %path.display(),
-            "an event NATS can never take was moved to the spool's dead-letter file");
     }
     let write_path = path.clone();
     tokio::task::spawn_blocking(move || {
@@ -179,6 +177,12 @@ async fn set_aside(
     })
     .await
     .map_err(std::io::Error::other)??;
+    // Said once it is true: a failed write leaves the records to the next round.
+    for (record, reason) in records {
+        let event = &record.event;
+        tracing::error!(id = %event.id, subject = %event.subject, %reason, file = %path.display(),
+            "an event NATS can never take was moved to the spool's dead-letter file");
+    }
     metrics.unpublishable.inc_by(records.len() as u64);
     Ok(())
 }

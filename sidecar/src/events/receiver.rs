@@ -56,14 +56,14 @@ impl AppReceiver {
 
     /// Hands the event to the app once.
     pub async fn deliver(&self, message: &Message, id: &str, attempt: i64) -> Result<(), NotTaken> {
-        let trace = TraceContext::from_envelope(&message.payload);
         match self {
-            AppReceiver::Http { url, client } => post(client, url, message, id, attempt, trace)
-                .await
-                .map_err(NotTaken::Retry),
-            AppReceiver::Grpc { client } => {
-                handle(client.clone(), message, id, attempt, trace).await
+            AppReceiver::Http { url, client } => {
+                let trace = TraceContext::from_envelope(&message.payload);
+                post(client, url, message, id, attempt, trace)
+                    .await
+                    .map_err(NotTaken::Retry)
             }
+            AppReceiver::Grpc { client } => handle(client.clone(), message, id, attempt).await,
         }
     }
 }
@@ -105,9 +105,14 @@ async fn post(
     })
 }
 
-/// The envelope's fields a gRPC app gets one by one (seed-style envelopes may lack some).
+/// The envelope's fields a gRPC app gets one by one (seed-style envelopes may lack
+/// some), and the trace context, read in one pass.
 #[derive(Deserialize, Default)]
 struct Fields {
+    #[serde(default)]
+    traceparent: Option<String>,
+    #[serde(default)]
+    tracestate: Option<String>,
     #[serde(default, rename = "type")]
     event_type: String,
     #[serde(default)]
@@ -123,9 +128,10 @@ async fn handle(
     message: &Message,
     id: &str,
     attempt: i64,
-    trace: Option<TraceContext>,
 ) -> Result<(), NotTaken> {
     let fields: Fields = serde_json::from_slice(&message.payload).unwrap_or_default();
+    let trace =
+        TraceContext::from_headers(fields.traceparent.as_deref(), fields.tracestate.as_deref());
     let mut request = tonic::Request::new(pb::HandleRequest {
         id: id.to_string(),
         r#type: fields.event_type,
