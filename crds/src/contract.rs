@@ -81,6 +81,124 @@ pub mod callers {
     }
 }
 
+/// NATS subjects and JetStream streams of the event relay: what sidecars publish and
+/// consume, and what the operator's streams capture.
+pub mod events {
+    use crate::events::Events;
+
+    /// StreamGate's stream of events (`streamgate.<type>` of every declared type).
+    pub const STREAM: &str = "STREAMGATE";
+    /// StreamGate's stream of dead letters (`streamgate.dlq.<service>.<type>`), kept
+    /// apart so they can be retained longer than the events themselves.
+    pub const DEAD_LETTER_STREAM: &str = "STREAMGATE_DLQ";
+
+    /// The subject events of `event_type` are published on (the seed's convention).
+    pub fn subject(event_type: &str) -> String {
+        format!("streamgate.{event_type}")
+    }
+
+    /// Where an event `service` could not process goes after its last delivery attempt.
+    pub fn dead_letter_subject(service: &str, event_type: &str) -> String {
+        format!("streamgate.dlq.{service}.{event_type}")
+    }
+
+    /// The durable consumer all replicas of `service` share for `event_type`.
+    pub fn consumer_name(service: &str, event_type: &str) -> String {
+        format!("{service}--{}", event_type.replace('.', "_"))
+    }
+
+    /// What a sidecar of `service` may do on NATS when the operator owns the streams:
+    /// publish its declared types and its dead letters, look streams up, and create,
+    /// read, pull from and ack its own durable consumers. Nothing else: no stream can be
+    /// created, changed or deleted, and no other service's consumer touched. The
+    /// subjects are NATS's own JetStream API subjects (`$JS.API.*`, `$JS.ACK.*`).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct NatsPermissions {
+        pub publish: Vec<String>,
+        pub subscribe: Vec<String>,
+    }
+
+    pub fn sidecar_permissions(service: &str, events: &Events) -> NatsPermissions {
+        let mut publish: Vec<String> = events.publish.iter().map(|t| subject(t)).collect();
+        publish.extend(
+            events
+                .subscribe
+                .iter()
+                .map(|s| dead_letter_subject(service, &s.event_type)),
+        );
+        publish.extend(
+            [
+                "$JS.API.INFO",
+                "$JS.API.STREAM.LIST",
+                "$JS.API.STREAM.NAMES",
+                "$JS.API.STREAM.INFO.*",
+            ]
+            .map(String::from),
+        );
+        for s in &events.subscribe {
+            let c = consumer_name(service, &s.event_type);
+            publish.extend([
+                format!("$JS.API.CONSUMER.CREATE.*.{c}"),
+                format!("$JS.API.CONSUMER.CREATE.*.{c}.>"),
+                format!("$JS.API.CONSUMER.DURABLE.CREATE.*.{c}"),
+                format!("$JS.API.CONSUMER.INFO.*.{c}"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.*.{c}"),
+                format!("$JS.ACK.*.{c}.>"),
+            ]);
+        }
+        NatsPermissions {
+            publish,
+            // Replies to its requests and publishes.
+            subscribe: vec!["_INBOX.>".to_string()],
+        }
+    }
+
+    /// The subjects one service's relay uses, each sorted and without duplicates.
+    #[derive(Debug, Default, Clone, PartialEq, Eq)]
+    pub struct Subjects {
+        /// `streamgate.<type>` of each published and subscribed type.
+        pub events: Vec<String>,
+        /// The dead-letter subject of each subscription.
+        pub dead_letters: Vec<String>,
+    }
+
+    impl Subjects {
+        pub fn of(service: &str, events: &Events) -> Subjects {
+            let mut subjects = Subjects::default();
+            subjects.add(service, events);
+            subjects
+        }
+
+        /// Adds another service's subjects (the operator gathers every service's).
+        pub fn add(&mut self, service: &str, events: &Events) {
+            let types = events
+                .publish
+                .iter()
+                .chain(events.subscribe.iter().map(|s| &s.event_type));
+            self.events.extend(types.map(|t| subject(t)));
+            self.dead_letters.extend(
+                events
+                    .subscribe
+                    .iter()
+                    .map(|s| dead_letter_subject(service, &s.event_type)),
+            );
+            for list in [&mut self.events, &mut self.dead_letters] {
+                list.sort();
+                list.dedup();
+            }
+        }
+
+        /// Every subject, events first.
+        pub fn all(&self) -> Vec<String> {
+            self.events
+                .iter()
+                .chain(&self.dead_letters)
+                .cloned()
+                .collect()
+        }
+    }
+}
+
 /// The event spool on disk: what the sidecar writes and the operator sizes its volume
 /// for.
 pub mod spool {
@@ -126,6 +244,33 @@ pub mod lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subjects_of_services_are_gathered_sorted_once() {
+        let events: crate::Events = serde_json::from_value(serde_json::json!({
+            "publish": ["file.uploaded"],
+            "subscribe": [{"type": "transcoding.completed"}, {"type": "file.uploaded"}]
+        }))
+        .unwrap();
+        let mut subjects = events::Subjects::of("upload", &events);
+        subjects.add("search", &events);
+        assert_eq!(
+            subjects.events,
+            [
+                "streamgate.file.uploaded",
+                "streamgate.transcoding.completed"
+            ]
+        );
+        assert_eq!(
+            subjects.dead_letters,
+            [
+                "streamgate.dlq.search.file.uploaded",
+                "streamgate.dlq.search.transcoding.completed",
+                "streamgate.dlq.upload.file.uploaded",
+                "streamgate.dlq.upload.transcoding.completed",
+            ]
+        );
+    }
 
     #[test]
     fn a_spiffe_id_round_trips_and_foreign_ones_are_refused() {

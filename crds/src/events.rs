@@ -26,6 +26,71 @@ pub struct Events {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub subscribe: Vec<Subscription>,
+    /// Where published events wait while NATS cannot take them. Default: 256Mi on an
+    /// emptyDir (sized above the spool, so the kubelet never evicts the pod for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolVolume>,
+}
+
+/// The on-disk spool of events not yet in JetStream (`spec.events.spool`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpoolVolume {
+    /// Unsent events the spool holds (a byte quantity such as `512Mi` or `2Gi`); beyond,
+    /// publishes are refused with 503 / UNAVAILABLE. The volume gets room above it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SPOOL_SIZE_PATTERN))]
+    pub size: Option<String>,
+    /// A StorageClass for the spool: a generic ephemeral volume of this class replaces the
+    /// emptyDir, off the node's ephemeral storage. Unsent events survive the pod's
+    /// deletion only where the class's `reclaimPolicy` is `Retain` (see docs/events.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class: Option<String>,
+}
+
+/// A whole number of bytes, with an optional binary (`Ki`..`Ti`) or decimal (`k`..`T`)
+/// suffix.
+pub const SPOOL_SIZE_PATTERN: &str = r"^[1-9][0-9]{0,15}(Ki|Mi|Gi|Ti|k|M|G|T)?$";
+
+/// The smallest spool accepted: one event of NATS's default `max_payload` with room.
+pub const MIN_SPOOL_BYTES: u64 = 4 << 20;
+
+impl SpoolVolume {
+    /// The spool's size in bytes, if set and valid.
+    pub fn bytes(&self) -> Option<Result<u64, String>> {
+        self.size.as_deref().map(parse_bytes)
+    }
+}
+
+/// Reads a [`SPOOL_SIZE_PATTERN`] quantity.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let unit: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        other => return Err(format!("{text:?}: unknown suffix {other:?}")),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte quantity like 512Mi"))?;
+    let bytes = number
+        .checked_mul(unit)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes < MIN_SPOOL_BYTES {
+        return Err(format!("{text:?} is smaller than 4Mi"));
+    }
+    Ok(bytes)
 }
 
 /// One subscribed event type. All replicas of the service share one durable consumer, so
@@ -123,6 +188,9 @@ impl Events {
                 ));
             }
         }
+        if let Some(Err(reason)) = self.spool.as_ref().and_then(SpoolVolume::bytes) {
+            return Err(FieldError::new(format!("{field}.spool.size"), reason));
+        }
         Ok(())
     }
 }
@@ -153,6 +221,30 @@ mod tests {
         ] {
             assert!(!is_valid_event_type(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn spool_sizes_are_byte_quantities() {
+        let size = |s: &str| {
+            SpoolVolume {
+                size: Some(s.into()),
+                storage_class: None,
+            }
+            .bytes()
+            .unwrap()
+        };
+        assert_eq!(size("512Mi"), Ok(512 << 20));
+        assert_eq!(size("2G"), Ok(2_000_000_000));
+        assert_eq!(size("8388608"), Ok(8 << 20));
+        for bad in ["1Mi", "12Xi", "99999999999999999Ti", "Mi"] {
+            assert!(size(bad).is_err(), "{bad}");
+        }
+        let events: Events =
+            serde_json::from_value(serde_json::json!({"spool": {"size": "1Ki"}})).unwrap();
+        assert_eq!(
+            events.validate("events").unwrap_err().field,
+            "events.spool.size"
+        );
     }
 
     #[test]

@@ -191,15 +191,24 @@ pub struct NatsConfig {
     pub relay: Option<EventRelayConfig>,
 }
 
-/// Tuning of the event relay (`nats.relay`: stream retention, spool size, in-flight
-/// windows). The operator does not render it; a person tuning a sidecar (or a test) does.
+/// Tuning of the event relay (`nats.relay`: streams, spool size, in-flight windows). The
+/// operator renders `manageStreams: false` with its streams' duplicate window and age,
+/// and the spool size of `spec.events.spool`; the rest is for a person tuning a sidecar
+/// (or a test).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventRelayConfig {
-    /// The JetStream stream over `streamgate.>`, created or updated at start.
+    /// True (run alone): the sidecar creates `stream` and adds its subjects to it, never
+    /// changing an existing stream's settings. False (under the operator, which owns the
+    /// streams): it only checks that streams capture its subjects and is not ready until
+    /// they do.
+    #[serde(default = "default_manage_streams")]
+    pub manage_streams: bool,
+    /// The JetStream stream the sidecar creates or extends with the subjects no stream
+    /// captures yet (when `manageStreams`).
     #[serde(default = "default_stream")]
     pub stream: String,
-    /// How long the stream keeps an event.
+    /// How long the stream keeps an event (when the sidecar creates it).
     #[serde(default = "default_stream_max_age")]
     pub stream_max_age: GoDuration,
     /// JetStream drops a second publish with the same `Nats-Msg-Id` within this window;
@@ -226,6 +235,7 @@ pub struct EventRelayConfig {
 impl Default for EventRelayConfig {
     fn default() -> Self {
         EventRelayConfig {
+            manage_streams: default_manage_streams(),
             stream: default_stream(),
             stream_max_age: default_stream_max_age(),
             duplicate_window: default_duplicate_window(),
@@ -238,8 +248,11 @@ impl Default for EventRelayConfig {
     }
 }
 
+fn default_manage_streams() -> bool {
+    true
+}
 fn default_stream() -> String {
-    "STREAMGATE".to_string()
+    crate::contract::events::STREAM.to_string()
 }
 fn default_stream_max_age() -> GoDuration {
     GoDuration::from_millis(7 * 24 * 3_600_000)

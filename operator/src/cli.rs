@@ -18,7 +18,9 @@ pub struct Cli {
 pub enum Command {
     /// Print the StreamGateService CustomResourceDefinition as YAML.
     Crd,
-    /// Run the controller (in-cluster config, or KUBECONFIG outside a cluster).
+    /// Run the controller (in-cluster config, or KUBECONFIG outside a cluster). A flag
+    /// given twice takes its last value (as with kubectl), so wrappers can override.
+    #[command(args_override_self = true)]
     Run(Box<RunArgs>),
 }
 
@@ -51,6 +53,42 @@ pub struct RunArgs {
     pub timing: TimingArgs,
     #[command(flatten)]
     pub webhook: WebhookArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Event streams")]
+pub struct StreamArgs {
+    /// The operator owns the JetStream streams (STREAMGATE for events, STREAMGATE_DLQ for
+    /// dead letters) at --nats-url: it makes them capture every declared subject and keeps
+    /// their settings, and sidecars only bind. False: each sidecar creates or extends the
+    /// STREAMGATE stream itself, never changing its settings.
+    #[arg(long, env = "STREAMGATE_MANAGE_STREAMS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub manage_streams: bool,
+    /// The operator's own NATS credentials directory (a mounted Secret: creds, nkey,
+    /// token or username/password, and ca.crt), needing the JetStream API of the streams.
+    #[arg(long, env = "STREAMGATE_NATS_CREDENTIALS_DIR")]
+    pub nats_credentials_dir: Option<std::path::PathBuf>,
+    /// Copies of each stream in a JetStream cluster (1 on a single server).
+    #[arg(long, env = "STREAMGATE_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
+    /// How long the events stream keeps an event.
+    #[arg(long, env = "STREAMGATE_STREAM_MAX_AGE", default_value = "168h", value_parser = parse_duration)]
+    pub stream_max_age: Duration,
+    /// Size limit of the events stream in bytes (-1: none); the oldest go first.
+    #[arg(long, env = "STREAMGATE_STREAM_MAX_BYTES", default_value_t = -1, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub stream_max_bytes: i64,
+    /// A second publish of one event id within this window is dropped (sidecars drop a
+    /// delivered id within it too).
+    #[arg(long, env = "STREAMGATE_STREAM_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub stream_duplicate_window: Duration,
+    /// How long the dead-letter stream keeps an event.
+    #[arg(long, env = "STREAMGATE_DEAD_LETTER_MAX_AGE", default_value = "720h", value_parser = parse_duration)]
+    pub dead_letter_max_age: Duration,
+    /// Size limit of the dead-letter stream in bytes (-1: none).
+    #[arg(long, env = "STREAMGATE_DEAD_LETTER_MAX_BYTES", default_value_t = -1, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub dead_letter_max_bytes: i64,
 }
 
 #[derive(Args, Debug, Clone)]

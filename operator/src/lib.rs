@@ -43,6 +43,7 @@ pub mod run;
 pub mod server;
 pub mod sidecar_defaults;
 pub mod status;
+pub mod streams;
 pub mod sweep;
 pub mod webhook;
 pub mod written;

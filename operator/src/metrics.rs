@@ -28,6 +28,10 @@ pub struct Metrics {
     pub applies: Family<ChildLabels, Counter>,
     pub leader: Gauge,
     pub ghosts_deregistered: Counter,
+    /// 1 while the streams capture every declared subject with the configured settings.
+    pub streams_in_sync: Gauge,
+    pub stream_writes: Counter,
+    pub stream_errors: Counter,
 }
 
 impl Metrics {
@@ -40,6 +44,9 @@ impl Metrics {
             applies: Family::default(),
             leader: Gauge::default(),
             ghosts_deregistered: Counter::default(),
+            streams_in_sync: Gauge::default(),
+            stream_writes: Counter::default(),
+            stream_errors: Counter::default(),
         };
         registry.register(
             "streamgate_operator_reconciles",
@@ -70,6 +77,21 @@ impl Metrics {
             "streamgate_operator_consul_ghosts_deregistered",
             "Consul instances removed because their pod no longer exists",
             m.ghosts_deregistered.clone(),
+        );
+        registry.register(
+            "streamgate_operator_streams_in_sync",
+            "1 while the JetStream streams capture every declared subject with the configured settings",
+            m.streams_in_sync.clone(),
+        );
+        registry.register(
+            "streamgate_operator_stream_writes",
+            "JetStream streams created or updated",
+            m.stream_writes.clone(),
+        );
+        registry.register(
+            "streamgate_operator_stream_errors",
+            "Passes over the JetStream streams that failed",
+            m.stream_errors.clone(),
         );
         m
     }

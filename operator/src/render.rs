@@ -6,19 +6,22 @@
 use crate::sidecar_defaults::SidecarDefaults;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, SeccompProfile,
+    EphemeralVolumeSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate, Probe, SeccompProfile,
     SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
-use streamgate_crds::SidecarSpec;
 use streamgate_crds::contract::lifecycle::LEAVE_PATH;
 use streamgate_crds::contract::mounts::{NATS_CREDS_DIR, SPOOL_DIR};
 use streamgate_crds::contract::spool;
 use streamgate_crds::sidecar_config::{
     ADMIN_PORT, APP_PORT, CONFIG_ENV, INBOUND_PORT, SidecarConfig,
 };
+use streamgate_crds::{GoDuration, SidecarSpec};
 
 /// Name of the sidecar container.
 pub const SIDECAR_NAME: &str = "streamgate-sidecar";
@@ -142,7 +145,23 @@ fn completed_config(
     if settings.nats_credentials_secret.is_some() {
         config.nats.credentials_dir = Some(NATS_CREDS_DIR.to_string());
     }
+    if let Some(Ok(bytes)) = config.service.events.spool.as_ref().and_then(|s| s.bytes()) {
+        let mut relay = config.nats.relay.clone().unwrap_or_default();
+        relay.spool_max_bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        config.nats.relay = Some(relay);
+    }
+    if let Some(owned) = settings.owned_streams {
+        let mut relay = config.nats.relay.clone().unwrap_or_default();
+        relay.manage_streams = false;
+        relay.duplicate_window = GoDuration::from_millis(millis(owned.duplicate_window));
+        relay.stream_max_age = GoDuration::from_millis(millis(owned.max_age));
+        config.nats.relay = Some(relay);
+    }
     config
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The configuration document, the pod's identity from the downward API, and the Consul
@@ -181,6 +200,43 @@ fn sidecar_env(config_yaml: &str, settings: &SidecarDefaults) -> Vec<EnvVar> {
     env
 }
 
+/// The spool's volume, `bytes` large: an emptyDir, or a generic ephemeral volume of
+/// `storage_class` (a claim made and deleted with the pod, on the class's storage).
+fn spool_volume_source(bytes: u64, storage_class: Option<String>) -> Volume {
+    let size = Quantity(bytes.to_string());
+    let Some(class) = storage_class else {
+        return Volume {
+            name: SPOOL_VOLUME.to_string(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(size),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+    };
+    Volume {
+        name: SPOOL_VOLUME.to_string(),
+        ephemeral: Some(EphemeralVolumeSource {
+            volume_claim_template: Some(PersistentVolumeClaimTemplate {
+                metadata: Some(ObjectMeta {
+                    labels: Some(crate::labels::managed_by()),
+                    ..Default::default()
+                }),
+                spec: PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+                    storage_class_name: Some(class),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some([("storage".to_string(), size)].into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            }),
+        }),
+        ..Default::default()
+    }
+}
+
 /// The spool, the service's mTLS identity and the NATS credentials, with their mounts.
 fn volumes(config: &SidecarConfig, settings: &SidecarDefaults) -> (Vec<Volume>, Vec<VolumeMount>) {
     let service = &config.service.service_name;
@@ -191,14 +247,13 @@ fn volumes(config: &SidecarConfig, settings: &SidecarDefaults) -> (Vec<Volume>, 
         .unwrap_or_default()
         .spool_max_bytes;
     let spool_volume = spool::volume_bytes(u64::try_from(spool_max).unwrap_or_default());
-    let mut volumes = vec![Volume {
-        name: SPOOL_VOLUME.to_string(),
-        empty_dir: Some(EmptyDirVolumeSource {
-            size_limit: Some(Quantity(spool_volume.to_string())),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }];
+    let storage_class = config
+        .service
+        .events
+        .spool
+        .as_ref()
+        .and_then(|s| s.storage_class.clone());
+    let mut volumes = vec![spool_volume_source(spool_volume, storage_class)];
     let mut mounts = vec![VolumeMount {
         name: SPOOL_VOLUME.to_string(),
         mount_path: SPOOL_DIR.to_string(),
@@ -346,6 +401,62 @@ mod tests {
             Some("http://127.0.0.1:8500")
         );
         assert!(env.iter().any(|e| e.name == "POD_IP"));
+    }
+
+    #[test]
+    fn a_spool_size_and_storage_class_render_a_claim_above_the_spool() {
+        let mut with_spool = config();
+        with_spool.service.events.spool = Some(streamgate_crds::events::SpoolVolume {
+            size: Some("1Gi".into()),
+            storage_class: Some("fast-retain".into()),
+        });
+        let r = render_sidecar(
+            &with_spool,
+            &SidecarSpec::default(),
+            &SidecarDefaults::for_tests(),
+        );
+        let rendered: SidecarConfig = serde_yaml::from_str(&r.config_yaml).unwrap();
+        assert_eq!(rendered.nats.relay.unwrap().spool_max_bytes, 1 << 30);
+        let spool = r.volumes.iter().find(|v| v.name == SPOOL_VOLUME).unwrap();
+        assert!(spool.empty_dir.is_none());
+        let claim = spool
+            .ephemeral
+            .as_ref()
+            .and_then(|e| e.volume_claim_template.as_ref())
+            .unwrap();
+        assert_eq!(
+            claim.spec.storage_class_name.as_deref(),
+            Some("fast-retain")
+        );
+        let requested = &claim
+            .spec
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["storage"];
+        assert_eq!(requested.0, spool::volume_bytes(1 << 30).to_string());
+    }
+
+    #[test]
+    fn sidecars_of_an_operator_owning_the_streams_only_bind() {
+        let mut settings = SidecarDefaults::for_tests();
+        let r = render_sidecar(&config(), &SidecarSpec::default(), &settings);
+        let rendered: SidecarConfig = serde_yaml::from_str(&r.config_yaml).unwrap();
+        assert!(rendered.nats.relay.unwrap_or_default().manage_streams);
+        settings.owned_streams = Some(crate::sidecar_defaults::OwnedStreams {
+            duplicate_window: std::time::Duration::from_secs(300),
+            max_age: std::time::Duration::from_secs(86_400),
+        });
+        let r = render_sidecar(&config(), &SidecarSpec::default(), &settings);
+        let relay = serde_yaml::from_str::<SidecarConfig>(&r.config_yaml)
+            .unwrap()
+            .nats
+            .relay
+            .unwrap();
+        assert!(!relay.manage_streams);
+        assert_eq!(relay.duplicate_window.as_duration().as_secs(), 300);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::known::Known;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
-use crate::sidecar_defaults::SidecarDefaults;
+use crate::sidecar_defaults::{OwnedStreams, SidecarDefaults};
 use crate::webhook::Webhook;
 use crate::written::WrittenStatuses;
 use anyhow::{Context as _, Result};
@@ -157,6 +157,16 @@ async fn elect_and_lead(
         tokio::spawn(issuer.run());
     }
 
+    // Dropped (and so stopped) with this function when leadership ends.
+    let _streams = args.streams.manage_streams.then(|| {
+        AbortOnDrop(tokio::spawn(crate::streams::run(
+            client.clone(),
+            args.namespace.clone(),
+            streams_config(args),
+            metrics.clone(),
+            args.timing.resync_ready,
+        )))
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let controller = run_controller(args, client.clone(), ctx.clone(), caches, stop_rx);
     let sweep = crate::sweep::run(
@@ -185,6 +195,15 @@ async fn elect_and_lead(
     }
     metrics.leader.set(0);
     code
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The name this replica holds the lease under: `--identity`, else host and PID.
@@ -269,6 +288,32 @@ fn sidecar_defaults(args: &RunArgs, cluster: &str) -> SidecarDefaults {
             "agent" => ConsulMode::Agent,
             "catalog" => ConsulMode::Catalog,
             _ => ConsulMode::Auto,
+        },
+        owned_streams: args.streams.manage_streams.then_some(OwnedStreams {
+            duplicate_window: args.streams.stream_duplicate_window,
+            max_age: args.streams.stream_max_age,
+        }),
+    }
+}
+
+/// The operator's streams, from `--nats-url` and the `--stream-*` flags.
+fn streams_config(args: &RunArgs) -> crate::streams::StreamsConfig {
+    use streamgate_nats::streams::StreamSettings;
+    let streams = &args.streams;
+    crate::streams::StreamsConfig {
+        nats_url: args.sidecar.nats_url.clone(),
+        credentials_dir: streams.nats_credentials_dir.clone(),
+        events: StreamSettings {
+            max_age: streams.stream_max_age,
+            max_bytes: streams.stream_max_bytes,
+            duplicate_window: streams.stream_duplicate_window,
+            replicas: streams.stream_replicas.into(),
+        },
+        dead_letters: StreamSettings {
+            max_age: streams.dead_letter_max_age,
+            max_bytes: streams.dead_letter_max_bytes,
+            duplicate_window: streams.stream_duplicate_window,
+            replicas: streams.stream_replicas.into(),
         },
     }
 }

@@ -25,6 +25,16 @@ pub struct SidecarDefaults {
     pub cluster_id: String,
     /// How sidecars register their instance.
     pub consul_mode: ConsulMode,
+    /// Set when the operator owns the event streams: sidecars only bind to them, and
+    /// drop a delivered event id within the streams' duplicate window.
+    pub owned_streams: Option<OwnedStreams>,
+}
+
+/// What a sidecar needs to know of the operator's streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnedStreams {
+    pub duplicate_window: std::time::Duration,
+    pub max_age: std::time::Duration,
 }
 
 impl SidecarDefaults {
@@ -39,6 +49,7 @@ impl SidecarDefaults {
             nats_credentials_secret: None,
             cluster_id: "test-cluster".into(),
             consul_mode: ConsulMode::Auto,
+            owned_streams: None,
         }
     }
 }

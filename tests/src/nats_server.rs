@@ -16,7 +16,6 @@ pub struct NatsServer {
     dir: PathBuf,
     port: u16,
     monitor_port: u16,
-    token: Option<String>,
     proc: Mutex<Option<Proc>>,
 }
 
@@ -24,21 +23,36 @@ impl NatsServer {
     /// Chooses the ports and writes the configuration without starting the server, for
     /// tests of "NATS unreachable" that start it later.
     pub fn reserve(bin: &Path, dir: &Path, token: Option<&str>) -> Result<NatsServer> {
+        let auth = match token {
+            Some(token) => format!("authorization {{\n  token: \"{token}\"\n}}\n"),
+            None => String::new(),
+        };
+        Self::reserve_with(bin, dir, &auth)
+    }
+
+    /// Reserves a server whose configuration carries `authorization` (an
+    /// `authorization { users: [...] }` block with permissions), and starts it.
+    pub async fn start_with_authorization(
+        bin: &Path,
+        dir: &Path,
+        authorization: &str,
+    ) -> Result<NatsServer> {
+        let server = Self::reserve_with(bin, dir, authorization)?;
+        server.start().await?;
+        Ok(server)
+    }
+
+    fn reserve_with(bin: &Path, dir: &Path, auth: &str) -> Result<NatsServer> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let server = NatsServer {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             port: free_port()?,
             monitor_port: free_port()?,
-            token: token.map(str::to_string),
             proc: Mutex::new(None),
         };
-        let auth = match &server.token {
-            Some(token) => format!("authorization {{\n  token: \"{token}\"\n}}\n"),
-            None => String::new(),
-        };
         let config = format!(
-            "server_name: test-{port}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n{auth}jetstream {{\n  store_dir: \"{store}\"\n}}\n",
+            "server_name: test-{port}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n{auth}\njetstream {{\n  store_dir: \"{store}\"\n}}\n",
             port = server.port,
             monitor = server.monitor_port,
             store = dir.join("jetstream").display(),

@@ -673,3 +673,134 @@ async fn killed_mid_way_through_50_resources_converges_without_duplicates() -> R
     }
     Ok(())
 }
+
+/// The operator owns the event streams: STREAMGATE captures every declared type (but
+/// not the one the seed's queue, made first, captures) and STREAMGATE_DLQ the dead
+/// letters, both with the operator's settings; the sidecars it renders only bind; a
+/// stream changed or deleted by hand is put back.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_owns_the_streams_and_its_sidecars_only_bind() -> Result<()> {
+    use async_nats::jetstream::stream::{Config, RetentionPolicy, StorageType};
+    use streamgate_crds::sidecar_config::{CONFIG_ENV, SidecarConfig};
+    let env = TestEnv::new("op-streams").await?;
+    let dir = streamgate_tests::sidecar::log_dir("op-streams");
+    let nats = streamgate_tests::nats_server::NatsServer::start_new(
+        &env.platform.info.tools.nats_server,
+        &dir.join("nats"),
+        None,
+    )
+    .await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    js.create_stream(Config {
+        name: "TRANSCODING".into(),
+        subjects: vec!["streamgate.transcoding.tasks".into()],
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let kubeconfig = operator_kubeconfig(&env).await?;
+    let nats_url = nats.url();
+    let _operator = Operator::start_with(
+        &env,
+        &kubeconfig,
+        "op-streams",
+        &[
+            "--nats-url",
+            &nats_url,
+            "--stream-max-age",
+            "48h",
+            "--stream-duplicate-window",
+            "1m",
+            "--dead-letter-max-age",
+            "96h",
+            "--resync-ready",
+            "2s",
+        ],
+    )
+    .await?;
+    let consumer = env.unique("consumer");
+    for (name, consul, events) in [
+        (
+            "producer",
+            env.unique("producer"),
+            "{publish: [file.uploaded, transcoding.tasks]}",
+        ),
+        (
+            "consumer",
+            consumer.clone(),
+            "{subscribe: [{type: file.uploaded}]}",
+        ),
+    ] {
+        env.kubectl(
+            &["apply", "-f", "-"],
+            Some(&format!(
+                "apiVersion: streamgate.io/v1alpha1\nkind: StreamGateService\nmetadata: {{name: {name}}}\nspec:\n  image: registry.example.com/{name}:1\n  port: 9091\n  serviceName: {consul}\n  events: {events}\n"
+            )),
+        )?;
+    }
+    let subjects_of = |name: &'static str| {
+        let js = js.clone();
+        async move {
+            let config = js.get_stream(name).await?.info().await?.config.clone();
+            anyhow::Ok(config)
+        }
+    };
+    let events = eventually("STREAMGATE captures the declared types", TIMEOUT, || async {
+        let config = subjects_of("STREAMGATE").await.ok();
+        Ok(config.filter(|c| c.subjects == ["streamgate.file.uploaded"]))
+    })
+    .await?;
+    assert_eq!(events.max_age, Duration::from_secs(48 * 3600));
+    assert_eq!(events.duplicate_window, Duration::from_secs(60));
+    let dead_letters = eventually("STREAMGATE_DLQ captures the dead letters", TIMEOUT, || async {
+        Ok(subjects_of("STREAMGATE_DLQ").await.ok())
+    })
+    .await?;
+    assert_eq!(
+        dead_letters.subjects,
+        [format!("streamgate.dlq.{consumer}.file.uploaded")]
+    );
+    assert_eq!(dead_letters.max_age, Duration::from_secs(96 * 3600));
+
+    let deployments: Api<Deployment> = Api::namespaced(env.client(), &env.namespace);
+    let deployment = eventually("the consumer's Deployment", TIMEOUT, || async {
+        Ok(deployments.get_opt("consumer").await?)
+    })
+    .await?;
+    let sidecar = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.init_containers)
+        .and_then(|c| c.into_iter().find(|c| c.name == "streamgate-sidecar"))
+        .context("the sidecar")?;
+    let document = sidecar
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == CONFIG_ENV)
+        .and_then(|e| e.value)
+        .context("the sidecar's document")?;
+    let relay = serde_yaml::from_str::<SidecarConfig>(&document)?
+        .nats
+        .relay
+        .context("nats.relay rendered")?;
+    assert!(!relay.manage_streams, "{document}");
+    assert_eq!(relay.duplicate_window.as_duration(), Duration::from_secs(60));
+
+    // By hand: a shorter retention is put back, a deleted stream comes back.
+    let mut shorter = events.clone();
+    shorter.max_age = Duration::from_secs(3600);
+    js.update_stream(shorter).await?;
+    eventually("the retention is put back", TIMEOUT, || async {
+        let config = subjects_of("STREAMGATE").await?;
+        Ok((config.max_age == Duration::from_secs(48 * 3600)).then_some(()))
+    })
+    .await?;
+    js.delete_stream("STREAMGATE").await?;
+    eventually("the deleted stream comes back", TIMEOUT, || async {
+        Ok(subjects_of("STREAMGATE").await.ok().map(drop))
+    })
+    .await?;
+    Ok(())
+}

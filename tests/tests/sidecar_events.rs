@@ -1505,3 +1505,144 @@ async fn token_authenticated_nats_works_with_a_credentials_directory() -> Result
     assert_eq!((status, &body["spooled"]), (200, &json!(true)), "{body}");
     Ok(())
 }
+
+/// NATS users as docs/events.md gives them: the operator's with the JetStream API, and
+/// one per sidecar with only [`sidecar_permissions`] of its service.
+fn least_privilege_users(sidecars: &[(&str, &str, &streamgate_crds::Events)]) -> String {
+    use streamgate_crds::contract::events::sidecar_permissions;
+    let quoted = |list: &[String]| {
+        list.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut users = vec!["    {user: operator, password: operator-pw}".to_string()];
+    for (service, password, events) in sidecars {
+        let p = sidecar_permissions(service, events);
+        users.push(format!(
+            "    {{user: {service:?}, password: {password:?}, permissions: {{publish: {{allow: [{}]}}, subscribe: {{allow: [{}]}}}}}}",
+            quoted(&p.publish),
+            quoted(&p.subscribe)
+        ));
+    }
+    format!(
+        "authorization {{\n  users: [\n{}\n  ]\n}}\n",
+        users.join(",\n")
+    )
+}
+
+/// Under the operator (`manageStreams: false`) a sidecar only binds: with no stream for
+/// its subject it is not ready and `/readyz` names the subject; once the streams exist
+/// (made here the way the operator makes them) events flow, with each sidecar on a NATS
+/// user holding only the documented permissions, which cannot change the stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_operator_sidecars_only_bind_with_least_privilege_users() -> Result<()> {
+    use streamgate_nats::streams::{self, Authority, StreamSettings, Want};
+    let env = TestEnv::new("events-bind").await?;
+    let dir = log_dir("events-bind");
+    let t = event_type(&env, "bound");
+    let (source, sink) = (env.unique("source"), env.unique("sink"));
+    let source_events: streamgate_crds::Events = serde_yaml::from_str(&publish(&t))?;
+    let sink_events: streamgate_crds::Events = serde_yaml::from_str(&subscribe(&t, 3))?;
+    let server = NatsServer::start_with_authorization(
+        &env.platform.info.tools.nats_server,
+        &dir.join("nats"),
+        &least_privilege_users(&[
+            (&source, "source-pw", &source_events),
+            (&sink, "sink-pw", &sink_events),
+        ]),
+    )
+    .await?;
+    let nats_as = |user: &str, password: &str| -> Result<String> {
+        let creds = dir.join(format!("nats-{user}"));
+        std::fs::create_dir_all(&creds)?;
+        std::fs::write(creds.join("username"), user)?;
+        std::fs::write(creds.join("password"), password)?;
+        Ok(format!(
+            "{{url: '{}', credentialsDir: '{}', relay: {{manageStreams: false}}}}",
+            server.url(),
+            creds.display()
+        ))
+    };
+    let spec = |service, events, nats| PodSpec {
+        service,
+        consul: env.consul_addr(),
+        events,
+        nats,
+        pod_name: None,
+    };
+    let subscriber = Pod::launch(
+        &dir,
+        spec(&sink, subscribe(&t, 3), nats_as(&sink, "sink-pw")?),
+    )
+    .await?;
+    let why = eventually(
+        "/readyz names the subject no stream captures",
+        Duration::from_secs(30),
+        || async {
+            let response = http()
+                .get(format!("http://{}/readyz", subscriber.sidecar.admin))
+                .send()
+                .await?;
+            let (status, body) = (response.status().as_u16(), response.text().await?);
+            Ok((status == 503 && body.contains("no stream captures")).then_some(body))
+        },
+    )
+    .await?;
+    assert!(why.contains(&format!("streamgate.{t}")), "{why}");
+    let operator =
+        async_nats::ConnectOptions::with_user_and_password("operator".into(), "operator-pw".into())
+            .connect(server.url())
+            .await?;
+    let js = async_nats::jetstream::new(operator);
+    assert!(
+        js.get_stream(STREAM).await.is_err(),
+        "the bound sidecar created no stream"
+    );
+
+    let settings = StreamSettings {
+        max_age: Duration::from_secs(7_200),
+        max_bytes: -1,
+        duplicate_window: Duration::from_secs(120),
+        replicas: 1,
+    };
+    let wants = [
+        Want {
+            stream: STREAM.into(),
+            subjects: vec![format!("streamgate.{t}")],
+            settings: settings.clone(),
+        },
+        Want {
+            stream: "STREAMGATE_DLQ".into(),
+            subjects: vec![format!("streamgate.dlq.{sink}.{t}")],
+            settings,
+        },
+    ];
+    streams::ensure(&js, &wants, Authority::Own).await?;
+    subscriber
+        .sidecar
+        .wait_ready(Duration::from_secs(30))
+        .await?;
+    let publisher = Pod::start(
+        &dir,
+        spec(&source, publish(&t), nats_as(&source, "source-pw")?),
+    )
+    .await?;
+    let (status, body) = publisher.publish_http(&t, "{}", Some("b-1")).await?;
+    assert_eq!((status, &body["spooled"]), (200, &json!(false)), "{body}");
+    let got = wait_accepted(&subscriber, 1, Duration::from_secs(30)).await?;
+    assert!(got.contains_key("b-1"), "{got:?}");
+
+    // The sidecar's user cannot shorten the retention others rely on.
+    let as_sidecar =
+        async_nats::ConnectOptions::with_user_and_password(sink.clone(), "sink-pw".into())
+            .connect(server.url())
+            .await?;
+    let sidecar_js = async_nats::jetstream::new(as_sidecar);
+    let mut shorter = js.get_stream(STREAM).await?.info().await?.config.clone();
+    shorter.max_age = Duration::from_secs(1);
+    assert!(sidecar_js.update_stream(shorter).await.is_err());
+    let kept = js.get_stream(STREAM).await?.info().await?.config.max_age;
+    assert_eq!(kept, Duration::from_secs(7_200));
+    Ok(())
+}

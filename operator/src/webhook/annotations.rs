@@ -146,14 +146,7 @@ pub fn parse(
         tags: list_of(annotations, TAGS)?,
         meta: BTreeMap::new(),
         health: health(annotations)?,
-        events: Events {
-            publish: list_of(annotations, PUBLISH)?,
-            subscribe: annotations
-                .get(SUBSCRIBE)
-                .map(|v| parse_subscriptions(v))
-                .transpose()?
-                .unwrap_or_default(),
-        },
+        events: events(annotations)?,
         upstreams: annotations
             .get(UPSTREAMS)
             .map(|v| parse_upstreams(v))
@@ -191,6 +184,20 @@ fn list_of(annotations: &BTreeMap<String, String>, key: &str) -> Result<Vec<Stri
         .map(|v| list(key, v))
         .transpose()
         .map(Option::unwrap_or_default)
+}
+
+/// The events of `streamgate.io/publish` and `streamgate.io/subscribe` (the operator's
+/// streams capture those of injected pods too).
+pub fn events(annotations: &BTreeMap<String, String>) -> Result<Events, FieldError> {
+    Ok(Events {
+        publish: list_of(annotations, PUBLISH)?,
+        subscribe: annotations
+            .get(SUBSCRIBE)
+            .map(|v| parse_subscriptions(v))
+            .transpose()?
+            .unwrap_or_default(),
+        spool: None,
+    })
 }
 
 fn service_name(

@@ -5,6 +5,7 @@ use super::EnvLookup;
 use std::path::PathBuf;
 use std::time::Duration;
 use streamgate_crds::FieldError;
+use streamgate_crds::contract::events::Subjects;
 use streamgate_crds::sidecar_config::{EventRelayConfig, SidecarConfig};
 
 /// NATS's own default, used when the service has events and nothing names a server.
@@ -18,6 +19,9 @@ pub struct EventSettings {
     /// type, and each subscription's dead-letter subject. Each must be captured by some
     /// stream (StreamGate's own, or one that exists already, e.g. the seed's).
     pub subjects: Vec<String>,
+    /// Whether the sidecar may create its stream and add subjects (run alone), or only
+    /// binds to the operator's streams.
+    pub manage_streams: bool,
     pub url: String,
     pub credentials_dir: Option<PathBuf>,
     pub spool_dir: PathBuf,
@@ -57,24 +61,11 @@ pub fn resolve(doc: &mut SidecarConfig, env: EnvLookup<'_>) -> Result<EventSetti
     }
     let relay = doc.nats.relay.clone().unwrap_or_default();
     check(&relay)?;
-    let service = &doc.service.service_name;
-    let mut subjects: Vec<String> = events
-        .publish
-        .iter()
-        .chain(events.subscribe.iter().map(|s| &s.event_type))
-        .map(|t| format!("streamgate.{t}"))
-        .chain(
-            events
-                .subscribe
-                .iter()
-                .map(|s| format!("streamgate.dlq.{service}.{}", s.event_type)),
-        )
-        .collect();
-    subjects.sort();
-    subjects.dedup();
+    let subjects = Subjects::of(&doc.service.service_name, events).all();
     Ok(EventSettings {
         enabled,
         subjects,
+        manage_streams: relay.manage_streams,
         url,
         credentials_dir: doc
             .nats

@@ -31,7 +31,7 @@ pub struct DeliveryTarget {
 
 impl DeliveryTarget {
     pub fn dlq_subject(&self) -> String {
-        format!("streamgate.dlq.{}.{}", self.service, self.event_type)
+        streamgate_crds::contract::events::dead_letter_subject(&self.service, &self.event_type)
     }
 }
 

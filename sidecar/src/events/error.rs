@@ -9,14 +9,8 @@ use std::path::PathBuf;
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("nats.credentialsDir: {} is not a directory", .0.display())]
-    CredentialsNotADirectory(PathBuf),
-    #[error("nats.credentialsDir: {}: {source}", path.display())]
-    CredentialsFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("nats.credentialsDir: {0}")]
+    Credentials(#[from] streamgate_nats::credentials::CredentialsError),
     #[error("nats.url: {url}: {source}")]
     Connect {
         url: String,
@@ -37,12 +31,7 @@ pub enum StartError {
 
 /// Why the relay's subjects are not all captured by a stream yet (retried by its
 /// callers).
-#[derive(Debug, thiserror::Error)]
-#[error("stream {stream}: {reason}")]
-pub struct StreamError {
-    pub stream: String,
-    pub reason: String,
-}
+pub use streamgate_nats::streams::StreamError;
 
 /// Why a subscription stopped pulling; it starts over after a backoff.
 #[derive(Debug, thiserror::Error)]

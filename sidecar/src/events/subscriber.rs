@@ -20,9 +20,7 @@ use tokio::sync::{Semaphore, watch};
 /// How long one pull request stays open waiting for events.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
-pub fn consumer_name(service: &str, event_type: &str) -> String {
-    format!("{service}--{}", event_type.replace('.', "_"))
-}
+pub use streamgate_crds::contract::events::consumer_name;
 
 /// Pulls and delivers until `stop` turns true; recreates the consumer after errors.
 pub async fn run(
@@ -86,7 +84,7 @@ async fn ensure_consumer(
     name: &str,
     target: &DeliveryTarget,
 ) -> Result<consumer::PullConsumer, PullError> {
-    let subject = format!("streamgate.{}", target.event_type);
+    let subject = streamgate_crds::contract::events::subject(&target.event_type);
     let stream = stream_of(js, &subject)
         .await
         .map_err(PullError::NoStream)?
