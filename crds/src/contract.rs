@@ -126,15 +126,7 @@ pub mod events {
                 .iter()
                 .map(|s| dead_letter_subject(service, &s.event_type)),
         );
-        publish.extend(
-            [
-                "$JS.API.INFO",
-                "$JS.API.STREAM.LIST",
-                "$JS.API.STREAM.NAMES",
-                "$JS.API.STREAM.INFO.*",
-            ]
-            .map(String::from),
-        );
+        publish.extend(STREAM_LOOKUP.map(String::from));
         for s in &events.subscribe {
             let c = consumer_name(service, &s.event_type);
             publish.extend([
@@ -152,6 +144,28 @@ pub mod events {
             subscribe: vec!["_INBOX.>".to_string()],
         }
     }
+
+    /// What the operator may do on NATS: look streams up, and create and update its two
+    /// streams (never delete one, never touch another's).
+    pub fn operator_permissions() -> NatsPermissions {
+        let mut publish: Vec<String> = STREAM_LOOKUP.map(String::from).to_vec();
+        for stream in [STREAM, DEAD_LETTER_STREAM] {
+            publish.push(format!("$JS.API.STREAM.CREATE.{stream}"));
+            publish.push(format!("$JS.API.STREAM.UPDATE.{stream}"));
+        }
+        NatsPermissions {
+            publish,
+            subscribe: vec!["_INBOX.>".to_string()],
+        }
+    }
+
+    /// The JetStream API subjects that find and read streams.
+    const STREAM_LOOKUP: [&str; 4] = [
+        "$JS.API.INFO",
+        "$JS.API.STREAM.LIST",
+        "$JS.API.STREAM.NAMES",
+        "$JS.API.STREAM.INFO.*",
+    ];
 
     /// The subjects one service's relay uses, each sorted and without duplicates.
     #[derive(Debug, Default, Clone, PartialEq, Eq)]

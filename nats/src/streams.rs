@@ -312,7 +312,7 @@ mod tests {
         let ours = existing("STREAMGATE", &["streamgate.a.b"], 60);
         let wants = [want("STREAMGATE", &["streamgate.a.b"])];
         assert_eq!(
-            plan(&[ours.clone()], &wants, Authority::AddSubjects).unwrap(),
+            plan(std::slice::from_ref(&ours), &wants, Authority::AddSubjects).unwrap(),
             []
         );
         let wants = [want("STREAMGATE", &["streamgate.a.b", "streamgate.c.d"])];
@@ -343,7 +343,7 @@ mod tests {
             "STREAMGATE",
             &["streamgate.a.b", "streamgate.c.d", "streamgate.e.f"],
         )];
-        let err = plan(&[ours.clone()], &wants, Authority::Bind).unwrap_err();
+        let err = plan(std::slice::from_ref(&ours), &wants, Authority::Bind).unwrap_err();
         assert!(
             err.reason
                 .contains("no stream captures streamgate.c.d (and 1 more)"),

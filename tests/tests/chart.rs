@@ -2,7 +2,8 @@
 //! (the operator's pods run by kwok, in a namespace enforcing PodSecurity `restricted`),
 //! upgrades, and uninstalls leaving nothing but the CRDs.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use streamgate_tests::TestEnv;
 use streamgate_tests::tools::repo_root;
@@ -210,5 +211,127 @@ async fn chart_installs_upgrades_and_uninstalls_cleanly() -> Result<()> {
         ],
         None,
     )?;
+    Ok(())
+}
+
+/// `nats.permissions` renders each NATS user's least-privilege permissions: exactly what
+/// `sidecar_permissions` gives each platform service with events (and
+/// `operator_permissions` the operator), accepted by a real nats-server, on which the
+/// operator's user can make the streams and a sidecar's user cannot.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_permissions_match_the_contract_and_a_nats_server_takes_them() -> Result<()> {
+    use streamgate_crds::StreamGateService;
+    use streamgate_crds::contract::events::{operator_permissions, sidecar_permissions};
+    let env = TestEnv::new("chart-nats").await?;
+    let chart = repo_root().join("charts/streamgate");
+    let chart = chart.to_string_lossy();
+    let version = env.platform.info.tools.k8s_version.trim_start_matches('v');
+    let render = |set: &str, template: &str| {
+        helm(
+            &env,
+            &[
+                "template",
+                "sg",
+                &chart,
+                "--kube-version",
+                version,
+                "--set",
+                set,
+                "--show-only",
+                template,
+            ],
+        )
+    };
+    let config_map: serde_json::Value = serde_yaml::from_str(&render(
+        "nats.permissions=true",
+        "templates/nats-permissions.yaml",
+    )?)?;
+    let files: BTreeMap<String, String> = serde_json::from_value(config_map["data"].clone())?;
+    let permissions_in = |file: &str| -> Result<serde_json::Value> {
+        let text = files
+            .get(file)
+            .with_context(|| format!("{file} rendered"))?;
+        let (_, json) = text.split_once(" = ").context("VARIABLE = {...}")?;
+        Ok(serde_json::from_str(json.trim())?)
+    };
+    let as_json = |p: streamgate_crds::contract::events::NatsPermissions| serde_json::json!({"publish": {"allow": p.publish}, "subscribe": {"allow": p.subscribe}});
+    assert_eq!(
+        permissions_in("operator.conf")?,
+        as_json(operator_permissions())
+    );
+    let platform = render("platform.enabled=true", "templates/platform.yaml")?;
+    let mut users =
+        vec!["{user: operator, password: op-pw, permissions: $STREAMGATE_OPERATOR}".to_string()];
+    let mut with_events = 0;
+    for document in serde_yaml::Deserializer::from_str(&platform) {
+        let sgs = StreamGateService::deserialize(document)?;
+        let (name, events) = (
+            sgs.metadata.name.clone().unwrap_or_default(),
+            &sgs.spec.events,
+        );
+        let file = format!("{name}.conf");
+        if events.publish.is_empty() && events.subscribe.is_empty() {
+            assert!(
+                !files.contains_key(&file),
+                "{name} has no events, so no NATS user"
+            );
+            continue;
+        }
+        with_events += 1;
+        assert_eq!(
+            permissions_in(&file)?,
+            as_json(sidecar_permissions(&name, events)),
+            "{name}"
+        );
+        let variable = format!("STREAMGATE_{}", name.to_uppercase().replace('-', "_"));
+        users.push(format!(
+            "{{user: {name}, password: {name}-pw, permissions: ${variable}}}"
+        ));
+    }
+    assert_eq!(with_events, 7, "the platform's services with events");
+
+    let dir = streamgate_tests::sidecar::log_dir("chart-nats").join("nats");
+    std::fs::create_dir_all(&dir)?;
+    let mut includes = String::new();
+    for (file, text) in &files {
+        std::fs::write(dir.join(file), text)?;
+        includes.push_str(&format!("include ./{file}\n"));
+    }
+    let server = streamgate_tests::nats_server::NatsServer::start_with_authorization(
+        &env.platform.info.tools.nats_server,
+        &dir,
+        &format!(
+            "{includes}authorization {{\n  users: [\n    {}\n  ]\n}}\n",
+            users.join(",\n    ")
+        ),
+    )
+    .await?;
+    let connect_as = |user: &str, password: &str| {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            .connect(server.url())
+    };
+    let operator = async_nats::jetstream::new(connect_as("operator", "op-pw").await?);
+    let want = streamgate_nats::streams::Want {
+        stream: "STREAMGATE".into(),
+        subjects: vec!["streamgate.file.uploaded".into()],
+        settings: streamgate_nats::streams::StreamSettings {
+            max_age: std::time::Duration::from_secs(3_600),
+            max_bytes: -1,
+            duplicate_window: std::time::Duration::from_secs(120),
+            replicas: 1,
+        },
+    };
+    let own = streamgate_nats::streams::Authority::Own;
+    streamgate_nats::streams::ensure(&operator, std::slice::from_ref(&want), own).await?;
+    let upload = async_nats::jetstream::new(connect_as("upload", "upload-pw").await?);
+    let mut other = want.clone();
+    other.stream = "ROGUE".into();
+    other.subjects = vec!["streamgate.rogue.made".into()];
+    assert!(
+        streamgate_nats::streams::ensure(&upload, &[other], own)
+            .await
+            .is_err(),
+        "a sidecar's user cannot create a stream"
+    );
     Ok(())
 }

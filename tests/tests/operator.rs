@@ -746,16 +746,22 @@ async fn the_operator_owns_the_streams_and_its_sidecars_only_bind() -> Result<()
             anyhow::Ok(config)
         }
     };
-    let events = eventually("STREAMGATE captures the declared types", TIMEOUT, || async {
-        let config = subjects_of("STREAMGATE").await.ok();
-        Ok(config.filter(|c| c.subjects == ["streamgate.file.uploaded"]))
-    })
+    let events = eventually(
+        "STREAMGATE captures the declared types",
+        TIMEOUT,
+        || async {
+            let config = subjects_of("STREAMGATE").await.ok();
+            Ok(config.filter(|c| c.subjects == ["streamgate.file.uploaded"]))
+        },
+    )
     .await?;
     assert_eq!(events.max_age, Duration::from_secs(48 * 3600));
     assert_eq!(events.duplicate_window, Duration::from_secs(60));
-    let dead_letters = eventually("STREAMGATE_DLQ captures the dead letters", TIMEOUT, || async {
-        Ok(subjects_of("STREAMGATE_DLQ").await.ok())
-    })
+    let dead_letters = eventually(
+        "STREAMGATE_DLQ captures the dead letters",
+        TIMEOUT,
+        || async { Ok(subjects_of("STREAMGATE_DLQ").await.ok()) },
+    )
     .await?;
     assert_eq!(
         dead_letters.subjects,
@@ -786,7 +792,10 @@ async fn the_operator_owns_the_streams_and_its_sidecars_only_bind() -> Result<()
         .relay
         .context("nats.relay rendered")?;
     assert!(!relay.manage_streams, "{document}");
-    assert_eq!(relay.duplicate_window.as_duration(), Duration::from_secs(60));
+    assert_eq!(
+        relay.duplicate_window.as_duration(),
+        Duration::from_secs(60)
+    );
 
     // By hand: a shorter retention is put back, a deleted stream comes back.
     let mut shorter = events.clone();
