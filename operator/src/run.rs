@@ -8,7 +8,7 @@ use crate::known::Known;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
-use crate::sidecar_defaults::{OwnedStreams, SidecarDefaults};
+use crate::sidecar_defaults::SidecarDefaults;
 use crate::webhook::Webhook;
 use crate::written::WrittenStatuses;
 use anyhow::{Context as _, Result};
@@ -25,7 +25,6 @@ use prometheus_client::registry::Registry;
 use std::process::ExitCode;
 use std::sync::Arc;
 use streamgate_crds::StreamGateService;
-use streamgate_crds::sidecar_config::ConsulMode;
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -268,32 +267,12 @@ fn consul_client(args: &RunArgs, cluster: &str) -> Result<Consul> {
 
 /// What every rendered sidecar gets from the operator's flags.
 fn sidecar_defaults(args: &RunArgs, cluster: &str) -> SidecarDefaults {
-    SidecarDefaults {
-        image: args.sidecar.sidecar_image.clone(),
-        resources: crate::sidecar_defaults::sidecar_resources(
-            &args.sidecar.sidecar_cpu_request,
-            &args.sidecar.sidecar_memory_request,
-            &args.sidecar.sidecar_memory_limit,
-        ),
-        consul_address: args
-            .sidecar
-            .sidecar_consul_address
-            .clone()
-            .unwrap_or_else(|| args.consul.consul_address.clone()),
-        consul_token_secret: args.sidecar.consul_token_secret.clone(),
-        nats_url: args.sidecar.nats_url.clone(),
-        nats_credentials_secret: args.sidecar.nats_credentials_secret.clone(),
-        cluster_id: cluster.to_string(),
-        consul_mode: match args.sidecar.consul_mode.as_str() {
-            "agent" => ConsulMode::Agent,
-            "catalog" => ConsulMode::Catalog,
-            _ => ConsulMode::Auto,
-        },
-        owned_streams: args.streams.manage_streams.then_some(OwnedStreams {
-            duplicate_window: args.streams.stream_duplicate_window,
-            max_age: args.streams.stream_max_age,
-        }),
-    }
+    SidecarDefaults::from_flags(
+        &args.sidecar,
+        &args.streams,
+        &args.consul.consul_address,
+        cluster,
+    )
 }
 
 /// The operator's streams, from `--nats-url` and the `--stream-*` flags.

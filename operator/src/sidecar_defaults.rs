@@ -38,6 +38,42 @@ pub struct OwnedStreams {
 }
 
 impl SidecarDefaults {
+    /// From the operator's flags (also taken by `streamgate inject`, so it renders what
+    /// the webhook renders). `consul_address` is the operator's own, the sidecars'
+    /// default.
+    pub fn from_flags(
+        sidecar: &crate::cli::SidecarArgs,
+        streams: &crate::cli::StreamArgs,
+        consul_address: &str,
+        cluster: &str,
+    ) -> Self {
+        SidecarDefaults {
+            image: sidecar.sidecar_image.clone(),
+            resources: sidecar_resources(
+                &sidecar.sidecar_cpu_request,
+                &sidecar.sidecar_memory_request,
+                &sidecar.sidecar_memory_limit,
+            ),
+            consul_address: sidecar
+                .sidecar_consul_address
+                .clone()
+                .unwrap_or_else(|| consul_address.to_string()),
+            consul_token_secret: sidecar.consul_token_secret.clone(),
+            nats_url: sidecar.nats_url.clone(),
+            nats_credentials_secret: sidecar.nats_credentials_secret.clone(),
+            cluster_id: cluster.to_string(),
+            consul_mode: match sidecar.consul_mode.as_str() {
+                "agent" => ConsulMode::Agent,
+                "catalog" => ConsulMode::Catalog,
+                _ => ConsulMode::Auto,
+            },
+            owned_streams: streams.manage_streams.then_some(OwnedStreams {
+                duplicate_window: streams.stream_duplicate_window,
+                max_age: streams.stream_max_age,
+            }),
+        }
+    }
+
     /// Settings for tests and examples: local addresses, default resources.
     pub fn for_tests() -> Self {
         SidecarDefaults {

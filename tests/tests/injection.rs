@@ -422,3 +422,77 @@ async fn webhook_down_with_fail_policy_refuses_pods_with_a_clear_error() -> Resu
     assert!(f.pods().get_opt("orphan").await?.is_none());
     Ok(())
 }
+
+/// `streamgate inject` renders what the webhook renders: a pod created from its output
+/// (which the webhook leaves alone, marked injected) equals, in everything StreamGate
+/// adds, a pod the webhook injected from the same manifest.
+#[tokio::test]
+async fn inject_output_applied_gives_the_pod_the_webhook_makes() -> Result<()> {
+    let f = fixture("inject-cli", &[], &[]).await?;
+    let annotations = "streamgate.io/inject: \"true\", streamgate.io/upstreams: \"metadata\", streamgate.io/publish: \"file.uploaded\"";
+    let by_webhook = f
+        .create_pod(&pod_manifest("web", annotations, ""), "web")
+        .await?;
+    let manifest = pod_manifest("web", annotations, "").replace("name: web\n", "name: web-cli\n");
+    let input = std::env::temp_dir().join(format!("{}-inject.yaml", f.env.namespace));
+    std::fs::write(&input, manifest)?;
+    let cli = streamgate_tests::bins::binary("streamgate-cli", "streamgate")?;
+    let output = std::process::Command::new(cli)
+        .env("KUBECONFIG", &f.env.platform.info.kubeconfig)
+        .args(["inject", "-f"])
+        .arg(&input)
+        .args(["-n", &f.env.namespace])
+        .args(["--consul-address", f.env.consul_addr()])
+        .args(["--nats-url", f.env.nats_url()])
+        .output()?;
+    let printed = String::from_utf8(output.stdout)?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    f.env.kubectl(&["create", "-f", "-"], Some(&printed))?;
+    let by_cli = f.pods().get("web-cli").await?;
+    assert_eq!(sidecars(&by_cli), 1, "the webhook did not inject it again");
+
+    // The ServiceAccount token volume is the API server's (its name is random, and it
+    // is added before the webhook runs but after `streamgate inject`): not compared.
+    let added = |pod: &Pod| {
+        let mut spec = pod.spec.clone().unwrap_or_default();
+        let ours = |name: &str| !name.starts_with("kube-api-access-");
+        if let Some(volumes) = spec.volumes.as_mut() {
+            volumes.retain(|v| ours(&v.name));
+        }
+        for c in spec.init_containers.iter_mut().flatten() {
+            if let Some(mounts) = c.volume_mounts.as_mut() {
+                mounts.retain(|m| ours(&m.name));
+            }
+        }
+        let meta = &pod.metadata;
+        serde_json::json!({
+            "initContainers": spec.init_containers,
+            "volumes": spec.volumes,
+            "app": spec.containers.first().map(|c| (c.env.clone(), c.lifecycle.clone())),
+            "service": meta.labels.as_ref().and_then(|l| l.get("streamgate.io/service").cloned()),
+            "hash": meta.annotations.as_ref().and_then(|a| a.get("streamgate.io/config-hash").cloned()),
+        })
+    };
+    assert_eq!(added(&by_cli), added(&by_webhook));
+
+    // A wrong annotation: exit 2 naming it, nothing printed.
+    std::fs::write(
+        &input,
+        pod_manifest("bad", "streamgate.io/inject: \"yes\"", ""),
+    )?;
+    let cli = streamgate_tests::bins::binary("streamgate-cli", "streamgate")?;
+    let refused = std::process::Command::new(cli)
+        .args(["inject", "-f"])
+        .arg(&input)
+        .args(["--cluster-id", "c1"])
+        .output()?;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(refused.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("pod/bad: streamgate.io/inject"), "{stderr}");
+    Ok(())
+}

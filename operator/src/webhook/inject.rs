@@ -37,12 +37,37 @@ pub struct InjectionScope<'a> {
 }
 
 pub fn decide(pod: &Pod, target: &InjectionScope<'_>, settings: &SidecarDefaults) -> Decision {
-    if let Some(no) = not_requested(pod, target) {
-        return no;
+    match inject(pod, target, settings) {
+        Injection::Skip(reason) => Decision::Skip(reason),
+        Injection::Reject(e) => Decision::Reject(e),
+        Injection::Injected(mutated) => {
+            let before = serde_json::to_value(pod).unwrap_or_default();
+            let after = serde_json::to_value(&*mutated).unwrap_or_default();
+            Decision::Inject(json_patch::diff(&before, &after))
+        }
+    }
+}
+
+/// The pod as the webhook admits it (also what `streamgate inject` prints).
+#[derive(Debug)]
+pub enum Injection {
+    /// Left as it is, for this reason.
+    Skip(&'static str),
+    /// With the sidecar.
+    Injected(Box<Pod>),
+    /// Refused: an annotation is wrong.
+    Reject(FieldError),
+}
+
+pub fn inject(pod: &Pod, target: &InjectionScope<'_>, settings: &SidecarDefaults) -> Injection {
+    match not_requested(pod, target) {
+        Some(Decision::Skip(reason)) => return Injection::Skip(reason),
+        Some(Decision::Reject(e)) => return Injection::Reject(e),
+        Some(Decision::Inject(_)) | None => {}
     }
     let mut wanted = match wanted_sidecar(pod) {
         Ok(wanted) => wanted,
-        Err(e) => return Decision::Reject(e),
+        Err(e) => return Injection::Reject(e),
     };
     wanted.sidecar.resources = wanted
         .sidecar
@@ -50,12 +75,8 @@ pub fn decide(pod: &Pod, target: &InjectionScope<'_>, settings: &SidecarDefaults
         .map(|named| crate::sidecar_defaults::merge_resources(&named, &settings.resources));
     let rendered = render_sidecar(&wanted.config, &wanted.sidecar, settings);
     match with_sidecar(pod, &rendered, &wanted.config.service.service_name) {
-        Ok(mutated) => {
-            let before = serde_json::to_value(pod).unwrap_or_default();
-            let after = serde_json::to_value(&mutated).unwrap_or_default();
-            Decision::Inject(json_patch::diff(&before, &after))
-        }
-        Err(e) => Decision::Reject(e),
+        Ok(mutated) => Injection::Injected(Box::new(mutated)),
+        Err(e) => Injection::Reject(e),
     }
 }
 

@@ -1,0 +1,281 @@
+//! `streamgate inject -f FILE`: each workload's pod template goes through the webhook's
+//! own injection ([`streamgate_operator::webhook::inject::inject`]) with the sidecar
+//! defaults the operator takes from the same flags, so applying the output gives the
+//! pods the webhook would have made (and the webhook, seeing them marked injected,
+//! leaves them alone). Other documents pass through unchanged.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
+use serde_json::Value;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use streamgate_operator::cli::{SidecarArgs, StreamArgs};
+use streamgate_operator::sidecar_defaults::SidecarDefaults;
+use streamgate_operator::webhook::inject::{Injection, InjectionScope, inject};
+
+#[derive(Args, Debug)]
+pub struct InjectArgs {
+    /// File of workloads: YAML, several documents allowed; `-` reads standard input.
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    /// Namespace of the workloads that name none.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Inject every pod that does not opt out, as the webhook does in a namespace
+    /// labelled `streamgate.io/inject=enabled`.
+    #[arg(long)]
+    pub namespace_enabled: bool,
+    /// The operator's namespace, whose pods are never injected.
+    #[arg(long, default_value = "streamgate-system")]
+    pub operator_namespace: String,
+    /// The operator's Consul address (the sidecars' default, as its --consul-address).
+    #[arg(
+        long,
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "http://127.0.0.1:8500"
+    )]
+    pub consul_address: String,
+    /// The operator's cluster id. Default: the kube-system namespace's UID, read from the
+    /// cluster of KUBECONFIG (as the operator does).
+    #[arg(long, env = "STREAMGATE_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+}
+
+pub fn main(args: InjectArgs) -> ExitCode {
+    match run(&args) {
+        Ok(Outcome::Printed(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Refused(errors)) => {
+            for e in errors {
+                eprintln!("streamgate inject: {e}");
+            }
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("streamgate inject: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Outcome {
+    Printed(String),
+    /// A workload whose annotations the webhook would refuse, one line each.
+    Refused(Vec<String>),
+}
+
+fn run(args: &InjectArgs) -> Result<Outcome> {
+    let input = read_input(&args.file)?;
+    let cluster = match &args.cluster_id {
+        Some(id) => id.clone(),
+        None => cluster_id_from_kubeconfig()?,
+    };
+    let settings =
+        SidecarDefaults::from_flags(&args.sidecar, &args.streams, &args.consul_address, &cluster);
+    let mut documents = Vec::new();
+    let mut refused = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(&input).enumerate() {
+        let mut doc = Value::deserialize(document)
+            .with_context(|| format!("{}: document {}", args.file.display(), i + 1))?;
+        if doc.is_null() {
+            continue;
+        }
+        let name = describe(&doc);
+        match inject_document(&mut doc, args, &settings) {
+            Ok(Some(reason)) => eprintln!("streamgate inject: {name}: not injected ({reason})"),
+            Ok(None) => {}
+            Err(e) => refused.push(format!("{name}: {e}")),
+        }
+        documents.push(doc);
+    }
+    if !refused.is_empty() {
+        return Ok(Outcome::Refused(refused));
+    }
+    let mut text = String::new();
+    for doc in &documents {
+        text.push_str("---\n");
+        text.push_str(&serde_yaml::to_string(doc)?);
+    }
+    Ok(Outcome::Printed(text))
+}
+
+fn read_input(file: &PathBuf) -> Result<String> {
+    let mut input = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("reading standard input")?;
+    } else {
+        input =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    }
+    Ok(input)
+}
+
+/// `kind/name` for messages.
+fn describe(doc: &Value) -> String {
+    let kind = doc["kind"].as_str().unwrap_or("document").to_lowercase();
+    let name = doc["metadata"]["name"].as_str().unwrap_or("<unnamed>");
+    format!("{kind}/{name}")
+}
+
+/// Where a workload kind keeps its pod template (a Pod is its own).
+fn template_pointer(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => Some("/spec/template"),
+        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        _ => None,
+    }
+}
+
+/// Injects the document's pod in place; `Some(reason)` when it is left as it is.
+fn inject_document(
+    doc: &mut Value,
+    args: &InjectArgs,
+    settings: &SidecarDefaults,
+) -> Result<Option<&'static str>> {
+    let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+    let Some(pointer) = template_pointer(&kind) else {
+        return Ok(Some("not a workload"));
+    };
+    let namespace = doc["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or(&args.namespace)
+        .to_string();
+    let template = doc
+        .pointer_mut(pointer)
+        .context("the workload has no pod template")?;
+    let pod = Pod {
+        metadata: serde_json::from_value(template["metadata"].clone()).unwrap_or_default(),
+        spec: serde_json::from_value(template["spec"].clone()).context("the pod spec")?,
+        status: None,
+    };
+    let scope = InjectionScope {
+        namespace: &namespace,
+        namespace_enabled: args.namespace_enabled,
+        operator_namespace: &args.operator_namespace,
+    };
+    match inject(&pod, &scope, settings) {
+        Injection::Skip(reason) => Ok(Some(reason)),
+        Injection::Reject(e) => bail!("{}: {}", e.field, e.reason),
+        Injection::Injected(injected) => {
+            let object = template.as_object_mut().context("the pod template")?;
+            object.insert("metadata".into(), serde_json::to_value(&injected.metadata)?);
+            object.insert("spec".into(), serde_json::to_value(&injected.spec)?);
+            Ok(None)
+        }
+    }
+}
+
+/// The kube-system namespace's UID, as the operator takes it for its cluster id.
+fn cluster_id_from_kubeconfig() -> Result<String> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await.context(
+            "no --cluster-id, and no cluster to read it from (KUBECONFIG or in-cluster)",
+        )?;
+        let namespaces: kube::Api<Namespace> = kube::Api::all(client);
+        let kube_system = namespaces.get("kube-system").await.context(
+            "reading the kube-system namespace's UID for the cluster id (or set --cluster-id)",
+        )?;
+        kube_system
+            .metadata
+            .uid
+            .context("the kube-system namespace has no UID; set --cluster-id")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        inject: InjectArgs,
+    }
+
+    fn args(extra: &[&str]) -> InjectArgs {
+        let mut argv = vec!["streamgate", "-f", "-", "--cluster-id", "c1"];
+        argv.extend(extra);
+        Wrapper::parse_from(argv).inject
+    }
+
+    fn injected(yaml: &str, extra: &[&str]) -> Result<Value> {
+        let args = args(extra);
+        let settings =
+            SidecarDefaults::from_flags(&args.sidecar, &args.streams, "http://c:8500", "c1");
+        let mut doc: Value = serde_yaml::from_str(yaml)?;
+        let skipped = inject_document(&mut doc, &args, &settings)?;
+        assert_eq!(skipped, None);
+        Ok(doc)
+    }
+
+    #[test]
+    fn a_deployments_template_gets_the_sidecar_and_the_injected_mark() {
+        let doc = injected(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    metadata:\n      labels: {app: web}\n      annotations: {streamgate.io/inject: \"true\", streamgate.io/app-port: \"8080\"}\n    spec:\n      containers: [{name: app, image: web:1}]\n",
+            &[],
+        )
+        .unwrap();
+        let template = &doc["spec"]["template"];
+        assert_eq!(
+            template["spec"]["initContainers"][0]["name"],
+            "streamgate-sidecar"
+        );
+        assert_eq!(
+            template["metadata"]["annotations"]["streamgate.io/injected"],
+            "true"
+        );
+        assert_eq!(
+            template["metadata"]["labels"]["streamgate.io/service"],
+            "web"
+        );
+    }
+
+    #[test]
+    fn a_cronjobs_pod_is_found_and_other_kinds_pass_through() {
+        let doc = injected(
+            "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: nightly}\nspec:\n  jobTemplate:\n    spec:\n      template:\n        metadata:\n          labels: {app: nightly}\n          annotations: {streamgate.io/inject: \"true\", streamgate.io/app-port: \"9000\"}\n        spec:\n          containers: [{name: app, image: job:1}]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][0]["name"],
+            "streamgate-sidecar"
+        );
+        let args = args(&[]);
+        let settings = SidecarDefaults::from_flags(&args.sidecar, &args.streams, "x", "c1");
+        let mut config_map: Value =
+            serde_yaml::from_str("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}").unwrap();
+        let before = config_map.clone();
+        let skipped = inject_document(&mut config_map, &args, &settings).unwrap();
+        assert_eq!((skipped, config_map), (Some("not a workload"), before));
+    }
+
+    #[test]
+    fn a_wrong_annotation_is_named() {
+        let args = args(&[]);
+        let settings = SidecarDefaults::from_flags(&args.sidecar, &args.streams, "x", "c1");
+        let mut doc: Value = serde_yaml::from_str(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {streamgate.io/inject: \"yes\"}\nspec:\n  containers: [{name: app, image: a:1}]\n",
+        )
+        .unwrap();
+        let err = inject_document(&mut doc, &args, &settings).unwrap_err();
+        assert!(err.to_string().contains("streamgate.io/inject"), "{err}");
+    }
+}

@@ -1,0 +1,30 @@
+//! `streamgate`, StreamGate's command line. Installed on the PATH as `kubectl-streamgate`
+//! it is also the kubectl plugin `kubectl streamgate`.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod inject;
+
+/// StreamGate's command line.
+#[derive(Parser, Debug)]
+#[command(name = "streamgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print workloads with the sidecar the injection webhook would add, for GitOps
+    /// without the webhook. Exit 0: printed; 1: cannot read, parse or render; 2: a
+    /// workload's StreamGate annotations are wrong (nothing is printed).
+    Inject(Box<inject::InjectArgs>),
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match Cli::parse().command {
+        Command::Inject(args) => inject::main(*args),
+    }
+}
