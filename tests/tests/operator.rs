@@ -813,3 +813,56 @@ async fn the_operator_owns_the_streams_and_its_sidecars_only_bind() -> Result<()
     .await?;
     Ok(())
 }
+
+/// `spec.events.spool`: the size becomes the sidecar's spool limit and the storage class
+/// a generic ephemeral volume above it, which the API server accepts in the Deployment;
+/// a size that is not a byte quantity is refused by the API server, naming the field.
+#[tokio::test]
+async fn a_spool_storage_class_gives_the_pods_a_generic_ephemeral_volume() -> Result<()> {
+    let f = fixture("op-spool").await?;
+    f.apply(&f.service_yaml(
+        "spooled",
+        "  events:\n    publish: [file.uploaded]\n    spool: {size: 1Gi, storageClass: fast-retain}\n",
+    ))?;
+    let deployment = eventually("the Deployment", TIMEOUT, || async {
+        Ok(f.deployments().get_opt("spooled").await?)
+    })
+    .await?;
+    let spec = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("pod spec")?;
+    let spool = spec
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "streamgate-spool")
+        .context("the spool volume")?;
+    let claim = spool
+        .ephemeral
+        .and_then(|e| e.volume_claim_template)
+        .context("a generic ephemeral volume")?;
+    assert_eq!(
+        claim.spec.storage_class_name.as_deref(),
+        Some("fast-retain")
+    );
+    let requested = claim
+        .spec
+        .resources
+        .and_then(|r| r.requests)
+        .and_then(|r| r.get("storage").cloned())
+        .context("a storage request")?;
+    assert!(requested.0.parse::<u64>()? > 1 << 30, "{requested:?}");
+
+    let err = f
+        .apply(&f.service_yaml(
+            "badspool",
+            "  events:\n    publish: [file.uploaded]\n    spool: {size: lots}\n",
+        ))
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("spec.events.spool.size"),
+        "{err:#}"
+    );
+    Ok(())
+}
