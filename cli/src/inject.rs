@@ -76,7 +76,7 @@ enum Outcome {
 fn run(args: &InjectArgs) -> Result<Outcome> {
     let input = read_input(&args.file)?;
     let cluster = match &args.cluster_id {
-        Some(id) => id.clone(),
+        Some(id) => streamgate_operator::run::checked_cluster_id(id)?,
         None => cluster_id_from_kubeconfig()?,
     };
     let settings =
@@ -179,7 +179,6 @@ fn inject_document(
 
 /// The kube-system namespace's UID, as the operator takes it for its cluster id.
 fn cluster_id_from_kubeconfig() -> Result<String> {
-    use k8s_openapi::api::core::v1::Namespace;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -187,14 +186,7 @@ fn cluster_id_from_kubeconfig() -> Result<String> {
         let client = kube::Client::try_default().await.context(
             "no --cluster-id, and no cluster to read it from (KUBECONFIG or in-cluster)",
         )?;
-        let namespaces: kube::Api<Namespace> = kube::Api::all(client);
-        let kube_system = namespaces.get("kube-system").await.context(
-            "reading the kube-system namespace's UID for the cluster id (or set --cluster-id)",
-        )?;
-        kube_system
-            .metadata
-            .uid
-            .context("the kube-system namespace has no UID; set --cluster-id")
+        streamgate_operator::run::kube_system_uid(&client).await
     })
 }
 

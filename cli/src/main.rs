@@ -4,7 +4,10 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod check;
 mod inject;
+mod output;
+mod pem;
 
 /// StreamGate's command line.
 #[derive(Parser, Debug)]
@@ -16,6 +19,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Check the install: CRD, operator and its leader, webhook, Consul, NATS and the
+    /// streams, sidecar versions; each failure with its fix. Exit 0: healthy; 1: a check
+    /// failed; 3: no cluster to check.
+    Check(Box<check::CheckArgs>),
     /// Print workloads with the sidecar the injection webhook would add, for GitOps
     /// without the webhook. Exit 0: printed; 1: cannot read, parse or render; 2: a
     /// workload's StreamGate annotations are wrong (nothing is printed).
@@ -25,6 +32,7 @@ enum Command {
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
+        Command::Check(args) => check::main(*args),
         Command::Inject(args) => inject::main(*args),
     }
 }

@@ -232,15 +232,24 @@ async fn serve_metrics(args: &RunArgs, registry: Registry) -> Result<watch::Send
 /// and different in every cluster, so clusters sharing one Consul tell their instances
 /// apart without anyone choosing names.
 async fn cluster_id(args: &RunArgs, client: &kube::Client) -> Result<String> {
-    use k8s_openapi::api::core::v1::Namespace;
-    use streamgate_consul::contract::is_valid_cluster_id;
-    if let Some(id) = &args.consul.cluster_id {
-        anyhow::ensure!(
-            is_valid_cluster_id(id),
-            "--cluster-id {id:?} is not 1-63 letters, digits, '.', '_' or '-'"
-        );
-        return Ok(id.clone());
+    match &args.consul.cluster_id {
+        Some(id) => checked_cluster_id(id),
+        None => kube_system_uid(client).await,
     }
+}
+
+/// A `--cluster-id` given by hand, checked.
+pub fn checked_cluster_id(id: &str) -> Result<String> {
+    anyhow::ensure!(
+        streamgate_consul::contract::is_valid_cluster_id(id),
+        "--cluster-id {id:?} is not 1-63 letters, digits, '.', '_' or '-'"
+    );
+    Ok(id.to_string())
+}
+
+/// The default cluster id: the kube-system namespace's UID (also `streamgate inject`'s).
+pub async fn kube_system_uid(client: &kube::Client) -> Result<String> {
+    use k8s_openapi::api::core::v1::Namespace;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let kube_system = namespaces.get("kube-system").await.context(
         "reading the kube-system namespace's UID for the cluster id (or set --cluster-id)",
@@ -248,7 +257,7 @@ async fn cluster_id(args: &RunArgs, client: &kube::Client) -> Result<String> {
     kube_system
         .metadata
         .uid
-        .filter(|uid| is_valid_cluster_id(uid))
+        .filter(|uid| streamgate_consul::contract::is_valid_cluster_id(uid))
         .context("the kube-system namespace has no UID to use as the cluster id; set --cluster-id")
 }
 

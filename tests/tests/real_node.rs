@@ -366,6 +366,67 @@ spec:
     .await?;
     assert!(mutated.contains("streamgate-sidecar"));
 
+    // `streamgate check` on this install: every check passes (the streams may take the
+    // operator's first pass); a stopped NATS and an operator scaled to 0 are each
+    // named, with their fix.
+    let passed = eventually("streamgate check passes", POD_TIMEOUT, || async {
+        let (code, checks) = streamgate_check(&env, ns, &[])?;
+        Ok((code == Some(0)).then_some(checks))
+    })
+    .await
+    .with_context(|| format!("{:?}", streamgate_check(&env, ns, &[])))?;
+    let names: Vec<&str> = passed.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "crd", "operator", "leader", "webhook", "consul", "nats", "sidecars"
+        ]
+    );
+    let dir = streamgate_tests::sidecar::log_dir("check-nats");
+    let nats = streamgate_tests::nats_server::NatsServer::reserve(
+        &env.platform.info.tools.nats_server,
+        &dir,
+        None,
+    )?;
+    let (code, checks) = streamgate_check(&env, ns, &["--nats-url", &nats.url()])?;
+    assert_eq!(code, Some(1));
+    let failed = failed_checks(&checks);
+    assert_eq!(failed.len(), 1, "{checks:?}");
+    assert_eq!(failed[0]["name"], "nats");
+    assert!(
+        failed[0]["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("start NATS")
+    );
+    env.kubectl(
+        &["scale", "deployment/streamgate-operator", "--replicas=0"],
+        None,
+    )?;
+    let down = eventually("check names the operator down", POD_TIMEOUT, || async {
+        let (code, checks) = streamgate_check(&env, ns, &[])?;
+        let failed: Vec<String> = failed_checks(&checks)
+            .iter()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect();
+        Ok((code == Some(1)
+            && failed.contains(&"operator".to_string())
+            && failed.contains(&"webhook".to_string()))
+        .then_some(checks))
+    })
+    .await?;
+    let operator = down
+        .iter()
+        .find(|c| c["name"] == "operator")
+        .context("operator check")?;
+    assert!(
+        operator["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--replicas=2"),
+        "{operator}"
+    );
+
     helm(
         &env,
         &["uninstall", "sg", "-n", ns, "--wait", "--timeout", "2m"],
@@ -405,4 +466,31 @@ spec:
         "the webhook configuration is left behind"
     );
     Ok(())
+}
+
+/// `streamgate check -o json` against the install in `ns`: exit code and checks.
+fn streamgate_check(
+    env: &TestEnv,
+    ns: &str,
+    extra: &[&str],
+) -> Result<(Option<i32>, Vec<serde_json::Value>)> {
+    let cli = streamgate_tests::bins::binary("streamgate-cli", "streamgate")?;
+    let output = std::process::Command::new(cli)
+        .env("KUBECONFIG", &env.platform.info.kubeconfig)
+        .env_remove("CONSUL_HTTP_ADDR")
+        .env_remove("NATS_URL")
+        .args(["check", "-o", "json", "--operator-namespace", ns])
+        .args(extra)
+        .output()?;
+    let checks = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "streamgate check printed no JSON: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    Ok((output.status.code(), checks))
+}
+
+fn failed_checks(checks: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    checks.iter().filter(|c| c["ok"] == false).collect()
 }
