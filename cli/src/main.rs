@@ -8,6 +8,8 @@ mod check;
 mod inject;
 mod output;
 mod pem;
+mod prometheus;
+mod status;
 
 /// StreamGate's command line.
 #[derive(Parser, Debug)]
@@ -23,6 +25,10 @@ enum Command {
     /// streams, sidecar versions; each failure with its fix. Exit 0: healthy; 1: a check
     /// failed; 3: no cluster to check.
     Check(Box<check::CheckArgs>),
+    /// Show StreamGateServices: replicas, Consul instances with their check output,
+    /// upstreams (calls, errors, latency, ejections) and spool depth from the sidecars'
+    /// metrics, subscriptions' consumer lag from NATS.
+    Status(Box<status::StatusArgs>),
     /// Print workloads with the sidecar the injection webhook would add, for GitOps
     /// without the webhook. Exit 0: printed; 1: cannot read, parse or render; 2: a
     /// workload's StreamGate annotations are wrong (nothing is printed).
@@ -34,5 +40,6 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check(args) => check::main(*args),
         Command::Inject(args) => inject::main(*args),
+        Command::Status(args) => status::main(*args),
     }
 }

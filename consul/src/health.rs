@@ -44,6 +44,9 @@ pub struct Service {
 #[serde(rename_all = "PascalCase")]
 pub struct Check {
     pub status: String,
+    /// What the check last said (a TTL check's note, an HTTP check's answer).
+    #[serde(default)]
+    pub output: String,
 }
 
 impl HealthEntry {

@@ -866,3 +866,64 @@ async fn a_spool_storage_class_gives_the_pods_a_generic_ephemeral_volume() -> Re
     );
     Ok(())
 }
+
+/// `streamgate status` shows each Consul instance of a service, a critical one with its
+/// check's output, beside the replicas the API server reports.
+#[tokio::test]
+async fn streamgate_status_shows_a_critical_instance_with_its_output() -> Result<()> {
+    let f = fixture("op-status").await?;
+    let service = f.env.unique("upload");
+    f.apply(&f.service_yaml(
+        "upload",
+        "  replicas: 2\n  upstreams: [{service: metadata}]\n",
+    ))?;
+    let pods = f.running_pods("upload", 2).await?;
+    let healthy = f.register_instance(&service, &pods[0], true).await?;
+    let critical = f.register_instance(&service, &pods[1], true).await?;
+    f.consul
+        .put(format!(
+            "{}/v1/agent/check/fail/{critical}-ttl?note=app%20answered%20503",
+            f.env.consul_addr()
+        ))
+        .send()
+        .await?
+        .error_for_status()?;
+    let cli = streamgate_tests::bins::binary("streamgate-cli", "streamgate")?;
+    let output = std::process::Command::new(cli)
+        .env("KUBECONFIG", &f.env.platform.info.kubeconfig)
+        .args(["status", "upload", "-n", &f.env.namespace, "-o", "json"])
+        .args(["--consul-address", f.env.consul_addr()])
+        .args(["--nats-url", f.env.nats_url()])
+        // kwok's pods have no process behind their addresses: nothing to scrape.
+        .args(["--sidecars=false"])
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let services: Vec<Value> = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(services.len(), 1);
+    let upload = &services[0];
+    assert_eq!(upload["consul_name"], service.as_str());
+    assert_eq!(upload["replicas"], 2);
+    let instances = upload["instances"].as_array().context("instances read")?;
+    let by_id = |id: &str| instances.iter().find(|i| i["id"] == id).cloned();
+    let bad = by_id(&critical).context("the critical instance")?;
+    assert_eq!(bad["status"], "critical");
+    assert_eq!(bad["output"], "app answered 503");
+    assert_eq!(
+        by_id(&healthy).context("the healthy one")?["status"],
+        "passing"
+    );
+    assert_eq!(upload["upstreams"][0]["service"], "metadata");
+
+    // A service that does not exist: exit 1.
+    let cli = streamgate_tests::bins::binary("streamgate-cli", "streamgate")?;
+    let missing = std::process::Command::new(cli)
+        .env("KUBECONFIG", &f.env.platform.info.kubeconfig)
+        .args(["status", "nothing-here", "-n", &f.env.namespace])
+        .output()?;
+    assert_eq!(missing.status.code(), Some(1));
+    Ok(())
+}
