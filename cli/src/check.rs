@@ -37,6 +37,10 @@ pub struct CheckArgs {
     /// NATS to check (default: the operator's NATS_URL).
     #[arg(long)]
     pub nats_url: Option<String>,
+    /// A NATS credentials directory (`creds`, `nkey`, `token`, or `username` and
+    /// `password` files, and `ca.crt`), as the sidecars and the operator read one.
+    #[arg(long, env = "STREAMGATE_NATS_CREDENTIALS_DIR")]
+    pub nats_credentials_dir: Option<std::path::PathBuf>,
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
 }
@@ -131,7 +135,12 @@ async fn run(args: &CheckArgs) -> Result<Vec<Check>> {
         leader(&client, args).await,
         webhook(&client, args).await,
         consul_check(consul.as_deref()).await,
-        nats_check(&client, nats.as_deref()).await,
+        nats_check(
+            &client,
+            nats.as_deref(),
+            args.nats_credentials_dir.as_deref(),
+        )
+        .await,
         sidecar_versions(&client, args, deployment.as_ref()).await,
     ])
 }
@@ -400,26 +409,21 @@ async fn consul_check(address: Option<&str>) -> Check {
     Check::pass(NAME, format!("{address}: leader {leader}; {mode}"))
 }
 
-async fn nats_check(client: &kube::Client, url: Option<&str>) -> Check {
+async fn nats_check(
+    client: &kube::Client,
+    url: Option<&str>,
+    credentials: Option<&std::path::Path>,
+) -> Check {
     use streamgate_nats::streams::captures;
     const NAME: &str = "nats";
     let Some(url) = url else {
         return Check::fail(NAME, "no NATS URL", "pass --nats-url");
     };
     let fix = format!("start NATS with JetStream, or check the URL {url} (--nats-url)");
-    let connected = tokio::time::timeout(
-        Duration::from_secs(5),
-        async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(3))
-            .connect(url),
-    )
-    .await;
-    let nats = match connected {
-        Ok(Ok(nats)) => nats,
-        Ok(Err(e)) => return Check::fail(NAME, format!("{url}: {e}"), fix),
-        Err(_) => return Check::fail(NAME, format!("{url}: no answer within 5s"), fix),
+    let js = match crate::nats::connect(url, credentials).await {
+        Ok(js) => js,
+        Err(e) => return Check::fail(NAME, e, fix),
     };
-    let js = async_nats::jetstream::new(nats);
     if let Err(e) = js.query_account().await {
         return Check::fail(
             NAME,

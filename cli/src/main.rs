@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod check;
 mod inject;
+mod nats;
 mod output;
 mod pem;
 mod prometheus;

@@ -40,6 +40,10 @@ pub struct StatusArgs {
     /// NATS to ask for consumer lag (default: NATS_URL).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// A NATS credentials directory (`creds`, `nkey`, `token`, or `username` and
+    /// `password` files, and `ca.crt`), as the sidecars and the operator read one.
+    #[arg(long, env = "STREAMGATE_NATS_CREDENTIALS_DIR")]
+    pub nats_credentials_dir: Option<std::path::PathBuf>,
     /// Read each sidecar's metrics through the API server's pod proxy (upstreams, spool).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub sidecars: bool,
@@ -158,16 +162,7 @@ async fn run(args: &StatusArgs) -> Result<Vec<ServiceStatus>> {
             call: Duration::from_secs(5),
         },
     )?;
-    let nats = tokio::time::timeout(
-        Duration::from_secs(5),
-        async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(3))
-            .connect(args.nats_url.as_str()),
-    )
-    .await
-    .map_err(|_| format!("{}: no answer within 5s", args.nats_url))
-    .and_then(|c| c.map_err(|e| format!("{}: {e}", args.nats_url)))
-    .map(async_nats::jetstream::new);
+    let nats = crate::nats::connect(&args.nats_url, args.nats_credentials_dir.as_deref()).await;
     let mut out = Vec::new();
     for sgs in &services {
         out.push(service_status(&client, &consul, &nats, sgs, args.sidecars).await);

@@ -98,10 +98,20 @@ pub fn plan(
     wants: &[Want],
     authority: Authority,
 ) -> Result<Vec<Action>, StreamError> {
+    let moves = if authority == Authority::Own {
+        moves(existing, wants)
+    } else {
+        Vec::new()
+    };
+    let moved = |stream: &str, subject: &str| {
+        moves
+            .iter()
+            .any(|(from, s)| from.as_str() == stream && s.as_str() == subject)
+    };
     let captured = |subject: &str| {
         existing
             .iter()
-            .any(|c| c.subjects.iter().any(|f| captures(f, subject)))
+            .any(|c| c.subjects.iter().any(|f| captures(f, subject)) && !moved(&c.name, subject))
     };
     let mut actions = Vec::new();
     let mut taken: Vec<&str> = Vec::new();
@@ -133,7 +143,9 @@ pub fn plan(
             Some(current) => {
                 let mut config = current.clone();
                 let mut changed = Vec::new();
-                if !missing.is_empty() {
+                let before = config.subjects.len();
+                config.subjects.retain(|s| !moved(&want.stream, s));
+                if config.subjects.len() != before || !missing.is_empty() {
                     config.subjects.extend(missing);
                     changed.push("subjects");
                 }
@@ -149,7 +161,40 @@ pub fn plan(
             None => actions.push(Action::Create(new_stream(want, missing))),
         }
     }
+    // A stream giving subjects up goes first: NATS refuses two streams capturing one
+    // subject, so the one taking them over must wait.
+    actions.sort_by_key(|a| match a {
+        Action::Update(config, _) => !moves.iter().any(|(from, _)| *from == config.name),
+        Action::Create(_) => true,
+    });
     Ok(actions)
+}
+
+/// Subjects one of the wanted streams holds (by name, as an older StreamGate put them
+/// there: dead letters in STREAMGATE) that another wanted stream should have, as
+/// (stream, subject). A stream is never emptied by it (NATS would give it its own name
+/// as subject).
+fn moves(existing: &[stream::Config], wants: &[Want]) -> Vec<(String, String)> {
+    let mut moves: Vec<(String, String)> = Vec::new();
+    for want in wants {
+        for subject in &want.subjects {
+            let holder = existing.iter().find(|c| {
+                c.name != want.stream
+                    && wants.iter().any(|w| w.stream == c.name)
+                    && c.subjects.contains(subject)
+            });
+            if let Some(holder) = holder {
+                let leaving = moves
+                    .iter()
+                    .filter(|(from, _)| *from == holder.name)
+                    .count();
+                if leaving + 1 < holder.subjects.len() {
+                    moves.push((holder.name.clone(), subject.clone()));
+                }
+            }
+        }
+    }
+    moves
 }
 
 fn new_stream(want: &Want, subjects: Vec<String>) -> stream::Config {
@@ -351,6 +396,28 @@ mod tests {
         );
         let wants = [want("STREAMGATE", &["streamgate.a.b"])];
         assert_eq!(plan(&[ours], &wants, Authority::Bind).unwrap(), []);
+    }
+
+    #[test]
+    fn the_owner_moves_dead_letters_an_older_sidecar_put_in_the_events_stream() {
+        let events = existing(
+            "STREAMGATE",
+            &["streamgate.a.b", "streamgate.dlq.s.a.b"],
+            3_600,
+        );
+        let wants = [
+            want("STREAMGATE", &["streamgate.a.b"]),
+            want("STREAMGATE_DLQ", &["streamgate.dlq.s.a.b"]),
+        ];
+        let actions = plan(std::slice::from_ref(&events), &wants, Authority::Own).unwrap();
+        let [Action::Update(shrunk, _), Action::Create(dlq)] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(shrunk.subjects, ["streamgate.a.b"], "given up first");
+        assert_eq!(dlq.subjects, ["streamgate.dlq.s.a.b"]);
+        // A sidecar never moves anything.
+        let actions = plan(&[events], &wants, Authority::AddSubjects).unwrap();
+        assert_eq!(actions, []);
     }
 
     #[test]

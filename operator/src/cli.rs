@@ -194,6 +194,43 @@ pub struct SidecarArgs {
     pub sidecar_memory_limit: String,
 }
 
+impl StreamArgs {
+    /// The combinations clap cannot check, each naming its flag: values NATS would store
+    /// differently (so every pass would "change" them) or sidecars would refuse.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.manage_streams {
+            return Ok(());
+        }
+        for (flag, bytes) in [
+            ("--stream-max-bytes", self.stream_max_bytes),
+            ("--dead-letter-max-bytes", self.dead_letter_max_bytes),
+        ] {
+            if bytes == 0 {
+                return Err(format!(
+                    "{flag} 0: use -1 for no limit, or a size of at least 1"
+                ));
+            }
+        }
+        let window = self.stream_duplicate_window;
+        if window < Duration::from_millis(10) {
+            return Err(format!(
+                "--stream-duplicate-window {window:?} is shorter than 10ms"
+            ));
+        }
+        for (flag, age) in [
+            ("--stream-max-age", self.stream_max_age),
+            ("--dead-letter-max-age", self.dead_letter_max_age),
+        ] {
+            if age < window {
+                return Err(format!(
+                    "{flag} {age:?} is shorter than --stream-duplicate-window {window:?} (0 is not \"no limit\" here: give a long age)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Leader election")]
 pub struct LeaderArgs {
@@ -279,5 +316,51 @@ impl FailurePolicy {
             FailurePolicy::Fail => "Fail",
             FailurePolicy::Ignore => "Ignore",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let mut argv = vec!["streamgate-operator", "run"];
+        argv.extend(flags);
+        match Cli::parse_from(argv).command {
+            Command::Run(args) => *args,
+            Command::Crd => unreachable!("parsed run"),
+        }
+    }
+
+    #[test]
+    fn stream_flags_nats_would_rewrite_are_refused_by_name() {
+        assert_eq!(run_args(&[]).streams.check(), Ok(()));
+        for (flags, named) in [
+            (&["--stream-max-bytes", "0"][..], "--stream-max-bytes"),
+            (
+                &["--dead-letter-max-bytes", "0"][..],
+                "--dead-letter-max-bytes",
+            ),
+            (
+                &["--stream-duplicate-window", "0s"][..],
+                "--stream-duplicate-window",
+            ),
+            (&["--stream-max-age", "0s"][..], "--stream-max-age"),
+            (
+                &["--dead-letter-max-age", "1m"][..],
+                "--dead-letter-max-age",
+            ),
+        ] {
+            let err = run_args(flags).streams.check().unwrap_err();
+            assert!(err.starts_with(named), "{flags:?}: {err}");
+        }
+        let unmanaged = run_args(&["--manage-streams=false", "--stream-max-bytes", "0"]);
+        assert_eq!(unmanaged.streams.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_flag_given_twice_takes_its_last_value() {
+        let args = run_args(&["--nats-url", "nats://a:1", "--nats-url", "nats://b:2"]);
+        assert_eq!(args.sidecar.nats_url, "nats://b:2");
     }
 }

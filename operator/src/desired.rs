@@ -161,7 +161,7 @@ fn deployment(
     let overrides = &spec.pod_template;
     let mut app = app_container(spec);
     sidecar.add_pre_stop(&mut app);
-    let pod_spec = PodSpec {
+    let mut pod_spec = PodSpec {
         init_containers: Some(vec![sidecar.container.clone()]),
         containers: vec![app],
         volumes: Some(sidecar.volumes.clone()),
@@ -173,6 +173,7 @@ fn deployment(
         termination_grace_period_seconds: Some(grace_period(spec)),
         ..Default::default()
     };
+    sidecar.add_fs_group(&mut pod_spec);
     Deployment {
         metadata,
         spec: Some(DeploymentSpec {

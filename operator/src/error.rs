@@ -37,6 +37,17 @@ pub enum Error {
     MissingField(&'static str),
 }
 
+/// Every value [`Error::step`] gives, so the error counter has each series (at 0) from
+/// the start and dashboards and alerts see no gaps.
+pub const STEPS: [&str; 6] = [
+    "validate",
+    "apply",
+    "status",
+    "cleanup",
+    "finalizer",
+    "read",
+];
+
 impl Error {
     /// The reconcile step that failed: a short, stable label for metrics.
     pub fn step(&self) -> &'static str {

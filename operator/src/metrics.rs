@@ -48,6 +48,9 @@ impl Metrics {
             stream_writes: Counter::default(),
             stream_errors: Counter::default(),
         };
+        for step in crate::error::STEPS {
+            m.error_counter(step);
+        }
         registry.register(
             "streamgate_operator_reconciles",
             "Reconciles run",
@@ -106,11 +109,15 @@ impl Metrics {
     }
 
     pub fn error(&self, kind: &str) {
+        self.error_counter(kind).inc();
+    }
+
+    fn error_counter(&self, kind: &str) -> Counter {
         self.errors
             .get_or_create(&ErrorLabels {
                 kind: kind.to_string(),
             })
-            .inc();
+            .clone()
     }
 }
 

@@ -48,6 +48,10 @@ pub struct RenderedSidecar {
     /// leaves the mesh before the kubelet stops the app. `None` when the service opted
     /// out (`leaveFirst: false`).
     pub app_pre_stop: Option<Lifecycle>,
+    /// The pod's `fsGroup` the sidecar needs, unless the pod sets one: a claimed spool
+    /// volume's root is the provisioner's (often `root` 0755), which the non-root sidecar
+    /// could not write; an emptyDir needs none.
+    pub fs_group: Option<i64>,
 }
 
 /// Renders the sidecar for `config` (the service part comes from a StreamGateService spec
@@ -62,6 +66,7 @@ pub fn render_sidecar(
     let config_yaml = serde_yaml::to_string(&config).expect("sidecar config always serializes");
     let config_hash = digest(&config_yaml);
     let (volumes, mounts) = volumes(&config, settings);
+    let claimed_spool = volumes.iter().any(|v| v.ephemeral.is_some());
     let container = Container {
         name: SIDECAR_NAME.to_string(),
         image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
@@ -91,10 +96,23 @@ pub fn render_sidecar(
         config_yaml,
         config_hash,
         app_pre_stop: spec.leaves_first().then(leave_first_hook),
+        fs_group: claimed_spool.then_some(SIDECAR_UID),
     }
 }
 
 impl RenderedSidecar {
+    /// Gives the pod the `fsGroup` the sidecar needs, unless it has one of its own.
+    pub fn add_fs_group(&self, pod: &mut k8s_openapi::api::core::v1::PodSpec) {
+        let Some(group) = self.fs_group else {
+            return;
+        };
+        let context = pod.security_context.get_or_insert_with(Default::default);
+        if context.fs_group.is_none() {
+            context.fs_group = Some(group);
+            context.fs_group_change_policy = Some("OnRootMismatch".to_string());
+        }
+    }
+
     /// Gives an app container the leave-first hook. A `preStop` of the app's own is
     /// kept (Kubernetes allows one): that pod leaves Consul only on the sidecar's SIGTERM.
     pub fn add_pre_stop(&self, app: &mut Container) {
@@ -437,6 +455,20 @@ mod tests {
             .as_ref()
             .unwrap()["storage"];
         assert_eq!(requested.0, spool::volume_bytes(1 << 30).to_string());
+        assert_eq!(
+            r.fs_group,
+            Some(SIDECAR_UID),
+            "the claimed volume is made writable"
+        );
+        let mut pod = k8s_openapi::api::core::v1::PodSpec::default();
+        r.add_fs_group(&mut pod);
+        assert_eq!(pod.security_context.unwrap().fs_group, Some(SIDECAR_UID));
+        let plain = render_sidecar(
+            &config(),
+            &SidecarSpec::default(),
+            &SidecarDefaults::for_tests(),
+        );
+        assert_eq!(plain.fs_group, None, "an emptyDir needs no fsGroup");
     }
 
     #[test]

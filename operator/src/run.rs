@@ -65,6 +65,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn run(args: RunArgs) -> Result<ExitCode> {
+    args.streams.check().map_err(anyhow::Error::msg)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await

@@ -19,7 +19,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use streamgate_crds::StreamGateService;
 use streamgate_crds::contract::events::{DEAD_LETTER_STREAM, STREAM, Subjects};
 use streamgate_nats::streams::{self, Authority, StreamSettings, Want};
@@ -27,6 +27,8 @@ use tokio::sync::Notify;
 
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long to let a burst of changes settle before looking at what is declared.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// What the operator's streams are made of (from `--stream-*` and `--dead-letter-*`).
 #[derive(Debug, Clone)]
@@ -109,11 +111,17 @@ pub async fn run(
     let mut retry = RETRY_MIN;
     let mut in_sync: Option<Subjects> = None;
     let mut last_error = None;
+    // A pass runs when what is declared changed (not before `retry_at` after a failure)
+    // and at `next_resync` in any case: deadlines kept across wake-ups, so a busy
+    // cluster's stream of pod updates can neither postpone the resync nor skip the
+    // backoff.
+    let mut next_resync = Instant::now();
+    let mut retry_at = Instant::now();
     loop {
         let subjects = declared(&services.state(), &pods.state());
-        let due = if in_sync.as_ref() == Some(&subjects) {
-            resync
-        } else {
+        let now = Instant::now();
+        let changed_since = in_sync.as_ref() != Some(&subjects);
+        if (changed_since && now >= retry_at) || now >= next_resync {
             match streams::ensure(&js, &wants(&subjects, &config), Authority::Own).await {
                 Ok(written) => {
                     metrics.stream_writes.inc_by(written.len() as u64);
@@ -127,7 +135,8 @@ pub async fn run(
                     }
                     in_sync = Some(subjects);
                     retry = RETRY_MIN;
-                    resync
+                    retry_at = now;
+                    next_resync = now + resync;
                 }
                 Err(e) => {
                     metrics.streams_in_sync.set(0);
@@ -137,15 +146,24 @@ pub async fn run(
                         tracing::warn!(error = %message, "cannot bring the event streams in step; retrying");
                     }
                     last_error = Some(message);
-                    let due = retry;
+                    in_sync = None;
+                    retry_at = now + retry;
+                    next_resync = retry_at;
                     retry = (retry * 2).min(RETRY_MAX);
-                    due
                 }
             }
+        }
+        let wake = if in_sync.is_some() {
+            next_resync
+        } else {
+            retry_at
         };
         tokio::select! {
-            _ = changed.notified() => {}
-            _ = tokio::time::sleep(due) => in_sync = None,
+            _ = changed.notified() => {
+                // Many changes arrive together (a rollout): look at most once a second.
+                tokio::time::sleep(SETTLE).await;
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
         }
     }
 }

@@ -335,3 +335,83 @@ async fn nats_permissions_match_the_contract_and_a_nats_server_takes_them() -> R
     );
     Ok(())
 }
+
+/// Every metric the chart's Grafana dashboard queries is exported (declared with its
+/// `# TYPE` line) by a running sidecar, with events and an upstream, or by a running
+/// operator: a renamed metric cannot leave a panel empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_metric_the_dashboard_queries_is_exported() -> Result<()> {
+    use streamgate_tests::sidecar::{DemoApp, Sidecar, SidecarOptions, log_dir, pod_ip};
+    let env = TestEnv::new("chart-dashboard").await?;
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        repo_root().join("charts/streamgate/dashboards/streamgate.json"),
+    )?)?;
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().context("targets")? {
+            let expr = target["expr"].as_str().context("expr")?;
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("streamgate_") {
+                    queried.insert(word.to_string());
+                }
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    // PodMonitors only where the Prometheus operator's CRDs are; the dashboard always.
+    let chart = repo_root().join("charts/streamgate");
+    let version = env.platform.info.tools.k8s_version.trim_start_matches('v');
+    let kinds = |extra: &[&str]| -> Result<usize> {
+        let mut args = vec![
+            "template",
+            "sg",
+            chart.to_str().unwrap_or_default(),
+            "--kube-version",
+            version,
+            "--show-only",
+            "templates/monitoring.yaml",
+        ];
+        args.extend(extra);
+        Ok(helm(&env, &args)?.matches("kind: PodMonitor").count())
+    };
+    assert_eq!(kinds(&[])?, 0);
+    assert_eq!(
+        kinds(&["--api-versions", "monitoring.coreos.com/v1/PodMonitor"])?,
+        2
+    );
+
+    let kubeconfig = streamgate_tests::operator::operator_kubeconfig(&env).await?;
+    let operator =
+        streamgate_tests::operator::Operator::start(&env, &kubeconfig, "dashboard").await?;
+    let dir = log_dir("chart-dashboard");
+    let ip = pod_ip();
+    let app = DemoApp::start(&dir, &ip, true).await?;
+    let nowhere = format!("http://127.0.0.1:{}", streamgate_tests::ports::free_port()?);
+    let mut options = SidecarOptions::new("dashboard", &ip, app.addr, &nowhere);
+    options.events = "{publish: [dash.board], subscribe: [{type: dash.board}]}".into();
+    options.service_extra = "  upstreams: [{service: elsewhere}]\n".into();
+    options.extra = format!(
+        "nats: {{url: 'nats://127.0.0.1:{}'}}\nspoolDir: '{}'\n",
+        streamgate_tests::ports::free_port()?,
+        dir.join("spool").display()
+    );
+    let sidecar = Sidecar::start(&dir, &options)?;
+    let sidecar_metrics = streamgate_tests::wait::eventually(
+        "the sidecar's metrics",
+        std::time::Duration::from_secs(10),
+        || async { Ok(sidecar.admin_get("/metrics").await.ok()) },
+    )
+    .await?;
+    let operator_metrics = reqwest::get(&operator.metrics_url).await?.text().await?;
+    let exported = |name: &str| {
+        let base = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        let declared = format!("# TYPE {base} ");
+        sidecar_metrics.contains(&declared) || operator_metrics.contains(&declared)
+    };
+    let missing: Vec<&String> = queried.iter().filter(|m| !exported(m)).collect();
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
+    Ok(())
+}

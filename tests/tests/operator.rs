@@ -853,6 +853,12 @@ async fn a_spool_storage_class_gives_the_pods_a_generic_ephemeral_volume() -> Re
         .and_then(|r| r.get("storage").cloned())
         .context("a storage request")?;
     assert!(requested.0.parse::<u64>()? > 1 << 30, "{requested:?}");
+    let fs_group = spec.security_context.and_then(|c| c.fs_group);
+    assert_eq!(
+        fs_group,
+        Some(65532),
+        "the non-root sidecar can write the claim"
+    );
 
     let err = f
         .apply(&f.service_yaml(

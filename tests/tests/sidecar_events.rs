@@ -1506,17 +1506,23 @@ async fn token_authenticated_nats_works_with_a_credentials_directory() -> Result
     Ok(())
 }
 
-/// NATS users as docs/events.md gives them: the operator's with the JetStream API, and
-/// one per sidecar with only [`sidecar_permissions`] of its service.
+/// NATS users as docs/events.md gives them: the operator's with only
+/// [`operator_permissions`], and one per sidecar with only [`sidecar_permissions`] of
+/// its service.
 fn least_privilege_users(sidecars: &[(&str, &str, &streamgate_crds::Events)]) -> String {
-    use streamgate_crds::contract::events::sidecar_permissions;
+    use streamgate_crds::contract::events::{operator_permissions, sidecar_permissions};
     let quoted = |list: &[String]| {
         list.iter()
             .map(|s| format!("{s:?}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut users = vec!["    {user: operator, password: operator-pw}".to_string()];
+    let operator = operator_permissions();
+    let mut users = vec![format!(
+        "    {{user: operator, password: operator-pw, permissions: {{publish: {{allow: [{}]}}, subscribe: {{allow: [{}]}}}}}}",
+        quoted(&operator.publish),
+        quoted(&operator.subscribe)
+    )];
     for (service, password, events) in sidecars {
         let p = sidecar_permissions(service, events);
         users.push(format!(

@@ -150,6 +150,7 @@ fn with_sidecar(pod: &Pod, rendered: &RenderedSidecar, service: &str) -> Result<
         }
         volumes.push(volume.clone());
     }
+    rendered.add_fs_group(pod_spec);
     // First among the init containers: up before anything else in the pod runs.
     pod_spec
         .init_containers

@@ -123,6 +123,12 @@ impl ForwardMetrics {
         let labels = UpstreamLabels {
             upstream: name.to_string(),
         };
+        // The OK series exists from the start: rate() panels and error-ratio alerts have
+        // their denominator before the first call.
+        drop(self.requests.get_or_create(&CodeLabels {
+            upstream: name.to_string(),
+            code: code_name(tonic::Code::Ok),
+        }));
         UpstreamMetrics {
             name: name.to_string(),
             family: self.requests.clone(),
