@@ -255,23 +255,36 @@ pub async fn ensure(
         if actions.is_empty() {
             return Ok(done);
         }
+        // One stream's refusal (e.g. replicas on a single server) does not hold the
+        // others back; the first refusal is reported after the round.
+        let mut refused = None;
         for action in actions {
             let name = action.stream().to_string();
-            match &action {
+            let written = match &action {
                 Action::Create(config) => {
                     tracing::info!(stream = %name, subjects = ?config.subjects, "creating the stream");
                     js.create_stream(config.clone())
                         .await
-                        .map_err(|e| error(&name, format!("creating it: {e}")))?;
+                        .map(drop)
+                        .map_err(|e| error(&name, format!("creating it: {e}")))
                 }
                 Action::Update(config, changed) => {
                     tracing::info!(stream = %name, ?changed, subjects = ?config.subjects, "updating the stream");
                     js.update_stream(config.clone())
                         .await
-                        .map_err(|e| error(&name, format!("updating {changed:?}: {e}")))?;
+                        .map(drop)
+                        .map_err(|e| error(&name, format!("updating {changed:?}: {e}")))
+                }
+            };
+            match written {
+                Ok(()) => done.push(action),
+                Err(e) => {
+                    refused.get_or_insert(e);
                 }
             }
-            done.push(action);
+        }
+        if let Some(e) = refused {
+            return Err(e);
         }
     }
     Err(error(

@@ -380,7 +380,9 @@ async fn every_metric_the_dashboard_queries_is_exported() -> Result<()> {
         2
     );
 
-    let kubeconfig = streamgate_tests::operator::operator_kubeconfig(&env).await?;
+    // With the admin's kubeconfig: the operator's ClusterRole would collide with the
+    // chart installed by the other test of this binary.
+    let kubeconfig = env.platform.info.kubeconfig.clone();
     let operator =
         streamgate_tests::operator::Operator::start(&env, &kubeconfig, "dashboard").await?;
     let dir = log_dir("chart-dashboard");
