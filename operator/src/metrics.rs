@@ -32,6 +32,8 @@ pub struct Metrics {
     pub streams_in_sync: Gauge,
     pub stream_writes: Counter,
     pub stream_errors: Counter,
+    /// Attempts to prepare the webhook's certificates that failed.
+    pub webhook_errors: Counter,
 }
 
 impl Metrics {
@@ -47,6 +49,7 @@ impl Metrics {
             streams_in_sync: Gauge::default(),
             stream_writes: Counter::default(),
             stream_errors: Counter::default(),
+            webhook_errors: Counter::default(),
         };
         for step in crate::error::STEPS {
             m.error_counter(step);
@@ -95,6 +98,11 @@ impl Metrics {
             "streamgate_operator_stream_errors",
             "Passes over the JetStream streams that failed",
             m.stream_errors.clone(),
+        );
+        registry.register(
+            "streamgate_operator_webhook_certificate_errors",
+            "Attempts to prepare the webhook's certificates and registration that failed (the replica stays not ready meanwhile)",
+            m.webhook_errors.clone(),
         );
         m
     }

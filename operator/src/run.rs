@@ -100,7 +100,15 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         resync_ready: args.timing.resync_ready,
         resync_not_ready: args.timing.resync_not_ready,
     });
-    let issuer = start_webhook(&args, &client, &ctx.sidecar_defaults, ready).await?;
+    let issuer = start_webhook(
+        &args,
+        &client,
+        &ctx.sidecar_defaults,
+        ready,
+        &ctx.recorder,
+        &metrics,
+    )
+    .await?;
     let caches = Caches {
         deployments: deployment_writer,
         services: service_writer,
@@ -315,6 +323,8 @@ async fn start_webhook(
     client: &kube::Client,
     sidecar_defaults: &SidecarDefaults,
     ready: watch::Sender<bool>,
+    recorder: &Recorder,
+    metrics: &Metrics,
 ) -> Result<Option<Issuer>> {
     let Some(listen) = args.webhook.webhook_listen else {
         let _ = ready.send(true);
@@ -329,22 +339,94 @@ async fn start_webhook(
         validity: config.cert_validity,
         period: crate::webhook::check_period(&config),
     };
+    tokio::spawn(serve_webhook(
+        client.clone(),
+        config,
+        sidecar_defaults.clone(),
+        ready,
+        recorder.clone(),
+        metrics.clone(),
+    ));
+    Ok(Some(issuer))
+}
+
+/// Prepares the webhook's certificates and registration, then serves. A Secret that
+/// cannot be used (a broken CA someone wrote, an unreadable key) does not crash-loop the
+/// replica: it stays not ready, says why (error log, a Warning Event on the Secret, the
+/// `webhook_certificate_errors` counter) and tries again, 1 s doubling to 30 s, until the
+/// Secret is fixed or deleted (a new CA is then made).
+async fn serve_webhook(
+    client: kube::Client,
+    config: crate::webhook::WebhookConfig,
+    sidecar_defaults: SidecarDefaults,
+    ready: watch::Sender<bool>,
+    recorder: Recorder,
+    metrics: Metrics,
+) {
     let period = crate::webhook::check_period(&config);
-    let webhook = Webhook::prepare(client.clone(), config, sidecar_defaults.clone()).await?;
+    let mut delay = std::time::Duration::from_secs(1);
+    let mut last_error: Option<String> = None;
+    let webhook = loop {
+        match Webhook::prepare(client.clone(), config.clone(), sidecar_defaults.clone()).await {
+            Ok(webhook) => break webhook,
+            Err(e) => {
+                let message = format!("{e:#}");
+                metrics.webhook_errors.inc();
+                if last_error.as_ref() != Some(&message) {
+                    error!(
+                        secret = %config.secret_name,
+                        error = %message,
+                        "the injection webhook cannot start: this replica stays not ready and tries again; fix the Secret or delete it to have a new CA made"
+                    );
+                    report_on_secret(&recorder, &config, &message).await;
+                    last_error = Some(message);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    };
+    if last_error.is_some() {
+        info!(secret = %config.secret_name, "the injection webhook's certificates are usable again");
+    }
     tokio::spawn(webhook.renewal().run(period));
     let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        if let Err(e) = webhook.serve(listening_tx).await {
-            error!(error = format!("{e:#}"), "the injection webhook stopped");
-            std::process::exit(1);
-        }
-    });
     tokio::spawn(async move {
         if listening_rx.await.is_ok() {
             let _ = ready.send(true);
         }
     });
-    Ok(Some(issuer))
+    if let Err(e) = webhook.serve(listening_tx).await {
+        error!(error = format!("{e:#}"), "the injection webhook stopped");
+        std::process::exit(1);
+    }
+}
+
+/// A Warning Event on the webhook's Secret (`kubectl describe secret` shows it).
+async fn report_on_secret(
+    recorder: &Recorder,
+    config: &crate::webhook::WebhookConfig,
+    message: &str,
+) {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use kube::runtime::events::{Event, EventType};
+    let reference = ObjectReference {
+        api_version: Some("v1".to_string()),
+        kind: Some("Secret".to_string()),
+        name: Some(config.secret_name.clone()),
+        namespace: Some(config.operator_namespace.clone()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "WebhookCertificatesUnusable".to_string(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "PrepareWebhook".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        tracing::debug!(error = %e, "could not record the Event");
+    }
 }
 
 fn webhook_config(args: &RunArgs, listen: std::net::SocketAddr) -> crate::webhook::WebhookConfig {

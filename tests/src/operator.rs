@@ -164,7 +164,37 @@ impl Operator {
         home: &str,
         extra: &[S],
     ) -> Result<Operator> {
-        Self::launch(env, kubeconfig, identity, home, Some(&env.namespace), extra).await
+        Self::launch(
+            env,
+            kubeconfig,
+            identity,
+            home,
+            Some(&env.namespace),
+            extra,
+            true,
+        )
+        .await
+    }
+
+    /// Like [`Operator::start_in`], returning once `/livez` answers, ready or not (for
+    /// tests of a replica that must stay up but not ready).
+    pub async fn start_unready_in<S: AsRef<std::ffi::OsStr>>(
+        env: &TestEnv,
+        kubeconfig: &PathBuf,
+        identity: &str,
+        home: &str,
+        extra: &[S],
+    ) -> Result<Operator> {
+        Self::launch(
+            env,
+            kubeconfig,
+            identity,
+            home,
+            Some(&env.namespace),
+            extra,
+            false,
+        )
+        .await
     }
 
     /// Starts an operator watching every namespace (as the chart runs it). Only for a
@@ -176,7 +206,7 @@ impl Operator {
         home: &str,
         extra: &[S],
     ) -> Result<Operator> {
-        Self::launch(env, kubeconfig, identity, home, None, extra).await
+        Self::launch(env, kubeconfig, identity, home, None, extra, true).await
     }
 
     async fn launch<S: AsRef<std::ffi::OsStr>>(
@@ -186,6 +216,7 @@ impl Operator {
         home: &str,
         watch: Option<&str>,
         extra: &[S],
+        wait_ready: bool,
     ) -> Result<Operator> {
         let bin = binary("streamgate-operator", "streamgate-operator")?;
         let port = free_port()?;
@@ -213,22 +244,27 @@ impl Operator {
             metrics_url: format!("http://127.0.0.1:{port}/metrics"),
             proc,
         };
-        let readyz = format!("http://127.0.0.1:{port}/readyz");
+        let probe = if wait_ready { "readyz" } else { "livez" };
+        let readyz = format!("http://127.0.0.1:{port}/{probe}");
         let http = reqwest::Client::new();
-        eventually("operator /readyz", Duration::from_secs(30), || async {
-            if let Some(status) = operator.proc.exit_status() {
-                anyhow::bail!(
-                    "operator exited ({status}):\n{}",
-                    operator.proc.log_tail(30)
-                );
-            }
-            let ok = http
-                .get(&readyz)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            Ok(ok.then_some(()))
-        })
+        eventually(
+            &format!("operator /{probe}"),
+            Duration::from_secs(30),
+            || async {
+                if let Some(status) = operator.proc.exit_status() {
+                    anyhow::bail!(
+                        "operator exited ({status}):\n{}",
+                        operator.proc.log_tail(30)
+                    );
+                }
+                let ok = http
+                    .get(&readyz)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                Ok(ok.then_some(()))
+            },
+        )
         .await?;
         Ok(operator)
     }

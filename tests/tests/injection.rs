@@ -496,3 +496,89 @@ async fn inject_output_applied_gives_the_pod_the_webhook_makes() -> Result<()> {
     assert!(stderr.contains("pod/bad: streamgate.io/inject"), "{stderr}");
     Ok(())
 }
+
+/// A webhook Secret someone broke (every key there, none usable) does not crash-loop the
+/// replica: it stays up and not ready, counts its attempts, puts a Warning Event on the
+/// Secret, and serves once the Secret is deleted (a new CA is made).
+#[tokio::test]
+async fn a_broken_webhook_secret_keeps_the_replica_up_not_ready_and_saying_why() -> Result<()> {
+    let env = TestEnv::new("inject-badca").await?;
+    let home = format!("{}-sys", env.namespace);
+    let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
+    env.platform.info.kubectl(
+        &[
+            "-n",
+            &home,
+            "create",
+            "secret",
+            "generic",
+            "streamgate-webhook-certs",
+            "--from-literal=ca.crt=broken",
+            "--from-literal=ca.key=broken",
+            "--from-literal=tls.crt=broken",
+            "--from-literal=tls.key=broken",
+        ],
+        None,
+    )?;
+    let port = free_port()?;
+    let mut args: Vec<String> = TEST_TIMINGS.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "--webhook-listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--webhook-url".to_string(),
+        format!("https://127.0.0.1:{port}"),
+        "--webhook-config-name".to_string(),
+        format!("streamgate-injector-{}", env.namespace),
+    ]);
+    let operator = Operator::start_unready_in(&env, &kubeconfig, "badca", &home, &args).await?;
+    let http = reqwest::Client::new();
+    let metric = "streamgate_operator_webhook_certificate_errors_total";
+    eventually("the replica keeps trying, alive", TIMEOUT, || async {
+        anyhow::ensure!(!operator.exited(), "the operator exited");
+        let text = http.get(&operator.metrics_url).send().await?.text().await?;
+        let attempts = text
+            .lines()
+            .find_map(|l| l.strip_prefix(metric))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        Ok((attempts >= 2.0).then_some(()))
+    })
+    .await?;
+    let readyz = operator.metrics_url.replace("/metrics", "/readyz");
+    assert_eq!(http.get(&readyz).send().await?.status().as_u16(), 503);
+    let events = eventually("a Warning Event on the Secret", TIMEOUT, || async {
+        let out = env.platform.info.kubectl(
+            &[
+                "-n",
+                &home,
+                "get",
+                "events",
+                "--field-selector",
+                "reason=WebhookCertificatesUnusable",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ],
+            None,
+        )?;
+        Ok((!out.trim().is_empty()).then_some(out))
+    })
+    .await?;
+    assert!(events.contains("webhook"), "{events}");
+
+    env.platform.info.kubectl(
+        &["-n", &home, "delete", "secret", "streamgate-webhook-certs"],
+        None,
+    )?;
+    eventually("ready once the Secret is gone", TIMEOUT, || async {
+        Ok(http
+            .get(&readyz)
+            .send()
+            .await?
+            .status()
+            .is_success()
+            .then_some(()))
+    })
+    .await?;
+    assert!(!operator.exited());
+    Ok(())
+}
