@@ -7,7 +7,7 @@ use clap::Args;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams};
@@ -145,17 +145,21 @@ async fn run(args: &CheckArgs) -> Result<Vec<Check>> {
     ])
 }
 
-/// A variable or flag value of the operator's container (`--flag=value` args win).
-fn operator_env(deployment: Option<&Deployment>, name: &str) -> Option<String> {
-    let container = deployment?
+/// The operator's container in its Deployment.
+fn operator_container(deployment: Option<&Deployment>) -> Option<&Container> {
+    deployment?
         .spec
         .as_ref()?
         .template
         .spec
         .as_ref()?
         .containers
-        .first()?;
-    container
+        .first()
+}
+
+/// A variable of the operator's container.
+fn operator_env(deployment: Option<&Deployment>, name: &str) -> Option<String> {
+    operator_container(deployment)?
         .env
         .iter()
         .flatten()
@@ -163,17 +167,10 @@ fn operator_env(deployment: Option<&Deployment>, name: &str) -> Option<String> {
         .and_then(|e| e.value.clone())
 }
 
+/// A `--flag=value` argument of the operator's container.
 fn operator_flag(deployment: Option<&Deployment>, flag: &str) -> Option<String> {
-    let container = deployment?
-        .spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .first()?;
     let prefix = format!("--{flag}=");
-    container
+    operator_container(deployment)?
         .args
         .iter()
         .flatten()

@@ -28,16 +28,7 @@ async fn fixture(name: &str, labels: &[(&str, &str)], extra: &[&str]) -> Result<
     // The operator's own namespace is never injected: give it one beside the test's.
     let home = format!("{}-sys", env.namespace);
     let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
-    let port = free_port()?;
-    let mut args: Vec<String> = TEST_TIMINGS.iter().map(|s| s.to_string()).collect();
-    args.extend([
-        "--webhook-listen".to_string(),
-        format!("127.0.0.1:{port}"),
-        "--webhook-url".to_string(),
-        format!("https://127.0.0.1:{port}"),
-        "--webhook-config-name".to_string(),
-        format!("streamgate-injector-{}", env.namespace),
-    ]);
+    let mut args = webhook_args(&env)?;
     args.extend(extra.iter().map(|s| s.to_string()));
     let operator = Operator::start_in(&env, &kubeconfig, "webhook", &home, &args).await?;
     let f = Fixture { env, operator };
@@ -56,6 +47,22 @@ async fn fixture(name: &str, labels: &[(&str, &str)], extra: &[&str]) -> Result<
     })
     .await?;
     Ok(f)
+}
+
+/// The test timings and a webhook on a free loopback port, registered under a name of
+/// the test's own.
+fn webhook_args(env: &TestEnv) -> Result<Vec<String>> {
+    let port = free_port()?;
+    let mut args: Vec<String> = TEST_TIMINGS.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "--webhook-listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--webhook-url".to_string(),
+        format!("https://127.0.0.1:{port}"),
+        "--webhook-config-name".to_string(),
+        format!("streamgate-injector-{}", env.namespace),
+    ]);
+    Ok(args)
 }
 
 fn pod_manifest(name: &str, annotations: &str, extra_spec: &str) -> String {
@@ -520,16 +527,7 @@ async fn a_broken_webhook_secret_keeps_the_replica_up_not_ready_and_saying_why()
         ],
         None,
     )?;
-    let port = free_port()?;
-    let mut args: Vec<String> = TEST_TIMINGS.iter().map(|s| s.to_string()).collect();
-    args.extend([
-        "--webhook-listen".to_string(),
-        format!("127.0.0.1:{port}"),
-        "--webhook-url".to_string(),
-        format!("https://127.0.0.1:{port}"),
-        "--webhook-config-name".to_string(),
-        format!("streamgate-injector-{}", env.namespace),
-    ]);
+    let args = webhook_args(&env)?;
     let operator = Operator::start_unready_in(&env, &kubeconfig, "badca", &home, &args).await?;
     let http = reqwest::Client::new();
     let metric = "streamgate_operator_webhook_certificate_errors_total";
