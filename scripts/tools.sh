@@ -311,7 +311,7 @@ install_kwok_stages() {
   say kwok "stages written to $dir/stages-fast.yaml"
 }
 
-components="${*:-etcd nats consul consul-mpl kwok helm kube node image-base crane ghz nginx}"
+components="${*:-etcd nats consul consul-mpl kwok helm kube node image-base crane ghz nginx jaeger}"
 for c in $components; do
   case "$c" in
     etcd) install_etcd ;;
@@ -339,10 +339,13 @@ for c in $components; do
     # reference gRPC proxy.
     ghz) go_install ghz github.com/bojand/ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION" ;;
     nginx) install_nginx ;;
+    # Traces: the platform starts Jaeger with OTLP/gRPC on loopback, and the trace tests
+    # read the spans back through its query API.
+    jaeger) go_install jaeger github.com/jaegertracing/jaeger github.com/jaegertracing/jaeger/cmd/jaeger "$JAEGER_VERSION" ;;
     # The newer Consul of the test matrix (agentless catalog mode): the last release line
     # under MPL-2.0, built from its Go module. See CONSUL_MPL_VERSION in versions.sh.
     consul-mpl) go_install consul-mpl github.com/hashicorp/consul github.com/hashicorp/consul "$CONSUL_MPL_VERSION" ;;
-    *) die "$c" "unknown component" "use one of: etcd nats consul consul-mpl kwok helm kube node image-base crane ghz nginx" ;;
+    *) die "$c" "unknown component" "use one of: etcd nats consul consul-mpl kwok helm kube node image-base crane ghz nginx jaeger" ;;
   esac
 done
 say tools "all components ready in $TOOLS"

@@ -34,3 +34,8 @@ CA_CERTIFICATES_DEB_VERSION=20230311+deb12u1
 # An OCI registry on 127.0.0.1 for `make push` tests (`crane registry serve`), and crane
 # itself as the pusher.
 CRANE_VERSION=v0.22.1
+# The trace collector of the local platform: Jaeger v2 (an OpenTelemetry Collector build
+# with Jaeger's storage and query API) with its OTLP receiver on loopback. v1.75.0 is the
+# newest release the Go module proxy here serves as approved (v1.76.0 is served, not
+# approved); both ship the same cmd/jaeger.
+JAEGER_VERSION=v1.75.0

@@ -174,6 +174,14 @@ pub struct SidecarSpec {
     /// the pod's termination grace period).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leave_delay: Option<crate::GoDuration>,
+    /// The share of this service's traces its sidecar samples when it starts one
+    /// (0 to 1; a call or event that arrives with a sampling decision keeps it). Empty
+    /// uses the operator's `--sidecar-trace-sampling-ratio` (chart
+    /// `tracing.samplingRatio`, 1% by default). Traces are exported only when the
+    /// operator is given an OTLP endpoint (chart `tracing.otlpEndpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub trace_sampling_ratio: Option<f64>,
 }
 
 impl SidecarSpec {
@@ -182,8 +190,17 @@ impl SidecarSpec {
         self.leave_first != Some(false)
     }
 
-    /// `leaveDelay` within its bounds, naming the field otherwise.
+    /// `leaveDelay` and `traceSamplingRatio` within their bounds, naming the field
+    /// otherwise.
     pub fn validate(&self) -> Result<(), crate::FieldError> {
+        if let Some(ratio) = self.trace_sampling_ratio
+            && !(0.0..=1.0).contains(&ratio)
+        {
+            return Err(crate::FieldError::new(
+                "spec.sidecar.traceSamplingRatio",
+                format!("{ratio} is not a ratio from 0 to 1"),
+            ));
+        }
         let max = std::time::Duration::from_millis(crate::contract::lifecycle::MAX_LEAVE_DELAY_MS);
         match self.leave_delay {
             Some(delay) if delay.as_duration() > max => Err(crate::FieldError::new(

@@ -192,6 +192,22 @@ pub struct SidecarArgs {
     /// Default memory limit of the sidecar container.
     #[arg(long, env = "STREAMGATE_SIDECAR_MEMORY_LIMIT", default_value = crate::sidecar_defaults::DEFAULT_MEMORY_LIMIT)]
     pub sidecar_memory_limit: String,
+    /// OTLP/gRPC endpoint the sidecars export their spans to (e.g.
+    /// `http://otel-collector.observability:4317`); none: sidecars export no traces.
+    #[arg(long, env = "STREAMGATE_SIDECAR_OTLP_ENDPOINT")]
+    pub sidecar_otlp_endpoint: Option<String>,
+    /// The share of traces a sidecar samples when it starts one (parent-based: a call or
+    /// event that arrives with a sampling decision keeps it); a spec's
+    /// `sidecar.traceSamplingRatio` wins.
+    #[arg(long, env = "STREAMGATE_SIDECAR_TRACE_SAMPLING_RATIO", default_value_t = 0.01, value_parser = sampling_ratio)]
+    pub sidecar_trace_sampling_ratio: f64,
+}
+
+fn sampling_ratio(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|ratio| (0.0..=1.0).contains(ratio))
+        .ok_or_else(|| format!("{text:?} is not a sampling ratio from 0 to 1 (0.01 samples 1%)"))
 }
 
 impl StreamArgs {

@@ -45,5 +45,6 @@ pub mod sidecar_defaults;
 pub mod status;
 pub mod streams;
 pub mod sweep;
+pub mod trace;
 pub mod webhook;
 pub mod written;

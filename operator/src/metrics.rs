@@ -34,6 +34,8 @@ pub struct Metrics {
     pub stream_errors: Counter,
     /// Attempts to prepare the webhook's certificates that failed.
     pub webhook_errors: Counter,
+    /// Spans exported and dropped (when traces are on).
+    pub traces: streamgate_telemetry::SpanCounters,
 }
 
 impl Metrics {
@@ -50,7 +52,10 @@ impl Metrics {
             stream_writes: Counter::default(),
             stream_errors: Counter::default(),
             webhook_errors: Counter::default(),
+            traces: Default::default(),
         };
+        m.traces
+            .register(registry.sub_registry_with_prefix("streamgate_operator"));
         for step in crate::error::STEPS {
             m.error_counter(step);
         }

@@ -70,7 +70,7 @@ pub fn render_sidecar(
     let container = Container {
         name: SIDECAR_NAME.to_string(),
         image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
-        env: Some(sidecar_env(&config_yaml, settings)),
+        env: Some(sidecar_env(&config_yaml, &config, spec, settings)),
         ports: Some(vec![
             port("sg-inbound", INBOUND_PORT),
             port("sg-admin", ADMIN_PORT),
@@ -182,9 +182,14 @@ fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The configuration document, the pod's identity from the downward API, and the Consul
-/// token from its Secret when there is one.
-fn sidecar_env(config_yaml: &str, settings: &SidecarDefaults) -> Vec<EnvVar> {
+/// The configuration document, the pod's identity from the downward API, the Consul
+/// token from its Secret when there is one, and the trace export settings.
+fn sidecar_env(
+    config_yaml: &str,
+    config: &SidecarConfig,
+    spec: &SidecarSpec,
+    settings: &SidecarDefaults,
+) -> Vec<EnvVar> {
     let mut env = vec![EnvVar {
         name: CONFIG_ENV.to_string(),
         value: Some(config_yaml.to_string()),
@@ -214,6 +219,30 @@ fn sidecar_env(config_yaml: &str, settings: &SidecarDefaults) -> Vec<EnvVar> {
             }),
             ..Default::default()
         });
+    }
+    if let Some(traces) = &settings.traces {
+        let ratio = spec.trace_sampling_ratio.unwrap_or(traces.sampling_ratio);
+        let service = &config.service.service_name;
+        // `$(POD_…)` expands the variables defined above (the kubelet's own expansion).
+        let resource =
+            "k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(POD_NAME),service.namespace=$(POD_NAMESPACE)"
+                .to_string();
+        for (name, value) in [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", traces.endpoint.clone()),
+            (
+                "OTEL_TRACES_SAMPLER",
+                "parentbased_traceidratio".to_string(),
+            ),
+            ("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()),
+            ("OTEL_SERVICE_NAME", service.clone()),
+            ("OTEL_RESOURCE_ATTRIBUTES", resource),
+        ] {
+            env.push(EnvVar {
+                name: name.to_string(),
+                value: Some(value),
+                ..Default::default()
+            });
+        }
     }
     env
 }

@@ -73,6 +73,8 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let identity = replica_identity(&args);
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let traces =
+        streamgate_telemetry::Traces::from_env("streamgate-operator", metrics.traces.clone())?;
     let ready = serve_metrics(&args, registry).await?;
     let cluster = cluster_id(&args, &client).await?;
     let consul = consul_client(&args, &cluster)?;
@@ -99,6 +101,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         failures: Default::default(),
         resync_ready: args.timing.resync_ready,
         resync_not_ready: args.timing.resync_not_ready,
+        traces,
     });
     let issuer = start_webhook(
         &args,
@@ -202,6 +205,10 @@ async fn elect_and_lead(
         elector.release().await;
     }
     metrics.leader.set(0);
+    if let Some(traces) = ctx.traces.clone() {
+        // The last reconciles' spans; blocking (the exporter's thread), so off the workers.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
     code
 }
 

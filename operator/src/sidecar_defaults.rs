@@ -28,6 +28,16 @@ pub struct SidecarDefaults {
     /// Set when the operator owns the event streams: sidecars only bind to them, and
     /// drop a delivered event id within the streams' duplicate window.
     pub owned_streams: Option<OwnedStreams>,
+    /// Where sidecars export spans, and how many they sample; `None`: no traces.
+    pub traces: Option<SidecarTraces>,
+}
+
+/// The sidecars' trace export, rendered as the standard `OTEL_*` variables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SidecarTraces {
+    pub endpoint: String,
+    /// The parent-based sampler's ratio for traces a sidecar starts.
+    pub sampling_ratio: f64,
 }
 
 /// What a sidecar needs to know of the operator's streams.
@@ -71,6 +81,14 @@ impl SidecarDefaults {
                 duplicate_window: streams.stream_duplicate_window,
                 max_age: streams.stream_max_age,
             }),
+            traces: sidecar
+                .sidecar_otlp_endpoint
+                .as_ref()
+                .filter(|endpoint| !endpoint.trim().is_empty())
+                .map(|endpoint| SidecarTraces {
+                    endpoint: endpoint.trim().to_string(),
+                    sampling_ratio: sidecar.sidecar_trace_sampling_ratio,
+                }),
         }
     }
 
@@ -86,6 +104,7 @@ impl SidecarDefaults {
             cluster_id: "test-cluster".into(),
             consul_mode: ConsulMode::Auto,
             owned_streams: None,
+            traces: None,
         }
     }
 }

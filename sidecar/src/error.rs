@@ -22,6 +22,8 @@ pub enum StartError {
     Events(#[from] crate::events::StartError),
     #[error("forwarding: {0}")]
     Forward(#[from] crate::forward::StartError),
+    #[error("traces: {0}")]
+    Traces(#[from] streamgate_telemetry::TraceError),
     #[error("Consul HTTP client: {}", crate::error_chain(.0))]
     ConsulClient(#[source] streamgate_consul::ConsulError),
 }

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub events: Arc<EventMetrics>,
     /// gRPC forwarding's metrics (see [`crate::forward::metrics`]).
     pub forward: Arc<ForwardMetrics>,
+    /// Spans exported and dropped (when traces are on).
+    pub traces: streamgate_telemetry::SpanCounters,
 }
 
 impl Default for Metrics {
@@ -79,7 +81,9 @@ impl Metrics {
             consul_registrations: Counter::default(),
             events: Arc::default(),
             forward: Arc::default(),
+            traces: Default::default(),
         };
+        metrics.traces.register(registry);
         metrics.events.register(registry);
         metrics.forward.register(registry);
         registry.register(

@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::shutdown::{Drain, Signals};
 use crate::state::Readiness;
 use std::sync::{Arc, OnceLock};
+use streamgate_telemetry::Traces;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -65,6 +66,8 @@ struct Running {
     drain: Drain,
     /// The publish API: closed and its spool flushed on shutdown.
     events: crate::events::api::EventsApi,
+    /// The span exporter: what it holds is sent before the process exits.
+    traces: Option<Arc<Traces>>,
 }
 
 /// Starts every part in order: admin server, health checker, event relay, forwarding
@@ -72,6 +75,8 @@ struct Running {
 /// instance only once it can answer).
 async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
+    let service_name = &settings.document.service.service_name;
+    let traces = Traces::from_env(service_name, metrics.traces.clone())?;
     let readiness = Arc::new(Readiness::new(metrics.clone()));
     let mut instance = pod_instance(settings);
     let listener = admin::bind(settings.listen.admin)
@@ -108,9 +113,11 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
         readiness.clone(),
         drain.clone(),
         stop_rx,
+        traces.clone(),
     )
     .await?;
-    let forwarding = crate::forward::start(settings, metrics.forward.clone()).await?;
+    let forwarding =
+        crate::forward::start(settings, metrics.forward.clone(), traces.clone()).await?;
     if forwarding.mtls {
         instance.meta.insert(
             streamgate_consul::contract::META_INBOUND.to_string(),
@@ -153,6 +160,7 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
         stop: stop_tx,
         drain,
         events,
+        traces,
     })
 }
 
@@ -198,6 +206,10 @@ impl Running {
                 );
             }
             self.events.flushed().await;
+            if let Some(traces) = self.traces.clone() {
+                // The exporter's last batch; blocking (its own thread), so not on a worker.
+                let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+            }
         };
         tokio::select! {
             _ = graceful => {

@@ -38,6 +38,7 @@ pub mod bins;
 pub mod components;
 pub mod consul_agent;
 pub mod echo;
+pub mod jaeger;
 pub mod nats_server;
 pub mod node;
 pub mod operator;

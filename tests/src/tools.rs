@@ -22,6 +22,8 @@ pub struct Tools {
     /// The newer Consul (the last MPL-2.0 line, built from source), for agentless tests.
     pub consul_newer: PathBuf,
     pub nats_server: PathBuf,
+    /// The trace collector (Jaeger v2, OTLP in, query API out).
+    pub jaeger: PathBuf,
     pub k8s_version: String,
     /// The tools cache, and the pinned versions (for the real node's tools).
     pub root: PathBuf,
@@ -91,6 +93,7 @@ impl Tools {
                 "nats-server-{}/bin/nats-server",
                 get("NATS_DEB_VERSION")?
             )),
+            jaeger: root.join(format!("jaeger-{}/bin/jaeger", get("JAEGER_VERSION")?)),
             k8s_version: k8s,
             root: root.clone(),
             versions: v.clone(),
@@ -103,7 +106,7 @@ impl Tools {
         Ok(tools)
     }
 
-    fn all(&self) -> [(&'static str, &Path); 11] {
+    fn all(&self) -> [(&'static str, &Path); 12] {
         [
             ("etcd", &self.etcd),
             ("kube-apiserver", &self.kube_apiserver),
@@ -116,6 +119,7 @@ impl Tools {
             ("consul", &self.consul),
             ("consul (newer)", &self.consul_newer),
             ("nats-server", &self.nats_server),
+            ("jaeger", &self.jaeger),
         ]
     }
 }

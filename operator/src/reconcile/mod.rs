@@ -64,6 +64,8 @@ pub struct Context {
     pub resync_ready: Duration,
     /// Requeue period while not Ready.
     pub resync_not_ready: Duration,
+    /// A span per reconcile, when the operator's traces are on.
+    pub traces: Option<Arc<streamgate_telemetry::Traces>>,
 }
 
 /// The object being reconciled, as every step names it.
@@ -90,6 +92,10 @@ pub async fn reconcile(sgs: Arc<StreamGateService>, ctx: Arc<Context>) -> Result
     let namespace = sgs.namespace().ok_or(Error::MissingField("namespace"))?;
     let api: Api<StreamGateService> = Api::namespaced(ctx.client.clone(), &namespace);
     let sgs_name = sgs.name_any();
+    let span = ctx
+        .traces
+        .as_ref()
+        .map(|traces| crate::trace::ReconcileSpan::start(traces, &namespace, &sgs_name));
     let result = finalizer(&api, FINALIZER, sgs, |event| async {
         match event {
             Finalizer::Apply(sgs) => apply_service(&sgs, &ctx).await,
@@ -100,6 +106,9 @@ pub async fn reconcile(sgs: Arc<StreamGateService>, ctx: Arc<Context>) -> Result
     .map_err(Error::from);
     if result.is_ok() {
         ctx.failures.reset(&namespace, &sgs_name);
+    }
+    if let Some(span) = span {
+        span.finish(&result);
     }
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,

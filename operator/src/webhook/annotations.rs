@@ -33,6 +33,7 @@ pub const SIDECAR_MEMORY_REQUEST: &str = "streamgate.io/sidecar-memory-request";
 pub const SIDECAR_MEMORY_LIMIT: &str = "streamgate.io/sidecar-memory-limit";
 pub const LEAVE_FIRST: &str = "streamgate.io/leave-first";
 pub const LEAVE_DELAY: &str = "streamgate.io/leave-delay";
+pub const TRACE_SAMPLING_RATIO: &str = "streamgate.io/trace-sampling-ratio";
 /// Set by the webhook on the pods it injected.
 pub const INJECTED: &str = "streamgate.io/injected";
 
@@ -62,6 +63,7 @@ const KNOWN: &[&str] = &[
     SIDECAR_MEMORY_LIMIT,
     LEAVE_FIRST,
     LEAVE_DELAY,
+    TRACE_SAMPLING_RATIO,
     INJECTED,
     crate::labels::CONFIG_HASH_ANNOTATION,
 ];
@@ -169,6 +171,7 @@ pub fn parse(
         log_level,
         leave_first: leave_first(annotations)?,
         leave_delay: leave_delay(annotations)?,
+        trace_sampling_ratio: trace_sampling_ratio(annotations)?,
     };
     let mut config: SidecarConfig =
         serde_json::from_value(serde_json::json!({ "service": service }))
@@ -290,6 +293,22 @@ fn leave_delay(
     };
     spec.validate().map_err(|e| bad(LEAVE_DELAY, e.reason))?;
     Ok(Some(delay))
+}
+
+fn trace_sampling_ratio(annotations: &BTreeMap<String, String>) -> Result<Option<f64>, FieldError> {
+    let Some(text) = annotations.get(TRACE_SAMPLING_RATIO).map(|s| s.trim()) else {
+        return Ok(None);
+    };
+    text.parse::<f64>()
+        .ok()
+        .filter(|ratio| (0.0..=1.0).contains(ratio))
+        .map(Some)
+        .ok_or_else(|| {
+            bad(
+                TRACE_SAMPLING_RATIO,
+                format!("{text:?} is not a sampling ratio from 0 to 1 (0.01 samples 1%)"),
+            )
+        })
 }
 
 fn log_level(annotations: &BTreeMap<String, String>) -> Result<LogLevel, FieldError> {
@@ -470,6 +489,8 @@ mod tests {
             (&[(LEAVE_FIRST, "yes")], LEAVE_FIRST),
             (&[(LEAVE_DELAY, "3")], LEAVE_DELAY),
             (&[(LEAVE_DELAY, "2m")], LEAVE_DELAY),
+            (&[(TRACE_SAMPLING_RATIO, "5%")], TRACE_SAMPLING_RATIO),
+            (&[(TRACE_SAMPLING_RATIO, "1.5")], TRACE_SAMPLING_RATIO),
             (
                 &[("streamgate.io/app-prot", "80")],
                 "streamgate.io/app-prot",

@@ -16,6 +16,7 @@
 use super::envelope::{self, Outgoing, Refused, TraceContext};
 use super::publisher::{Durable, Publisher};
 use super::spool::SpoolError;
+use super::trace::PublishSpan;
 use crate::shutdown::Drain;
 use axum::Json;
 use axum::body::Bytes;
@@ -49,6 +50,7 @@ pub struct EventsApi {
     /// Set when the sidecar shuts down: publishes are refused from then on, so the spool
     /// only shrinks while the shutdown flushes it.
     pub closing: Arc<AtomicBool>,
+    pub traces: Option<Arc<streamgate_telemetry::Traces>>,
 }
 
 /// Why a publish failed, mapped to each protocol's code.
@@ -59,6 +61,17 @@ enum Failure {
     Off,
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(refused) => f.write_str(refused.message()),
+            Failure::Spool(e) => write!(f, "{e}"),
+            Failure::Closing => f.write_str(CLOSING),
+            Failure::Off => f.write_str("the event relay is off"),
+        }
+    }
+}
+
 const CLOSING: &str =
     "the sidecar is shutting down and accepts no more events; publish through another instance";
 
@@ -67,7 +80,33 @@ impl EventsApi {
         EventsServer::new(self.clone())
     }
 
+    /// The event's envelope, carrying the `publish` span's context when traces are on
+    /// (else the app's own); refused ones end their span with the reason.
     fn build(
+        &self,
+        event_type: &str,
+        data: &[u8],
+        id: &str,
+        trace: Option<&TraceContext>,
+    ) -> Result<(Outgoing, Option<PublishSpan>), Refused> {
+        let Some(traces) = &self.traces else {
+            return Ok((self.envelope(event_type, data, id, trace)?, None));
+        };
+        let subject = format!("{}{event_type}", envelope::SUBJECT_PREFIX);
+        let (mut span, carried) = PublishSpan::start(traces, &subject, trace);
+        match self.envelope(event_type, data, id, Some(&carried)) {
+            Ok(event) => {
+                span.id(&event.id);
+                Ok((event, Some(span)))
+            }
+            Err(refused) => {
+                span.finish(Err(refused.message()));
+                Err(refused)
+            }
+        }
+    }
+
+    fn envelope(
         &self,
         event_type: &str,
         data: &[u8],
@@ -88,7 +127,30 @@ impl EventsApi {
         Ok(event)
     }
 
-    async fn publish(&self, events: Vec<Outgoing>) -> Result<Vec<Durable>, Failure> {
+    /// Makes the events durable and ends their `publish` spans with the outcome.
+    async fn publish(
+        &self,
+        events: Vec<Outgoing>,
+        spans: Vec<PublishSpan>,
+    ) -> Result<Vec<Durable>, Failure> {
+        let result = self.make_durable(events).await;
+        match &result {
+            Ok(durable) => {
+                for (span, durable) in spans.into_iter().zip(durable) {
+                    span.finish(Ok(*durable));
+                }
+            }
+            Err(failure) => {
+                let reason = failure.to_string();
+                for span in spans {
+                    span.finish(Err(&reason));
+                }
+            }
+        }
+        result
+    }
+
+    async fn make_durable(&self, events: Vec<Outgoing>) -> Result<Vec<Durable>, Failure> {
         // Tracked before the check: a shutdown that closes after it waits for this one.
         let _in_flight = self.drain.track();
         if self.closing.load(Ordering::Acquire) {
@@ -160,9 +222,10 @@ pub async fn http_publish(
     let id = header("streamgate-event-id").unwrap_or_default();
     let trace = TraceContext::from_headers(header("traceparent"), header("tracestate"));
     let result = match api.build(&event_type, &body, id, trace.as_ref()) {
-        Ok(event) => {
+        Ok((event, span)) => {
             let id = event.id.clone();
-            api.publish(vec![event]).await.map(|d| (id, d[0]))
+            let spans = span.into_iter().collect();
+            api.publish(vec![event], spans).await.map(|d| (id, d[0]))
         }
         Err(refused) => Err(Failure::Refused(refused)),
     };
@@ -229,11 +292,12 @@ impl Events for EventsApi {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let trace = grpc_trace(request.metadata());
         let r = request.into_inner();
-        let event = self
+        let (event, span) = self
             .build(&r.r#type, r.data_json.as_bytes(), &r.id, trace.as_ref())
             .map_err(|e| status(Failure::Refused(e)))?;
         let id = event.id.clone();
-        let durable = EventsApi::publish(self, vec![event])
+        let spans = span.into_iter().collect();
+        let durable = EventsApi::publish(self, vec![event], spans)
             .await
             .map_err(status)?;
         Ok(Response::new(responses(vec![id], durable).remove(0)))
@@ -247,8 +311,9 @@ impl Events for EventsApi {
         let requests = request.into_inner().events;
         // All or nothing at validation: one bad event refuses the batch, naming it.
         let mut events = Vec::with_capacity(requests.len());
+        let mut spans = Vec::new();
         for (i, r) in requests.iter().enumerate() {
-            let event = self
+            let (event, span) = self
                 .build(&r.r#type, r.data_json.as_bytes(), &r.id, trace.as_ref())
                 .map_err(|e| {
                     let mut s = status(Failure::Refused(e));
@@ -256,9 +321,12 @@ impl Events for EventsApi {
                     s
                 })?;
             events.push(event);
+            spans.extend(span);
         }
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        let durable = EventsApi::publish(self, events).await.map_err(status)?;
+        let durable = EventsApi::publish(self, events, spans)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::PublishBatchResponse {
             results: responses(ids, durable),
         }))

@@ -27,6 +27,7 @@ pub struct DeliveryTarget {
     pub health: watch::Receiver<AppHealth>,
     pub dedupe: Mutex<Dedupe>,
     pub metrics: Arc<EventMetrics>,
+    pub traces: Option<Arc<streamgate_telemetry::Traces>>,
 }
 
 impl DeliveryTarget {
@@ -62,7 +63,18 @@ pub async fn deliver(target: &DeliveryTarget, message: Message) {
     wait_healthy(target, &message).await;
 
     let started = Instant::now();
-    let result = target.app.deliver(&message, &id, attempt).await;
+    let (span, handed) = match &target.traces {
+        Some(traces) => {
+            let (span, handed) =
+                super::trace::deliver(traces, &message.subject, &id, attempt, &message.payload);
+            (Some(span), Some(handed))
+        }
+        None => (None, None),
+    };
+    let result = target.app.deliver(&message, &id, attempt, handed).await;
+    if let Some(span) = span {
+        super::trace::delivered(span, &result);
+    }
     target
         .metrics
         .delivery_duration

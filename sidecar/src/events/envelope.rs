@@ -38,6 +38,15 @@ pub enum Refused {
     TooLarge(String),
 }
 
+impl Refused {
+    /// Why, for the app and the event's span.
+    pub fn message(&self) -> &str {
+        match self {
+            Refused::Invalid(m) | Refused::Forbidden(m) | Refused::TooLarge(m) => m,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Envelope<'a> {
     #[serde(rename = "type")]

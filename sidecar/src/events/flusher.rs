@@ -12,26 +12,40 @@ use super::metrics::EventMetrics;
 use super::publisher::{Sent, Window, send_all};
 use super::spool::Spool;
 use super::spool::log::Record;
+use super::trace;
 use crate::backoff::Backoff;
 use crate::config::events::EventSettings;
 use async_nats::jetstream;
 use std::sync::Arc;
 use std::time::Duration;
+use streamgate_telemetry::Traces;
 use tokio::sync::watch;
 
 /// Records sent per round: large enough to fill the ack window, small enough to bound
 /// memory and the work redone after a failure.
 const ROUND: usize = 512;
 
-pub async fn run(
-    js: jetstream::Context,
-    mut connected: watch::Receiver<bool>,
-    spool: Arc<Spool>,
-    window: Window,
-    settings: EventSettings,
-    metrics: Arc<EventMetrics>,
-    readiness: Arc<crate::state::Readiness>,
-) {
+/// What the flusher works with.
+pub struct Flusher {
+    pub js: jetstream::Context,
+    pub spool: Arc<Spool>,
+    pub window: Window,
+    pub settings: EventSettings,
+    pub metrics: Arc<EventMetrics>,
+    pub readiness: Arc<crate::state::Readiness>,
+    pub traces: Option<Arc<Traces>>,
+}
+
+pub async fn run(flusher: Flusher, mut connected: watch::Receiver<bool>) {
+    let Flusher {
+        js,
+        spool,
+        window,
+        settings,
+        metrics,
+        readiness,
+        traces,
+    } = flusher;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut stream_ready = false;
     loop {
@@ -58,7 +72,15 @@ pub async fn run(
             }
             stream_ready = true;
         }
-        match flush_round(&js, &window, &spool, &metrics, &settings.spool_dir).await {
+        let round = flush_round(
+            &js,
+            &window,
+            &spool,
+            &metrics,
+            &settings.spool_dir,
+            traces.as_ref(),
+        );
+        match round.await {
             Ok(Round::AllAcked) => backoff.reset(),
             Ok(Round::Refused) => {
                 // JetStream refused part of the round: maybe the stream went away.
@@ -95,6 +117,7 @@ async fn flush_round(
     spool: &Arc<Spool>,
     metrics: &EventMetrics,
     spool_dir: &std::path::Path,
+    traces: Option<&Arc<Traces>>,
 ) -> std::io::Result<Round> {
     let reader = spool.clone();
     let (records, pending) = tokio::task::spawn_blocking(move || reader.read_round(ROUND))
@@ -107,7 +130,9 @@ async fn flush_round(
         });
     }
     let events: Vec<_> = records.iter().map(|r| r.event.clone()).collect();
+    let spans = trace::sends(traces, &events, true);
     let sent = send_all(js, window, &events).await;
+    trace::sent(spans, &sent);
     // The prefix that is done with: stored, or never publishable and set aside.
     let acked = sent.iter().take_while(|s| **s != Sent::Failed).count();
     let unpublishable: Vec<(&Record, &str)> = records[..acked]

@@ -26,6 +26,7 @@ pub mod publisher;
 pub mod receiver;
 pub mod spool;
 pub mod subscriber;
+pub mod trace;
 
 use crate::config::Settings;
 use crate::health::AppHealth;
@@ -41,6 +42,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use streamgate_crds::events::EventDelivery;
 use streamgate_crds::service::Protocol;
+use streamgate_telemetry::Traces;
 use tokio::sync::watch;
 
 /// The relay part that reports on the streams in `/readyz`.
@@ -59,9 +61,11 @@ pub async fn start(
     readiness: Arc<Readiness>,
     drain: Drain,
     stop: watch::Receiver<bool>,
+    traces: Option<Arc<Traces>>,
 ) -> Result<EventsApi, StartError> {
     let service = &settings.document.service;
     let mut api = EventsApi {
+        traces: traces.clone(),
         service: service.service_name.as_str().into(),
         allowed: service.events.publish.clone().into(),
         publisher: None,
@@ -80,9 +84,15 @@ pub async fn start(
             connected,
             metrics.clone(),
             readiness.clone(),
+            traces.clone(),
         )?);
     }
-    start_subscribers(settings, &js, health, metrics, readiness, stop)?;
+    let shared = Shared {
+        metrics,
+        readiness,
+        traces,
+    };
+    start_subscribers(settings, &js, health, shared, stop)?;
     Ok(api)
 }
 
@@ -123,6 +133,7 @@ fn start_publisher(
     connected: watch::Receiver<bool>,
     metrics: Arc<EventMetrics>,
     readiness: Arc<Readiness>,
+    traces: Option<Arc<Traces>>,
 ) -> Result<Arc<publisher::Publisher>, StartError> {
     let events = &settings.events;
     let spool = spool::Spool::open(&events.spool_dir, events.spool_max_bytes, metrics.clone())
@@ -131,32 +142,45 @@ fn start_publisher(
             source,
         })?;
     let window = publisher::Window::new(events.publish_in_flight);
-    tokio::spawn(flusher::run(
-        js.clone(),
-        connected,
-        spool.clone(),
-        window.clone(),
-        events.clone(),
-        metrics.clone(),
+    let flusher = flusher::Flusher {
+        js: js.clone(),
+        spool: spool.clone(),
+        window: window.clone(),
+        settings: events.clone(),
+        metrics: metrics.clone(),
         readiness,
-    ));
+        traces: traces.clone(),
+    };
+    tokio::spawn(flusher::run(flusher, connected));
     Ok(Arc::new(publisher::Publisher::new(
         js.clone(),
         window,
         spool,
         metrics,
+        traces,
     )))
 }
 
 /// One subscriber per subscription, delivering to the app's path for it.
+/// What every subscriber shares.
+struct Shared {
+    metrics: Arc<EventMetrics>,
+    readiness: Arc<Readiness>,
+    traces: Option<Arc<Traces>>,
+}
+
 fn start_subscribers(
     settings: &Settings,
     js: &jetstream::Context,
     health: watch::Receiver<AppHealth>,
-    metrics: Arc<EventMetrics>,
-    readiness: Arc<Readiness>,
+    shared: Shared,
     stop: watch::Receiver<bool>,
 ) -> Result<(), StartError> {
+    let Shared {
+        metrics,
+        readiness,
+        traces,
+    } = shared;
     let (events, service) = (&settings.events, &settings.document.service);
     let http = crate::http_client()
         .timeout(events.delivery_timeout)
@@ -187,6 +211,7 @@ fn start_subscribers(
             health: health.clone(),
             dedupe: Mutex::new(dedupe::Dedupe::new(events.duplicate_window, DEDUPE_ENTRIES)),
             metrics: metrics.clone(),
+            traces: traces.clone(),
         });
         tokio::spawn(subscriber::run(
             js.clone(),

@@ -9,10 +9,12 @@
 use super::envelope::Outgoing;
 use super::metrics::EventMetrics;
 use super::spool::{Spool, SpoolError};
+use super::trace;
 use async_nats::connection::State;
 use async_nats::jetstream::{self, message::PublishMessage};
 use std::sync::Arc;
 use std::time::Instant;
+use streamgate_telemetry::Traces;
 use tokio::sync::Semaphore;
 
 /// Where an accepted event is now.
@@ -27,6 +29,7 @@ pub struct Publisher {
     window: Window,
     spool: Arc<Spool>,
     metrics: Arc<EventMetrics>,
+    traces: Option<Arc<Traces>>,
 }
 
 impl Publisher {
@@ -42,12 +45,14 @@ impl Publisher {
         window: Window,
         spool: Arc<Spool>,
         metrics: Arc<EventMetrics>,
+        traces: Option<Arc<Traces>>,
     ) -> Self {
         Publisher {
             js,
             window,
             spool,
             metrics,
+            traces,
         }
     }
 
@@ -78,7 +83,9 @@ impl Publisher {
     }
 
     async fn direct(&self, events: Vec<Outgoing>) -> Result<Vec<Durable>, SpoolError> {
+        let spans = trace::sends(self.traces.as_ref(), &events, false);
         let acks = send_all(&self.js, &self.window, &events).await;
+        trace::sent(spans, &acks);
         let mut results = Vec::with_capacity(events.len());
         let mut failed = Vec::new();
         // An unpublishable one (the server's limit fell since the door checked it) is
@@ -95,15 +102,23 @@ impl Publisher {
         self.metrics.acked.inc_by(acked);
         if !failed.is_empty() {
             tracing::debug!(count = failed.len(), "no JetStream ack: spooling");
-            self.spool.append(failed).await?;
+            self.append(failed).await?;
         }
         Ok(results)
     }
 
     async fn to_spool(&self, events: Vec<Outgoing>) -> Result<Vec<Durable>, SpoolError> {
         let count = events.len();
-        self.spool.append(events).await?;
+        self.append(events).await?;
         Ok(vec![Durable::Spooled; count])
+    }
+
+    async fn append(&self, events: Vec<Outgoing>) -> Result<(), SpoolError> {
+        let spans = trace::spooling(self.traces.as_ref(), &events);
+        let appended = self.spool.append(events).await;
+        let error = appended.as_ref().err().map(ToString::to_string);
+        trace::spooled(spans, error.as_deref());
+        appended
     }
 }
 

@@ -54,16 +54,25 @@ impl AppReceiver {
         }
     }
 
-    /// Hands the event to the app once.
-    pub async fn deliver(&self, message: &Message, id: &str, attempt: i64) -> Result<(), NotTaken> {
+    /// Hands the event to the app once, with `trace` as its trace context (the
+    /// delivery's span), or else the one the envelope carries.
+    pub async fn deliver(
+        &self,
+        message: &Message,
+        id: &str,
+        attempt: i64,
+        trace: Option<TraceContext>,
+    ) -> Result<(), NotTaken> {
         match self {
             AppReceiver::Http { url, client } => {
-                let trace = TraceContext::from_envelope(&message.payload);
+                let trace = trace.or_else(|| TraceContext::from_envelope(&message.payload));
                 post(client, url, message, id, attempt, trace)
                     .await
                     .map_err(NotTaken::Retry)
             }
-            AppReceiver::Grpc { client } => handle(client.clone(), message, id, attempt).await,
+            AppReceiver::Grpc { client } => {
+                handle(client.clone(), message, id, attempt, trace).await
+            }
         }
     }
 }
@@ -128,10 +137,12 @@ async fn handle(
     message: &Message,
     id: &str,
     attempt: i64,
+    trace: Option<TraceContext>,
 ) -> Result<(), NotTaken> {
     let fields: Fields = serde_json::from_slice(&message.payload).unwrap_or_default();
-    let trace =
-        TraceContext::from_headers(fields.traceparent.as_deref(), fields.tracestate.as_deref());
+    let trace = trace.or_else(|| {
+        TraceContext::from_headers(fields.traceparent.as_deref(), fields.tracestate.as_deref())
+    });
     let mut request = tonic::Request::new(pb::HandleRequest {
         id: id.to_string(),
         r#type: fields.event_type,

@@ -15,6 +15,7 @@ use super::outbound::CALLER_HEADER;
 use super::pool::{Dialer, Pool, PoolLimits};
 use super::status::{grpc_error, grpc_status};
 use super::tls::{self, IdentityStore};
+use super::trace::CallSpan;
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -25,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use streamgate_crds::contract::callers;
+use streamgate_telemetry::Traces;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -44,6 +46,7 @@ pub struct Inbound {
     app_pool: Pool,
     dialer: Dialer,
     metrics: Arc<ForwardMetrics>,
+    traces: Option<Arc<Traces>>,
     /// Turns true when the pod leaves the mesh: no new connections, a graceful GOAWAY
     /// on the open ones (see [`crate::departure`]).
     closing: tokio::sync::watch::Sender<bool>,
@@ -59,6 +62,7 @@ impl Inbound {
         identity: Option<Arc<IdentityStore>>,
         app: SocketAddr,
         metrics: Arc<ForwardMetrics>,
+        traces: Option<Arc<Traces>>,
     ) -> Arc<Self> {
         let app = Endpoint {
             id: "app".into(),
@@ -75,6 +79,7 @@ impl Inbound {
             app_pool: Pool::new(PoolLimits::default(), Gauge::default()),
             dialer: Dialer::new(None, String::new()),
             metrics,
+            traces,
             closing: tokio::sync::watch::channel(false).0,
             listener_closed: tokio::sync::watch::channel(false).0,
         })
@@ -189,6 +194,9 @@ impl Inbound {
         verified: Option<Arc<tls::Workload>>,
     ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
+        let mut span = self.traces.as_ref().map(|traces| {
+            CallSpan::server(traces, &parts.headers, &self.service, parts.uri.path())
+        });
         // Without mTLS the caller is only what the calling sidecar wrote, taken as a
         // service of this namespace: a name, not an identity.
         let (caller_namespace, caller_service) = match &verified {
@@ -204,12 +212,16 @@ impl Inbound {
             None => (self.namespace.as_str(), ANONYMOUS),
         };
         let caller = callers::display(&self.namespace, caller_namespace, caller_service);
+        if let Some(span) = &mut span {
+            span.caller(&caller);
+        }
         let admitted = self.allowed_callers.is_empty()
             || self.allowed_callers.iter().any(|entry| {
                 callers::admits(entry, &self.namespace, caller_namespace, caller_service)
             });
         if !admitted {
             self.metrics.inbound_denied(&caller);
+            finish(span, Code::PermissionDenied);
             let message = format!(
                 "caller {caller} is not in the allowedCallers of {}",
                 self.service
@@ -220,6 +232,10 @@ impl Inbound {
         if let Ok(value) = HeaderValue::from_str(&caller) {
             parts.headers.insert(CALLER_HEADER, value);
         }
+        // The app's spans are children of this one.
+        if let Some(span) = &span {
+            span.inject(&mut parts.headers);
+        }
         let request = Request::from_parts(parts, Body::new(body));
         let lease = match self
             .app_pool
@@ -229,6 +245,7 @@ impl Inbound {
             Ok(lease) => lease,
             Err(e) => {
                 self.metrics.inbound(&caller, Code::Unavailable);
+                finish(span, Code::Unavailable);
                 return grpc_error(Code::Unavailable, &format!("the app is unreachable: {e}"));
             }
         };
@@ -237,6 +254,7 @@ impl Inbound {
             Ok(response) => response,
             Err(e) => {
                 self.metrics.inbound(&caller, Code::Unavailable);
+                finish(span, Code::Unavailable);
                 let message = format!("the app failed the call: {}", crate::error_chain(&e));
                 return grpc_error(Code::Unavailable, &message);
             }
@@ -244,14 +262,22 @@ impl Inbound {
         let (parts, incoming) = response.into_parts();
         if let Some(code) = grpc_status(&parts.headers) {
             self.metrics.inbound(&caller, code);
+            finish(span, code);
             return Response::from_parts(parts, Body::new(incoming));
         }
         let metrics = self.metrics.clone();
         let on_end = Box::new(move |code: Code| {
             drop(lease);
             metrics.inbound(&caller, code);
+            finish(span, code);
         });
         let body = Observed::new(Body::new(incoming), None, None, on_end);
         Response::from_parts(parts, Body::new(body))
+    }
+}
+
+fn finish(span: Option<CallSpan>, code: Code) {
+    if let Some(span) = span {
+        span.finish(code);
     }
 }

@@ -39,6 +39,7 @@ pub mod retry;
 pub mod status;
 pub mod target;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 use crate::config::Settings;
@@ -67,6 +68,7 @@ pub struct Forwarding {
 pub async fn start(
     settings: &Settings,
     metrics: Arc<metrics::ForwardMetrics>,
+    traces: Option<Arc<streamgate_telemetry::Traces>>,
 ) -> Result<Forwarding, StartError> {
     let store = tls::IdentityStore::open(&settings.mtls_dir)?;
     store.spawn_reload();
@@ -88,6 +90,7 @@ pub async fn start(
         discovery,
         dialer,
         metrics.clone(),
+        traces.clone(),
     );
     outbound.spawn_idle_closer();
     let app = app_address(&settings.health.authority_for(service.port)).await?;
@@ -101,6 +104,7 @@ pub async fn start(
         mtls.then(|| store.clone()),
         app,
         metrics,
+        traces,
     );
     Ok(Forwarding {
         outbound,

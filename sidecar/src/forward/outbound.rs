@@ -19,6 +19,7 @@ use super::pool::{Dialer, Lease, PoolLimits};
 use super::retry::MAX_RETRY_BODY;
 use super::status::{grpc_error, grpc_status};
 use super::target::{SERVICE_METADATA, target_service};
+use super::trace::CallSpan;
 use super::upstream::{Backend, NamespaceScope, NoInstance, Upstream, UpstreamSettings};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
@@ -26,6 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use streamgate_crds::Upstream as UpstreamSpec;
+use streamgate_telemetry::Traces;
 use tokio::time::Instant as Deadline;
 use tonic::Code;
 
@@ -56,6 +58,7 @@ pub struct Forwarder {
     dialer: Dialer,
     metrics: Arc<ForwardMetrics>,
     limits: PoolLimits,
+    traces: Option<Arc<Traces>>,
 }
 
 /// An upstream the forwarder follows, and when a call last asked for it.
@@ -72,6 +75,7 @@ impl Forwarder {
         discovery: Discovery,
         dialer: Dialer,
         metrics: Arc<ForwardMetrics>,
+        traces: Option<Arc<Traces>>,
     ) -> Arc<Self> {
         let forwarder = Arc::new(Forwarder {
             own_service: HeaderValue::from_str(own_service)
@@ -86,6 +90,7 @@ impl Forwarder {
             dialer,
             metrics,
             limits: PoolLimits::default(),
+            traces,
         });
         // Follow the declared upstreams from the start, so the first call finds them.
         for spec in specs {
@@ -188,6 +193,11 @@ impl Forwarder {
             Err(e) => return grpc_error(Code::InvalidArgument, &e.to_string()),
         };
         let upstream = self.upstream(&service);
+        let span = self
+            .traces
+            .as_ref()
+            .map(|traces| CallSpan::client(traces, &parts.headers, &service, parts.uri.path()));
+        let call = CallOutcome::new(upstream.clone(), span);
         let caller_timeout = parts
             .headers
             .get("grpc-timeout")
@@ -200,12 +210,13 @@ impl Forwarder {
             .await
         {
             Ok(instances) => instances,
-            Err(reason) => {
-                let call = CallOutcome::new(upstream.clone());
-                return answer(call, Code::Unavailable, unavailable(&upstream, reason));
-            }
+            Err(reason) => return answer(call, Code::Unavailable, unavailable(&upstream, reason)),
         };
-        let head = RequestHead::new(parts, &service, &self.own_service);
+        let mut head = RequestHead::new(parts, &service, &self.own_service);
+        if let Some(span) = call.span() {
+            span.inject(&mut head.headers);
+        }
+        let outcome = call;
         let call = Call {
             forwarder: self,
             upstream: &upstream,
@@ -213,7 +224,7 @@ impl Forwarder {
             head: &head,
             deadline,
         };
-        call.run(body).await
+        call.run(outcome, body).await
     }
 }
 
@@ -330,10 +341,9 @@ impl Streaming {
 }
 
 impl Call<'_> {
-    async fn run(self, body: Body) -> Response<Body> {
+    async fn run(self, mut call: CallOutcome, body: Body) -> Response<Body> {
         let upstream = self.upstream;
         let policy = &upstream.settings.retry;
-        let call = CallOutcome::new(upstream.clone());
         upstream.budget.deposit(Instant::now());
         // Kept for every call, not only those with retries configured: a request the
         // instance refused unprocessed (an instance shutting down sends GOAWAY, an
@@ -352,6 +362,7 @@ impl Call<'_> {
             };
             tried.push(index);
             let instance = &self.instances[index];
+            call.attempt(instance, admission);
             let observed = AttemptOutcome::new(upstream.clone(), instance.clone(), admission);
             let outcome = self.attempt(instance, observed, || replay.attempt()).await;
             // What a retry would answer if it is not made.
@@ -534,6 +545,7 @@ mod tests {
             discovery,
             Dialer::new(None, "default".into()),
             Arc::new(ForwardMetrics::default()),
+            None,
         )
     }
 

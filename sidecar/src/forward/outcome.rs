@@ -6,22 +6,37 @@
 //! path through the call can forget to count or leave a breaker's probe taken.
 
 use super::breaker::Admission;
+use super::trace::CallSpan;
 use super::upstream::{Backend, Upstream};
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::Code;
 
-/// A call's final status, counted once in its upstream's metrics.
+/// A call's final status, counted once in its upstream's metrics and ending its span
+/// (when traces are on).
 pub struct CallOutcome {
     upstream: Arc<Upstream>,
+    span: Option<CallSpan>,
     counted: bool,
 }
 
 impl CallOutcome {
-    pub fn new(upstream: Arc<Upstream>) -> Self {
+    pub fn new(upstream: Arc<Upstream>, span: Option<CallSpan>) -> Self {
         CallOutcome {
             upstream,
+            span,
             counted: false,
+        }
+    }
+
+    pub fn span(&self) -> Option<&CallSpan> {
+        self.span.as_ref()
+    }
+
+    /// An attempt goes to `instance` (for the call's span).
+    pub fn attempt(&mut self, instance: &Backend, admission: Admission) {
+        if let Some(span) = &mut self.span {
+            span.attempt(instance, admission);
         }
     }
 
@@ -34,6 +49,9 @@ impl CallOutcome {
         if !self.counted {
             self.counted = true;
             self.upstream.metrics.finished(code);
+            if let Some(span) = self.span.take() {
+                span.finish(code);
+            }
         }
     }
 }
@@ -213,8 +231,8 @@ mod tests {
     #[tokio::test]
     async fn a_call_is_counted_once_and_a_dropped_one_as_cancelled() {
         let (upstream, _, registry) = one_instance().await;
-        CallOutcome::new(upstream.clone()).finish(Code::Ok);
-        drop(CallOutcome::new(upstream));
+        CallOutcome::new(upstream.clone(), None).finish(Code::Ok);
+        drop(CallOutcome::new(upstream, None));
         let text = exposition(&registry);
         for needle in [
             "forward_requests_total{upstream=\"upload\",code=\"OK\"} 1",
