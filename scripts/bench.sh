@@ -12,6 +12,7 @@ export STREAMGATE_CONSUL_BIN="${STREAMGATE_CONSUL_BIN:-$TOOLS/consul-$CONSUL_DEB
 export STREAMGATE_NATS_BIN="${STREAMGATE_NATS_BIN:-$TOOLS/nats-server-$NATS_DEB_VERSION/bin/nats-server}"
 export STREAMGATE_GHZ_BIN="${STREAMGATE_GHZ_BIN:-$TOOLS/ghz-$GHZ_VERSION/bin/ghz}"
 export STREAMGATE_NGINX_BIN="${STREAMGATE_NGINX_BIN:-$TOOLS/nginx-$NGINX_DEB_VERSION/bin/nginx}"
+export STREAMGATE_JAEGER_BIN="${STREAMGATE_JAEGER_BIN:-$TOOLS/jaeger-$JAEGER_VERSION/bin/jaeger}"
 export STREAMGATE_BIN_PROFILE=release
 
 cargo build --release --quiet --workspace --bins || exit 1
@@ -24,6 +25,6 @@ run() {
 }
 run "sidecar: idle RSS and start to /readyz" target/release/sidecar-bench
 run "events: publish through the sidecar vs direct JetStream publish" target/release/events-bench
-run "forward: gRPC through two sidecars vs direct and vs nginx grpc_pass (ghz, 1 KiB unary)" target/release/forward-bench
+run "forward: gRPC through two sidecars vs direct and vs nginx grpc_pass (ghz, 1 KiB unary); traces at 1% vs off" target/release/forward-bench
 run "operator: 1,000 StreamGateServices vs direct Deployment writes" target/release/operator-bench
 exit $status

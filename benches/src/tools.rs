@@ -44,6 +44,14 @@ pub const GHZ: Tool = Tool {
     in_cache: "bin/ghz",
 };
 
+/// The trace collector the tracing-cost rounds export to (`forward-bench`).
+pub const JAEGER: Tool = Tool {
+    name: "jaeger",
+    env: "STREAMGATE_JAEGER_BIN",
+    version_key: "JAEGER_VERSION",
+    in_cache: "bin/jaeger",
+};
+
 pub const NGINX: Tool = Tool {
     name: "nginx",
     env: "STREAMGATE_NGINX_BIN",

@@ -28,13 +28,16 @@ pub use settings::{SamplerSetting, SettingsError, TraceSettings};
 
 use opentelemetry::Context;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanContext, TracerProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use std::sync::Arc;
 
 pub use opentelemetry::KeyValue;
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 pub use opentelemetry::trace::{Span, SpanKind, Status, Tracer};
 pub use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
 
@@ -110,7 +113,7 @@ impl Traces {
             .with_sampler(settings.sampler.sampler())
             .with_resource(resource.build())
             .build();
-        let tracer = provider.tracer(service_name.to_string());
+        let tracer = provider.tracer("streamgate");
         tracing::info!(
             endpoint = %settings.endpoint,
             sampler = %settings.sampler,
@@ -130,7 +133,13 @@ impl Traces {
     /// The remote parent a request's `traceparent`/`tracestate` headers name (an empty
     /// context when they name none or are malformed: the span becomes a root).
     pub fn extract(&self, headers: &http::HeaderMap) -> Context {
-        self.propagator.extract(&HeaderExtractor(headers))
+        // Most calls carry none: skip the propagator (and its copy of the current
+        // context) for them.
+        if !headers.contains_key(TRACEPARENT) {
+            return Context::new();
+        }
+        self.propagator
+            .extract_with_context(&Context::new(), &HeaderExtractor(headers))
     }
 
     /// The remote parent a `traceparent` (and `tracestate`) given as strings name, as an
@@ -140,15 +149,24 @@ impl Traces {
             traceparent,
             tracestate,
         };
-        self.propagator.extract(&pair)
+        self.propagator.extract_with_context(&Context::new(), &pair)
     }
 
-    /// Writes `span`'s context as the request's `traceparent` and `tracestate`, so the
-    /// next hop's spans are its children (and a not-sampled decision travels too).
+    /// Writes `span`'s context as the request's `traceparent` (and its `tracestate`,
+    /// when it has one), so the next hop's spans are its children (and a not-sampled
+    /// decision travels too). Written straight into the header, without the
+    /// propagator's context and strings: this runs on every forwarded call.
     pub fn inject(&self, span: &SpanContext, headers: &mut http::HeaderMap) {
-        let cx = Context::new().with_remote_span_context(span.clone());
-        self.propagator
-            .inject_context(&cx, &mut propagation::HeaderInjector(headers));
+        if !span.is_valid() {
+            return;
+        }
+        headers.insert(TRACEPARENT, propagation::traceparent_header(span));
+        let state = span.trace_state().header();
+        if state.is_empty() {
+            headers.remove(TRACESTATE);
+        } else if let Ok(value) = http::HeaderValue::from_str(&state) {
+            headers.insert(TRACESTATE, value);
+        }
     }
 
     /// Exports what is queued and stops, waiting at most a few seconds (on shutdown).

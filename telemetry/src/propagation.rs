@@ -1,7 +1,7 @@
 //! W3C trace context carried in HTTP/2 headers (forwarded calls, deliveries to the app)
 //! and in an event's envelope (`traceparent`, `tracestate` fields).
 
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::SpanContext;
 
 /// Reads propagation fields from request headers.
@@ -14,21 +14,6 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-/// Writes propagation fields into request headers (replacing what the app sent: the
-/// next hop's parent is this hop's span).
-pub(crate) struct HeaderInjector<'a>(pub &'a mut http::HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
     }
 }
 
@@ -54,12 +39,30 @@ impl Extractor for Pair<'_> {
 
 /// `span`'s W3C `traceparent` (version 00), for an envelope.
 pub fn traceparent(span: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        span.trace_id(),
-        span.span_id(),
-        span.trace_flags().to_u8()
-    )
+    String::from_utf8_lossy(&traceparent_bytes(span)).into_owned()
+}
+
+/// The same as a header value, built on the stack.
+pub(crate) fn traceparent_header(span: &SpanContext) -> http::HeaderValue {
+    let bytes = traceparent_bytes(span);
+    http::HeaderValue::from_bytes(&bytes).expect("hex digits and dashes are a valid header value")
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`: 55 bytes.
+fn traceparent_bytes(span: &SpanContext) -> [u8; 55] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 55];
+    let mut put = |at: usize, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            out[at + 2 * i] = HEX[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+    };
+    put(0, &[0]);
+    put(3, &span.trace_id().to_bytes());
+    put(36, &span.span_id().to_bytes());
+    put(53, &[span.trace_flags().to_u8()]);
+    out
 }
 
 #[cfg(test)]
@@ -78,5 +81,6 @@ mod tests {
         let span = cx.span().span_context().clone();
         assert!(span.is_valid() && span.is_remote() && span.is_sampled());
         assert_eq!(traceparent(&span), given);
+        assert_eq!(traceparent_header(&span), given);
     }
 }

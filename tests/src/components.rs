@@ -23,6 +23,7 @@ pub struct Layout {
     pub consul_server_port: u16,
     pub nats_port: u16,
     pub nats_monitor_port: u16,
+    pub jaeger: crate::jaeger::JaegerPorts,
     /// Where the API server and NATS listen: 127.0.0.1, or the real node's address on the
     /// pod bridge when the platform has one (pods must reach them; the host reaches that
     /// address as well as loopback).

@@ -1,7 +1,7 @@
-//! A Jaeger (v2: an OpenTelemetry Collector with Jaeger's in-memory storage and query
-//! API) of a test's own: OTLP/gRPC in, `/api/traces` out, every listener on loopback.
-//! The trace tests export the sidecars' and the operator's spans to it and read them
-//! back as a user would in Jaeger's UI.
+//! Jaeger (v2: an OpenTelemetry Collector with Jaeger's in-memory storage and query
+//! API): OTLP/gRPC in, `/api/traces` out. The platform runs one (see
+//! [`crate::platform`]); the trace tests export the sidecars' and the operator's spans
+//! to it and read them back as a user would in Jaeger's UI. The benches start their own.
 
 use crate::ports::free_port;
 use crate::process::Proc;
@@ -11,13 +11,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-pub struct Jaeger {
-    otlp_port: u16,
-    query_port: u16,
-    dir: std::path::PathBuf,
-    _proc: Proc,
-}
 
 /// One span as Jaeger's query API gives it, with its service and parent resolved.
 #[derive(Debug, Clone)]
@@ -36,14 +29,45 @@ impl FoundSpan {
     }
 }
 
-impl Jaeger {
-    /// Starts Jaeger; returns once its health check and query API answer.
-    pub async fn start(bin: &Path, dir: &Path) -> Result<Jaeger> {
-        std::fs::create_dir_all(dir)?;
-        let (otlp_port, query_port, query_grpc, health) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
-        let config = format!(
-            r#"service:
+/// Jaeger's listeners.
+#[derive(Debug, Clone)]
+pub struct JaegerPorts {
+    /// Where the OTLP/gRPC receiver listens: loopback, or the real node's address on the
+    /// pod bridge (pods export there; the host reaches it too).
+    pub otlp: std::net::SocketAddr,
+    pub query: u16,
+    pub query_grpc: u16,
+    pub health: u16,
+}
+
+impl JaegerPorts {
+    pub fn on(otlp_ip: &str) -> Result<JaegerPorts> {
+        Ok(JaegerPorts {
+            otlp: format!("{otlp_ip}:{}", free_port()?).parse()?,
+            query: free_port()?,
+            query_grpc: free_port()?,
+            health: free_port()?,
+        })
+    }
+
+    pub fn otlp_endpoint(&self) -> String {
+        format!("http://{}", self.otlp)
+    }
+
+    pub fn query_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.query)
+    }
+
+    pub fn health_url(&self) -> String {
+        format!("http://127.0.0.1:{}/status", self.health)
+    }
+}
+
+/// Jaeger's configuration: OTLP/gRPC in, in-memory storage, the query API and the
+/// health check on loopback, and no listener of the collector's own telemetry.
+pub fn config(ports: &JaegerPorts) -> String {
+    format!(
+        r#"service:
   extensions: [jaeger_storage, jaeger_query, healthcheckv2]
   pipelines:
     traces:
@@ -62,7 +86,7 @@ extensions:
     storage:
       traces: memstore
     http:
-      endpoint: 127.0.0.1:{query_port}
+      endpoint: 127.0.0.1:{query}
     grpc:
       endpoint: 127.0.0.1:{query_grpc}
   jaeger_storage:
@@ -74,50 +98,78 @@ receivers:
   otlp:
     protocols:
       grpc:
-        endpoint: 127.0.0.1:{otlp_port}
+        endpoint: {otlp}
 processors:
   batch:
     timeout: 100ms
 exporters:
   jaeger_storage_exporter:
     trace_storage: memstore
-"#
-        );
+"#,
+        health = ports.health,
+        query = ports.query,
+        query_grpc = ports.query_grpc,
+        otlp = ports.otlp,
+    )
+}
+
+/// The command that runs Jaeger with the configuration at `config_path`.
+pub fn command(bin: &Path, config_path: &Path) -> Command {
+    let mut command = Command::new(bin);
+    command.arg("--config").arg(config_path);
+    command
+}
+
+/// A Jaeger of its own (the benches' collector), stopped when dropped.
+pub struct Jaeger {
+    ports: JaegerPorts,
+    dir: std::path::PathBuf,
+    _proc: Proc,
+}
+
+impl Jaeger {
+    /// Starts Jaeger on loopback; returns once its health check answers.
+    pub async fn start(bin: &Path, dir: &Path) -> Result<Jaeger> {
+        std::fs::create_dir_all(dir)?;
+        let ports = JaegerPorts::on("127.0.0.1")?;
         let config_path = dir.join("jaeger.yaml");
-        std::fs::write(&config_path, config)?;
-        let mut command = Command::new(bin);
-        command.arg("--config").arg(&config_path);
-        let proc = Proc::spawn("jaeger", command, &dir.join("jaeger.log"))?;
+        std::fs::write(&config_path, config(&ports))?;
+        let proc = Proc::spawn(
+            "jaeger",
+            command(bin, &config_path),
+            &dir.join("jaeger.log"),
+        )?;
         let jaeger = Jaeger {
-            otlp_port,
-            query_port,
+            ports,
             dir: dir.to_path_buf(),
             _proc: proc,
         };
         let client = client()?;
-        let url = format!("http://127.0.0.1:{health}/status");
+        let url = jaeger.ports.health_url();
         crate::wait::eventually("Jaeger is healthy", Duration::from_secs(30), || async {
             let response = client.get(&url).send().await?;
             Ok(response.status().is_success().then_some(()))
         })
         .await
-        .with_context(|| jaeger.log_tail(20))?;
+        .with_context(|| crate::process::tail(&jaeger.dir.join("jaeger.log"), 20))?;
         Ok(jaeger)
     }
 
     /// Where spans go: `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub fn otlp_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.otlp_port)
+        self.ports.otlp_endpoint()
     }
+}
 
-    /// The query API and UI.
-    pub fn query_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.query_port)
-    }
+/// Jaeger's query API, as its UI reads it.
+pub struct JaegerQuery {
+    pub url: String,
+}
 
+impl JaegerQuery {
     /// The spans Jaeger holds of `trace_id` (32 hex digits); empty when it knows none.
     pub async fn trace(&self, trace_id: &str) -> Result<Vec<FoundSpan>> {
-        let url = format!("{}/api/traces/{trace_id}", self.query_url());
+        let url = format!("{}/api/traces/{trace_id}", self.url);
         let response = client()?.get(&url).send().await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(Vec::new());
@@ -154,30 +206,15 @@ exporters:
         })
     }
 
-    /// The services Jaeger has spans of.
-    pub async fn services(&self) -> Result<Vec<String>> {
-        #[derive(Deserialize)]
-        struct Services {
-            data: Option<Vec<String>>,
-        }
-        let url = format!("{}/api/services", self.query_url());
-        let body: Services = client()?.get(&url).send().await?.json().await?;
-        Ok(body.data.unwrap_or_default())
-    }
-
     /// Span names Jaeger holds for `service`.
     pub async fn operations(&self, service: &str) -> Result<Vec<String>> {
         #[derive(Deserialize)]
         struct Operations {
             data: Option<Vec<String>>,
         }
-        let url = format!("{}/api/services/{service}/operations", self.query_url());
+        let url = format!("{}/api/services/{service}/operations", self.url);
         let body: Operations = client()?.get(&url).send().await?.json().await?;
         Ok(body.data.unwrap_or_default())
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        crate::process::tail(&self.dir.join("jaeger.log"), lines)
     }
 }
 

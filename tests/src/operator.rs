@@ -139,6 +139,18 @@ pub struct Operator {
     proc: Proc,
 }
 
+/// How one operator process is started.
+struct Launch<'a, S> {
+    /// Its own namespace (Lease, webhook Secret).
+    home: &'a str,
+    /// The namespace it watches; `None`: every namespace.
+    watch: Option<&'a str>,
+    extra: &'a [S],
+    /// Return once `/readyz` answers (else `/livez`).
+    wait_ready: bool,
+    env: &'a [(String, String)],
+}
+
 impl Operator {
     /// Starts an operator watching the test namespace, with short timings for tests.
     pub async fn start(env: &TestEnv, kubeconfig: &PathBuf, identity: &str) -> Result<Operator> {
@@ -164,16 +176,33 @@ impl Operator {
         home: &str,
         extra: &[S],
     ) -> Result<Operator> {
-        Self::launch(
-            env,
-            kubeconfig,
-            identity,
+        let how = Launch {
             home,
-            Some(&env.namespace),
+            watch: Some(&env.namespace),
             extra,
-            true,
-        )
-        .await
+            wait_ready: true,
+            env: &[],
+        };
+        Self::launch(env, kubeconfig, identity, how).await
+    }
+
+    /// Like [`Operator::start_in`] in the test namespace, with `vars` added to the
+    /// operator's environment (its `OTEL_*` settings).
+    pub async fn start_with_env<S: AsRef<std::ffi::OsStr>>(
+        env: &TestEnv,
+        kubeconfig: &PathBuf,
+        identity: &str,
+        extra: &[S],
+        vars: &[(String, String)],
+    ) -> Result<Operator> {
+        let how = Launch {
+            home: &env.namespace,
+            watch: Some(&env.namespace),
+            extra,
+            wait_ready: true,
+            env: vars,
+        };
+        Self::launch(env, kubeconfig, identity, how).await
     }
 
     /// Like [`Operator::start_in`], returning once `/livez` answers, ready or not (for
@@ -185,16 +214,14 @@ impl Operator {
         home: &str,
         extra: &[S],
     ) -> Result<Operator> {
-        Self::launch(
-            env,
-            kubeconfig,
-            identity,
+        let how = Launch {
             home,
-            Some(&env.namespace),
+            watch: Some(&env.namespace),
             extra,
-            false,
-        )
-        .await
+            wait_ready: false,
+            env: &[],
+        };
+        Self::launch(env, kubeconfig, identity, how).await
     }
 
     /// Starts an operator watching every namespace (as the chart runs it). Only for a
@@ -206,18 +233,29 @@ impl Operator {
         home: &str,
         extra: &[S],
     ) -> Result<Operator> {
-        Self::launch(env, kubeconfig, identity, home, None, extra, true).await
+        let how = Launch {
+            home,
+            watch: None,
+            extra,
+            wait_ready: true,
+            env: &[],
+        };
+        Self::launch(env, kubeconfig, identity, how).await
     }
 
     async fn launch<S: AsRef<std::ffi::OsStr>>(
         env: &TestEnv,
         kubeconfig: &PathBuf,
         identity: &str,
-        home: &str,
-        watch: Option<&str>,
-        extra: &[S],
-        wait_ready: bool,
+        how: Launch<'_, S>,
     ) -> Result<Operator> {
+        let Launch {
+            home,
+            watch,
+            extra,
+            wait_ready,
+            env: vars,
+        } = how;
         let bin = binary("streamgate-operator", "streamgate-operator")?;
         let port = free_port()?;
         let mut cmd = Command::new(bin);
@@ -232,7 +270,8 @@ impl Operator {
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
             .args(["--consul-address", env.consul_addr()])
             .args(["--nats-url", env.nats_url()])
-            .args(extra);
+            .args(extra)
+            .envs(vars.iter().map(|(k, v)| (k, v)));
         let log = env
             .platform
             .info

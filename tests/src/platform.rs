@@ -27,6 +27,11 @@ pub struct PlatformInfo {
     pub nats_url: String,
     pub nats_monitor_url: String,
     pub etcd_url: String,
+    /// Jaeger's OTLP/gRPC receiver (`OTEL_EXPORTER_OTLP_ENDPOINT`), on the node's address
+    /// when there is a real node (pods export there), else on loopback.
+    pub otlp_endpoint: String,
+    /// Jaeger's UI and query API (loopback).
+    pub jaeger_url: String,
     pub logs: PathBuf,
     pub tools: Tools,
     /// Set when the platform has a real node.
@@ -60,6 +65,8 @@ impl PlatformInfo {
              export STREAMGATE_NATS_MONITOR='{}'\n\
              export STREAMGATE_APISERVER='{}'\n\
              export STREAMGATE_ETCD='{}'\n\
+             export STREAMGATE_OTLP_ENDPOINT='{}'\n\
+             export STREAMGATE_JAEGER_URL='{}'\n\
              export STREAMGATE_LOGS='{}'\n\
              # kubectl and helm matching the platform's Kubernetes release\n\
              export PATH='{}:{}':\"$PATH\"\n",
@@ -69,6 +76,8 @@ impl PlatformInfo {
             self.nats_monitor_url,
             self.apiserver_url,
             self.etcd_url,
+            self.otlp_endpoint,
+            self.jaeger_url,
             self.logs.display(),
             kube_bin.display(),
             helm_bin.display(),
@@ -83,9 +92,11 @@ impl PlatformInfo {
             "# Written by `make env-up` for the local platform's real node.\n\
              image:\n  pullPolicy: IfNotPresent\n\
              consul:\n  address: {consul}\n\
-             nats:\n  url: {nats}\n",
+             nats:\n  url: {nats}\n\
+             tracing:\n  otlpEndpoint: {otlp}\n",
             consul = node.consul_http_addr,
             nats = node.nats_url,
+            otlp = self.otlp_endpoint,
         ))
     }
 
@@ -165,6 +176,7 @@ impl Platform {
             consul_server_port: free_port()?,
             nats_port: free_port()?,
             nats_monitor_port: free_port()?,
+            jaeger: crate::jaeger::JaegerPorts::on(&listen_ip)?,
             listen_ip,
             real_node,
         };
@@ -183,6 +195,8 @@ impl Platform {
             nats_url: format!("nats://{}:{}", layout.listen_ip, layout.nats_port),
             nats_monitor_url: format!("http://127.0.0.1:{}", layout.nats_monitor_port),
             etcd_url: layout.etcd_url(),
+            otlp_endpoint: layout.jaeger.otlp_endpoint(),
+            jaeger_url: layout.jaeger.query_url(),
             logs: layout.logs(),
             tools: tools.clone(),
             node: None,
@@ -226,6 +240,13 @@ impl Platform {
             "nats-server",
             components::nats_server(tools, &nats_config),
         )?;
+        let jaeger_config = l.dir.join("jaeger.yaml");
+        std::fs::write(&jaeger_config, crate::jaeger::config(&l.jaeger))?;
+        self.launch(
+            l,
+            "jaeger",
+            crate::jaeger::command(&tools.jaeger, &jaeger_config),
+        )?;
         self.ready("etcd", || {
             Ok(get_text(&http, &format!("{}/health", l.etcd_url()))?.contains("\"true\""))
         })?;
@@ -234,6 +255,10 @@ impl Platform {
         let nats_health = format!("{}/healthz", self.info.nats_monitor_url);
         self.ready("nats-server", || {
             Ok(get_text(&http, &nats_health)?.contains("ok"))
+        })?;
+        let jaeger_health = l.jaeger.health_url();
+        self.ready("jaeger", || {
+            Ok(get_text(&http, &jaeger_health)?.contains("\"healthy\":true"))
         })?;
 
         self.launch(

@@ -1,5 +1,5 @@
-//! OpenTelemetry traces from real sidecar processes to a real collector (Jaeger, started
-//! by the harness on loopback), read back through Jaeger's query API as a user would:
+//! OpenTelemetry traces from real sidecar processes to a real collector (the platform's
+//! Jaeger, on loopback), read back through Jaeger's query API as a user would:
 //! a call through two sidecars and an event from publisher to subscriber make one
 //! trace with the expected spans and parent links; with the collector down, calls and
 //! events still flow and the dropped spans are counted.
@@ -13,10 +13,9 @@ use streamgate_proto::testing::v1::EchoRequest;
 use streamgate_proto::testing::v1::echo_client::EchoClient;
 use streamgate_tests::TestEnv;
 use streamgate_tests::echo::EchoServer;
-use streamgate_tests::jaeger::{FoundSpan, Jaeger};
+use streamgate_tests::jaeger::{FoundSpan, JaegerQuery};
 use streamgate_tests::ports::free_port;
 use streamgate_tests::sidecar::{DemoApp, Sidecar, SidecarOptions, http, log_dir, pod_ip};
-use streamgate_tests::tools::Tools;
 use streamgate_tests::wait::eventually;
 use tonic::transport::{Channel, Endpoint};
 
@@ -35,6 +34,17 @@ fn otel_env(endpoint: &str, queue: usize) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// The platform's Jaeger: its query API, and its OTLP endpoint.
+fn platform_jaeger(env: &TestEnv) -> (JaegerQuery, String) {
+    let info = &env.platform.info;
+    (
+        JaegerQuery {
+            url: info.jaeger_url.clone(),
+        },
+        info.otlp_endpoint.clone(),
+    )
 }
 
 /// The pieces of one trace test: an Echo app behind a server sidecar, a calling
@@ -272,9 +282,8 @@ fn kind(span: &FoundSpan) -> &str {
 async fn a_call_and_an_event_make_one_trace_in_jaeger() -> Result<()> {
     let env = TestEnv::new("traces-one-trace").await?;
     let dir = log_dir("traces-one-trace");
-    let tools = Tools::locate()?;
-    let jaeger = Jaeger::start(&tools.jaeger, &dir.join("jaeger")).await?;
-    let mesh = Mesh::start(&env, &dir, &otel_env(&jaeger.otlp_endpoint(), 2048)).await?;
+    let (jaeger, endpoint) = platform_jaeger(&env);
+    let mesh = Mesh::start(&env, &dir, &otel_env(&endpoint, 2048)).await?;
     // Discovery may not have answered at the very first call.
     eventually("a call through the sidecars succeeds", STARTUP, || async {
         Ok(mesh.call(None).await.ok())
@@ -466,5 +475,114 @@ async fn with_the_collector_down_calls_and_events_flow_and_drops_are_counted() -
         .await?;
     assert_eq!(subscriber, EVENTS as f64);
     collector.abort();
+    Ok(())
+}
+
+/// The operator exports a span per reconcile (its `OTEL_*` variables), and renders the
+/// sidecars' own `OTEL_*` settings from `--sidecar-otlp-endpoint` and the sampling
+/// ratio, with a service's `spec.sidecar.traceSamplingRatio` winning over the default.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_traces_its_reconciles_and_renders_the_sidecars_trace_settings() -> Result<()>
+{
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::Api;
+    use streamgate_tests::operator::{Operator, TEST_TIMINGS, operator_kubeconfig};
+    let env = TestEnv::new("traces-operator").await?;
+    let (jaeger, endpoint) = platform_jaeger(&env);
+    let kubeconfig = operator_kubeconfig(&env).await?;
+    let mut flags: Vec<String> = TEST_TIMINGS.iter().map(|s| s.to_string()).collect();
+    flags.push("--sidecar-otlp-endpoint=http://otel-collector.observability:4317".into());
+    flags.push("--sidecar-trace-sampling-ratio=0.05".into());
+    let vars = otel_env(&endpoint, 2048);
+    let operator = Operator::start_with_env(&env, &kubeconfig, "op-traced", &flags, &vars).await?;
+    let manifest = |name: &str, sidecar: &str| {
+        format!(
+            "apiVersion: streamgate.io/v1alpha1\nkind: StreamGateService\nmetadata: {{name: {name}}}\nspec:\n  image: registry.example.com/streamgate/{name}:1.0.0\n  port: 9091\n  serviceName: {consul}\n{sidecar}",
+            consul = env.unique(name)
+        )
+    };
+    env.kubectl(&["apply", "-f", "-"], Some(&manifest("traced", "")))?;
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&manifest(
+            "sampled",
+            "  sidecar: {traceSamplingRatio: 0.5}\n",
+        )),
+    )?;
+
+    let deployments: Api<Deployment> = Api::namespaced(env.client(), &env.namespace);
+    let sidecar_env = |name: &'static str| {
+        let deployments = deployments.clone();
+        async move {
+            let deployment = eventually(&format!("Deployment {name}"), STARTUP, || async {
+                Ok(deployments.get_opt(name).await?)
+            })
+            .await?;
+            let spec = deployment
+                .spec
+                .and_then(|s| s.template.spec)
+                .context("a pod spec")?;
+            let sidecar = spec
+                .init_containers
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.name == "streamgate-sidecar")
+                .context("the sidecar")?;
+            Ok::<_, anyhow::Error>(
+                sidecar
+                    .env
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|v| Some((v.name, v.value?)))
+                    .collect::<std::collections::HashMap<_, _>>(),
+            )
+        }
+    };
+    let traced = sidecar_env("traced").await?;
+    assert_eq!(
+        traced
+            .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(String::as_str),
+        Some("http://otel-collector.observability:4317")
+    );
+    assert_eq!(
+        traced.get("OTEL_TRACES_SAMPLER").map(String::as_str),
+        Some("parentbased_traceidratio")
+    );
+    assert_eq!(
+        traced.get("OTEL_TRACES_SAMPLER_ARG").map(String::as_str),
+        Some("0.05")
+    );
+    assert_eq!(traced.get("OTEL_SERVICE_NAME"), Some(&env.unique("traced")));
+    let sampled = sidecar_env("sampled").await?;
+    assert_eq!(
+        sampled.get("OTEL_TRACES_SAMPLER_ARG").map(String::as_str),
+        Some("0.5")
+    );
+
+    let operation = format!("reconcile {}/traced", env.namespace);
+    eventually(
+        "the operator's reconcile span in Jaeger",
+        STARTUP,
+        || async {
+            let operations = jaeger.operations("streamgate-operator").await?;
+            Ok(operations.contains(&operation).then_some(()))
+        },
+    )
+    .await?;
+    let exported = eventually(
+        "the operator counts its exported spans",
+        STARTUP,
+        || async {
+            let text = reqwest::get(&operator.metrics_url).await?.text().await?;
+            Ok(text
+                .lines()
+                .find(|l| l.starts_with("streamgate_operator_trace_spans_exported_total "))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .filter(|n| *n >= 1.0))
+        },
+    )
+    .await?;
+    ensure!(exported >= 1.0);
     Ok(())
 }

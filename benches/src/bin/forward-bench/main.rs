@@ -33,6 +33,7 @@ mod nginx;
 mod server;
 mod sidecars;
 mod table;
+mod tracing_cost;
 
 use anyhow::{Context, Result, anyhow};
 use measure::{Target, measure};
@@ -50,6 +51,7 @@ use streamgate_tests::wait::eventually;
 struct Tools {
     ghz: PathBuf,
     nginx: PathBuf,
+    jaeger: PathBuf,
     consul: PathBuf,
     sidecar: PathBuf,
     /// This executable, run again as the server (`forward-bench serve ADDR`).
@@ -93,8 +95,15 @@ async fn bench() -> Result<bool> {
     wait_tcp(&nginx_addr, Duration::from_secs(10)).await?;
 
     // Consul and the two sidecars; when they cannot start, (b) fails alone.
+    let consul = sidecars::consul(&tools, &work).await?;
     let service = format!("fwdbench{}", std::process::id());
-    let path = sidecars::start(&tools, &work, &service, &server_addr).await;
+    let plain = sidecars::Pair {
+        service: &service,
+        server_ip: "127.0.0.2",
+        client_ip: "127.0.0.3",
+        env: &[],
+    };
+    let path = sidecars::start(&tools, &work, &consul, &plain, &server_addr).await;
 
     let direct = Target {
         label: "(a) direct",
@@ -121,13 +130,73 @@ async fn bench() -> Result<bool> {
         }
         Err(e) => Err(anyhow!("{label}: {e:#}")),
     };
-    Ok(table::print(&direct, &nginx, &sidecars))
+    let table_ok = table::print(&direct, &nginx, &sidecars);
+    let traces_ok = match &path {
+        Ok(path) => tracing_cost(
+            &tools,
+            &work,
+            &consul,
+            path,
+            &service,
+            &server_addr,
+            seconds,
+        )
+        .await
+        .unwrap_or_else(|e| {
+            println!("(d) traces at 1%: FAILED: {e:#}");
+            false
+        }),
+        Err(_) => false,
+    };
+    Ok(table_ok && traces_ok)
+}
+
+/// (d): the same pair with traces on, exporting to a Jaeger of its own, in alternated
+/// rounds beside (b).
+async fn tracing_cost(
+    tools: &Tools,
+    work: &WorkDir,
+    consul: &streamgate_benches::consul::Consul,
+    plain: &sidecars::SidecarPath,
+    service: &str,
+    server_addr: &str,
+    seconds: u64,
+) -> Result<bool> {
+    let jaeger =
+        streamgate_tests::jaeger::Jaeger::start(&tools.jaeger, &work.join("jaeger")).await?;
+    let env = tracing_cost::otel_env(&jaeger.otlp_endpoint());
+    let traced_service = format!("{service}t");
+    let traced = sidecars::Pair {
+        service: &traced_service,
+        server_ip: "127.0.0.4",
+        client_ip: "127.0.0.5",
+        env: &env,
+    };
+    let traced = sidecars::start(tools, work, consul, &traced, server_addr).await?;
+    let off = tracing_cost::Path {
+        target: Target {
+            label: "(b) sidecars, traces off",
+            addr: plain.app.clone(),
+            authority: Some(service.to_string()),
+        },
+        pids: &[plain.client.pid(), plain.server.pid()],
+    };
+    let on = tracing_cost::Path {
+        target: Target {
+            label: "(d) sidecars, traces at 1%",
+            addr: traced.app.clone(),
+            authority: Some(traced_service.clone()),
+        },
+        pids: &[traced.client.pid(), traced.server.pid()],
+    };
+    tracing_cost::compare(tools, work, &off, &on, seconds).await
 }
 
 fn tools() -> Result<Tools> {
     Ok(Tools {
         ghz: tools::GHZ.locate()?,
         nginx: tools::NGINX.locate()?,
+        jaeger: tools::JAEGER.locate()?,
         consul: tools::CONSUL.locate()?,
         sidecar: siblings::binary("streamgate-sidecar")?,
         this: std::env::current_exe().context("locating this executable")?,

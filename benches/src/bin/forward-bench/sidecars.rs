@@ -1,5 +1,6 @@
 //! Path (b): Consul, a server sidecar in front of the server and a client sidecar that
-//! names the server's service as its upstream.
+//! names the server's service as its upstream; and the same pair again with traces on,
+//! for the tracing-cost rounds.
 
 use crate::Tools;
 use anyhow::{Context, Result};
@@ -15,13 +16,21 @@ use streamgate_tests::wait::eventually;
 /// What a stopped sidecar gets to deregister from Consul before it is killed.
 const SIDECAR_GRACE: Duration = Duration::from_secs(3);
 
-/// The sidecars' path, stopped when dropped: sidecars first (they deregister), then Consul.
+/// The sidecars' path, stopped when dropped (they deregister from Consul).
 pub struct SidecarPath {
     pub client: Running,
     pub server: Running,
-    _consul: Consul,
     /// The client sidecar's app listener, where ghz calls.
     pub app: String,
+}
+
+/// One pair of sidecars: the service the server registers, the pod IPs of both, and
+/// environment both get (the `OTEL_*` variables of the tracing-cost path).
+pub struct Pair<'a> {
+    pub service: &'a str,
+    pub server_ip: &'a str,
+    pub client_ip: &'a str,
+    pub env: &'a [(String, String)],
 }
 
 struct SidecarRole<'a> {
@@ -30,45 +39,54 @@ struct SidecarRole<'a> {
     app_port: u16,
     app_listen: String,
     upstream: Option<&'a str>,
+    env: &'a [(String, String)],
 }
 
-/// Consul, a server sidecar registering `service` (inbound on 127.0.0.2) and a client
-/// sidecar with `service` as its upstream; ready, and the server's instance passing.
+/// The Consul the sidecars register in: `CONSUL_HTTP_ADDR`'s, else a dev agent.
+pub async fn consul(tools: &Tools, work: &WorkDir) -> Result<Consul> {
+    match Consul::from_env() {
+        Some(consul) => Ok(consul),
+        None => Consul::start(&tools.consul, work.path()).await,
+    }
+}
+
+/// A server sidecar registering `pair.service` and a client sidecar with it as its
+/// upstream; ready, and the server's instance passing.
 pub async fn start(
     tools: &Tools,
     work: &WorkDir,
-    service: &str,
+    consul: &Consul,
+    pair: &Pair<'_>,
     server_addr: &str,
 ) -> Result<SidecarPath> {
-    let consul = match Consul::from_env() {
-        Some(consul) => consul,
-        None => Consul::start(&tools.consul, work.path()).await?,
-    };
+    let service = pair.service;
     let app = format!("127.0.0.1:{}", free_port()?);
     let (server, server_admin) = spawn_sidecar(
         &tools.sidecar,
         work,
-        "server",
+        &format!("{service}-server"),
         consul.addr(),
         &SidecarRole {
             service,
-            ip: "127.0.0.2",
+            ip: pair.server_ip,
             app_port: port_of(server_addr)?,
             app_listen: format!("127.0.0.1:{}", free_port()?),
             upstream: None,
+            env: pair.env,
         },
     )?;
     let (client, client_admin) = spawn_sidecar(
         &tools.sidecar,
         work,
-        "client",
+        &format!("{service}-client"),
         consul.addr(),
         &SidecarRole {
             service: &format!("{service}-client"),
-            ip: "127.0.0.3",
+            ip: pair.client_ip,
             app_port: port_of(server_addr)?,
             app_listen: app.clone(),
             upstream: Some(service),
+            env: pair.env,
         },
     )?;
     let http = http()?;
@@ -93,7 +111,6 @@ pub async fn start(
     Ok(SidecarPath {
         client,
         server,
-        _consul: consul,
         app,
     })
 }
@@ -125,7 +142,10 @@ fn spawn_sidecar(
         inbound = free_port()?,
     );
     let mut command = Command::new(bin);
-    command.env_clear().env("STREAMGATE_CONFIG", document);
+    command
+        .env_clear()
+        .env("STREAMGATE_CONFIG", document)
+        .envs(role.env.iter().map(|(k, v)| (k, v)));
     // Stopped with SIGTERM first, so they leave Consul.
     let child = Running::spawn(
         &format!("the {name} sidecar"),
