@@ -5,7 +5,7 @@ ENV_BIN := target/debug/streamgate-env
 
 .PHONY: tools env-up env-down env-status test lint fmt crds bench dev images push
 
-## tools: install or build etcd, nats-server, Consul (Debian 1.8.7 and v1.16.1 from source), Kubernetes (with kubelet, kube-proxy), containerd, runc, CNI plugins, iptables, kwok, helm, crane, Jaeger (the trace collector), and ghz + nginx for make bench (cached)
+## tools: install or build etcd, nats-server, Consul (Debian 1.8.7 and v1.16.1 from source), Kubernetes (with kubelet, kube-proxy), containerd, runc, CNI plugins, iptables, kwok, helm, crane, Jaeger (the trace collector), and ghz + nginx + HAProxy + nghttpx for make bench (cached)
 tools:
 	@bash scripts/tools.sh
 

@@ -12,6 +12,8 @@ export STREAMGATE_CONSUL_BIN="${STREAMGATE_CONSUL_BIN:-$TOOLS/consul-$CONSUL_DEB
 export STREAMGATE_NATS_BIN="${STREAMGATE_NATS_BIN:-$TOOLS/nats-server-$NATS_DEB_VERSION/bin/nats-server}"
 export STREAMGATE_GHZ_BIN="${STREAMGATE_GHZ_BIN:-$TOOLS/ghz-$GHZ_VERSION/bin/ghz}"
 export STREAMGATE_NGINX_BIN="${STREAMGATE_NGINX_BIN:-$TOOLS/nginx-$NGINX_DEB_VERSION/bin/nginx}"
+export STREAMGATE_HAPROXY_BIN="${STREAMGATE_HAPROXY_BIN:-$TOOLS/haproxy-$HAPROXY_DEB_VERSION/bin/haproxy}"
+export STREAMGATE_NGHTTPX_BIN="${STREAMGATE_NGHTTPX_BIN:-$TOOLS/nghttpx-$NGHTTPX_DEB_VERSION/bin/nghttpx}"
 export STREAMGATE_JAEGER_BIN="${STREAMGATE_JAEGER_BIN:-$TOOLS/jaeger-$JAEGER_VERSION/bin/jaeger}"
 export STREAMGATE_BIN_PROFILE=release
 
@@ -25,6 +27,6 @@ run() {
 }
 run "sidecar: idle RSS and start to /readyz" target/release/sidecar-bench
 run "events: publish through the sidecar vs direct JetStream publish" target/release/events-bench
-run "forward: gRPC through two sidecars vs direct and vs nginx grpc_pass (ghz, 1 KiB unary); traces at 1% vs off" target/release/forward-bench
+run "forward: gRPC through the sidecar, one hop and two, beside nginx, HAProxy and nghttpx (ghz, 1 KiB unary, alternated rounds); traces at 1% vs off" target/release/forward-bench
 run "operator: 1,000 StreamGateServices vs direct Deployment writes" target/release/operator-bench
 exit $status

@@ -134,6 +134,35 @@ install_nginx() {
 }
 
 
+# The forwarding benchmark's other peers (issue: measure like with like): HAProxy and
+# nghttpx from Debian bookworm, unpacked like nginx. Their libraries that the base system
+# lacks (liblua, libopentracing-c-wrapper for HAProxy; libev, c-ares, jemalloc for
+# nghttpx) are unpacked beside them and bin/<name> becomes a wrapper setting
+# LD_LIBRARY_PATH. `install_deb_program COMPONENT VERSION PACKAGE BINARY LIB...`.
+install_deb_program() {
+  local component="$1" version="$2" package="$3" binary="$4"
+  shift 4
+  local dir="$TOOLS/$component-$version"
+  if [ -f "$dir/.done" ]; then say "$component" "cached in $dir"; return; fi
+  rm -rf "$dir"
+  apt_fetch "$component" bookworm "$dir" "$package=$version" "$@"
+  link_bin "$component" "$dir" "$binary"
+  local real libs
+  real="$(readlink -f "$dir/bin/$binary")"
+  libs="$(find "$dir/root" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)"
+  if [ -n "$libs" ]; then
+    rm -f "$dir/bin/$binary"
+    printf '#!/bin/bash\nLD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s" "$@"\n' "$libs" "$real" >"$dir/bin/$binary"
+    chmod +x "$dir/bin/$binary"
+  fi
+  if LD_LIBRARY_PATH="$libs" ldd "$real" | grep -q 'not found'; then
+    die "$component" "missing libraries: $(LD_LIBRARY_PATH="$libs" ldd "$real" | awk '/not found/{print $1}' | xargs)" \
+      "add the Debian packages providing them to its line in tools.sh, then rm -rf $dir && make tools"
+  fi
+  touch "$dir/.done"
+  say "$component" "installed in $dir"
+}
+
 # The real node's runtime: containerd (with its runc shim and ctr), runc, the CNI plugins
 # (bridge, host-local, loopback, portmap) and iptables (legacy backend, the one kube-proxy
 # and the harness's forwarding rule use). iptables is a glibc program with shared
@@ -311,7 +340,7 @@ install_kwok_stages() {
   say kwok "stages written to $dir/stages-fast.yaml"
 }
 
-components="${*:-etcd nats consul consul-mpl kwok helm kube node image-base crane ghz nginx jaeger}"
+components="${*:-etcd nats consul consul-mpl kwok helm kube node image-base crane ghz nginx haproxy nghttpx jaeger}"
 for c in $components; do
   case "$c" in
     etcd) install_etcd ;;
@@ -339,13 +368,15 @@ for c in $components; do
     # reference gRPC proxy.
     ghz) go_install ghz github.com/bojand/ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION" ;;
     nginx) install_nginx ;;
+    haproxy) install_deb_program haproxy "$HAPROXY_DEB_VERSION" haproxy haproxy liblua5.3-0 libopentracing-c-wrapper0 libopentracing1 ;;
+    nghttpx) install_deb_program nghttpx "$NGHTTPX_DEB_VERSION" nghttp2-proxy nghttpx libev4 libc-ares2 libjemalloc2 ;;
     # Traces: the platform starts Jaeger with OTLP/gRPC on loopback, and the trace tests
     # read the spans back through its query API.
     jaeger) go_install jaeger github.com/jaegertracing/jaeger github.com/jaegertracing/jaeger/cmd/jaeger "$JAEGER_VERSION" ;;
     # The newer Consul of the test matrix (agentless catalog mode): the last release line
     # under MPL-2.0, built from its Go module. See CONSUL_MPL_VERSION in versions.sh.
     consul-mpl) go_install consul-mpl github.com/hashicorp/consul github.com/hashicorp/consul "$CONSUL_MPL_VERSION" ;;
-    *) die "$c" "unknown component" "use one of: etcd nats consul consul-mpl kwok helm kube node image-base crane ghz nginx jaeger" ;;
+    *) die "$c" "unknown component" "use one of: etcd nats consul consul-mpl kwok helm kube node image-base crane ghz nginx haproxy nghttpx jaeger" ;;
   esac
 done
 say tools "all components ready in $TOOLS"

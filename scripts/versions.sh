@@ -19,6 +19,9 @@ CONSUL_MPL_VERSION=v1.16.1
 # and the pin moves to the version `apt-cache policy nginx` shows for bookworm.
 GHZ_VERSION=v0.121.0
 NGINX_DEB_VERSION=1.22.1-9+deb12u9
+# forward-bench's other peers, also from bookworm: HAProxy 2.6 and nghttpx 1.52.
+HAPROXY_DEB_VERSION=2.6.12-1+deb12u3
+NGHTTPX_DEB_VERSION=1.52.0-1+deb12u3
 # The real node (kubelet beside kwok's fake nodes): container runtime, OCI runtime, CNI
 # plugins and the iptables userspace kube-proxy and the harness's forwarding rule use, all
 # from Debian bookworm (the suite this machine runs), unpacked into the tools cache.

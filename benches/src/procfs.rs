@@ -40,6 +40,38 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     }
 }
 
+/// `pid` and every process below it (a proxy that forks its workers, as nghttpx does
+/// even with one worker, does its work in a child).
+pub fn with_descendants(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return all;
+    };
+    let parents: Vec<(u32, u32)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|child| Some((child, parent_of(child)?)))
+        .collect();
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        all.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    all
+}
+
+/// Field 4 of /proc/PID/stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,20 @@ pub const JAEGER: Tool = Tool {
     in_cache: "bin/jaeger",
 };
 
+pub const HAPROXY: Tool = Tool {
+    name: "haproxy",
+    env: "STREAMGATE_HAPROXY_BIN",
+    version_key: "HAPROXY_DEB_VERSION",
+    in_cache: "bin/haproxy",
+};
+
+pub const NGHTTPX: Tool = Tool {
+    name: "nghttpx",
+    env: "STREAMGATE_NGHTTPX_BIN",
+    version_key: "NGHTTPX_DEB_VERSION",
+    in_cache: "bin/nghttpx",
+};
+
 pub const NGINX: Tool = Tool {
     name: "nginx",
     env: "STREAMGATE_NGINX_BIN",

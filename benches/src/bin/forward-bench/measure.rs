@@ -14,7 +14,7 @@ pub const MAX_WORKERS: u32 = 64;
 
 /// Where one run of ghz sends its calls.
 pub struct Target {
-    pub label: &'static str,
+    pub label: String,
     pub addr: String,
     /// The `:authority` ghz sends (the service a client sidecar routes to).
     pub authority: Option<String>,
@@ -24,7 +24,6 @@ pub struct Target {
 pub struct Measured {
     pub p50: Duration,
     pub p99: Duration,
-    pub rate_requests: u64,
     pub max_rps: f64,
     pub max_requests: u64,
     /// Per watched process: (highest RSS KiB, CPU at the fixed rate, CPU at max).
@@ -40,7 +39,7 @@ pub async fn measure(
     watch: &[u32],
     seconds: u64,
 ) -> Result<Measured> {
-    let label = target.label;
+    let label = target.label.as_str();
     let check = ghz::run(
         tools,
         work,
@@ -49,7 +48,7 @@ pub async fn measure(
         &mut [],
     )
     .await
-    .context(label)?;
+    .context(label.to_string())?;
     ok_calls(&check, 0).with_context(|| format!("{label}: first call"))?;
     let rate = RATE.to_string();
     let connections = CONNECTIONS.to_string();
@@ -109,7 +108,6 @@ pub async fn measure(
     Ok(Measured {
         p50: percentile(50)?,
         p99: percentile(99)?,
-        rate_requests: at_rate.count,
         max_rps: at_max.rps,
         max_requests: at_max.count,
         usage: rate_usage

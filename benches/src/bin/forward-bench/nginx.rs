@@ -1,4 +1,4 @@
-//! nginx from Debian as the reference gRPC proxy (`grpc_pass`), path (c).
+//! nginx from Debian as a gRPC proxy peer (`grpc_pass`).
 
 use anyhow::{Context, Result, bail};
 use std::path::Path;
@@ -8,11 +8,19 @@ use streamgate_benches::running::Running;
 use streamgate_benches::work_dir::WorkDir;
 
 /// nginx as one process (`master_process off`: the single worker serves, and a kill
-/// leaves no orphaned worker), every path inside `work`, HTTP/2 cleartext in, gRPC out
-/// to a keepalive pool of 16 connections. Request limits lifted so neither side's
-/// connections are recycled every 1,000 calls (nginx's default) during a run.
-pub fn start(bin: &Path, work: &WorkDir, listen: &str, server: &str) -> Result<Running> {
-    let dir = work.join("nginx");
+/// leaves no orphaned worker), every path inside `work/<name>`, HTTP/2 cleartext in, gRPC
+/// out to a keepalive pool of 128 connections (nginx holds one upstream connection per
+/// call in flight, so a smaller pool would make it open connections under load, which no
+/// other peer does). Request limits lifted so neither side's connections are recycled
+/// every 1,000 calls (nginx's default) during a run.
+pub fn start(
+    bin: &Path,
+    work: &WorkDir,
+    name: &str,
+    listen: &str,
+    server: &str,
+) -> Result<Running> {
+    let dir = work.join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let d = dir.display();
     let conf = format!(
@@ -21,7 +29,7 @@ pub fn start(bin: &Path, work: &WorkDir, listen: &str, server: &str) -> Result<R
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
          client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
          uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-         upstream app {{ server {server}; keepalive 16; keepalive_requests 1000000; }}\n\
+         upstream app {{ server {server}; keepalive 128; keepalive_requests 1000000; }}\n\
          server {{\n    listen {listen} http2;\n    location / {{ grpc_pass grpc://app; }}\n  }}\n}}\n"
     );
     let path = dir.join("nginx.conf");

@@ -20,8 +20,10 @@ const SIDECAR_GRACE: Duration = Duration::from_secs(3);
 pub struct SidecarPath {
     pub client: Running,
     pub server: Running,
-    /// The client sidecar's app listener, where ghz calls.
+    /// The client sidecar's app listener, where ghz calls for two hops.
     pub app: String,
+    /// The server sidecar's inbound listener, where ghz calls for one hop.
+    pub inbound: String,
 }
 
 /// One pair of sidecars: the service the server registers, the pod IPs of both, and
@@ -38,6 +40,7 @@ struct SidecarRole<'a> {
     ip: &'a str,
     app_port: u16,
     app_listen: String,
+    inbound: String,
     upstream: Option<&'a str>,
     env: &'a [(String, String)],
 }
@@ -61,6 +64,7 @@ pub async fn start(
 ) -> Result<SidecarPath> {
     let service = pair.service;
     let app = format!("127.0.0.1:{}", free_port()?);
+    let inbound = format!("{}:{}", pair.server_ip, free_port()?);
     let (server, server_admin) = spawn_sidecar(
         &tools.sidecar,
         work,
@@ -71,6 +75,7 @@ pub async fn start(
             ip: pair.server_ip,
             app_port: port_of(server_addr)?,
             app_listen: format!("127.0.0.1:{}", free_port()?),
+            inbound: inbound.clone(),
             upstream: None,
             env: pair.env,
         },
@@ -85,6 +90,7 @@ pub async fn start(
             ip: pair.client_ip,
             app_port: port_of(server_addr)?,
             app_listen: app.clone(),
+            inbound: format!("{}:{}", pair.client_ip, free_port()?),
             upstream: Some(service),
             env: pair.env,
         },
@@ -112,6 +118,7 @@ pub async fn start(
         client,
         server,
         app,
+        inbound,
     })
 }
 
@@ -133,13 +140,13 @@ fn spawn_sidecar(
     let document = format!(
         "service: {{serviceName: {service}, port: {port}, health: {{type: tcp, periodSeconds: 2}}{upstreams}}}\n\
          pod: {{name: {name}-0, namespace: bench, ip: {ip}}}\nappHost: 127.0.0.1\n\
-         listen: {{app: '{app}', inbound: '{ip}:{inbound}', admin: '{admin}'}}\n\
+         listen: {{app: '{app}', inbound: '{inbound}', admin: '{admin}'}}\n\
          consul: {{address: '{consul}'}}\nlogLevel: warn\n",
         service = role.service,
         port = role.app_port,
         ip = role.ip,
         app = role.app_listen,
-        inbound = free_port()?,
+        inbound = role.inbound,
     );
     let mut command = Command::new(bin);
     command

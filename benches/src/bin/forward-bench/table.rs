@@ -1,180 +1,230 @@
-//! The printed table: each path's figures beside the direct and nginx baselines.
+//! The printed table: every path's medians in one table, then the sidecar's targets
+//! against the best peer at the same number of hops, each met or missed.
 
-use crate::measure::{CONNECTIONS, MAX_WORKERS, Measured, RATE, RATE_WORKERS};
-use anyhow::Result;
+use crate::measure::{CONNECTIONS, MAX_WORKERS, RATE, RATE_WORKERS};
+use crate::rounds::{BenchPath, Figures, Kind};
 use std::time::Duration;
 use streamgate_benches::figures::{mib, micros, verdict};
 
-const ADDED_P50_TARGET: Duration = Duration::from_micros(150);
-const ADDED_P99_TARGET: Duration = Duration::from_micros(600);
-const THROUGHPUT_TARGET: f64 = 1.2;
-const RSS_TARGET_KIB: u64 = 15 * 1024;
+const CPU_TARGET: f64 = 0.8;
+const RSS_IDLE_TARGET_KIB: u64 = 12 * 1024;
+const RSS_LOAD_TARGET_KIB: u64 = 16 * 1024;
+const TRACES_WITHIN: f64 = 0.05;
 
-/// Prints the table; true when every target of (b) is met.
-pub fn print(direct: &Measured, nginx: &Result<Measured>, sidecars: &Result<Measured>) -> bool {
+/// Prints the table and the targets; true when every target is met.
+pub fn print(paths: &[BenchPath], figures: &[Result<Figures, String>], rounds: usize) -> bool {
     println!(
-        "1 KiB unary Upload, {CONNECTIONS} connections; latency at {RATE} RPS with {RATE_WORKERS} workers, max throughput with {MAX_WORKERS}"
+        "1 KiB unary Upload, {CONNECTIONS} connections; p50/p99 at {RATE} calls/s with {RATE_WORKERS} workers, max throughput with {MAX_WORKERS}; medians of {rounds} alternated rounds"
     );
-    row("forward", "value", "baseline (same run)", "target");
-    row(
-        "(a) direct p50 / p99",
-        &format!("{} / {}", micros(direct.p50), micros(direct.p99)),
-        &format!("max throughput {:.0}/s", direct.max_rps),
-        "",
+    println!(
+        "{:<34} {:>12} {:>14} {:>10} {:>16} {:>18}",
+        "path", "max calls/s", "added p50", "p99", "CPU s/1k at max", "RSS idle / load"
     );
-    // Signed: under noise a proxied percentile can come out below the direct one.
-    let added = |m: &Measured| {
-        (
-            signed_micros(m.p50) - signed_micros(direct.p50),
-            signed_micros(m.p99) - signed_micros(direct.p99),
-        )
-    };
-    match nginx {
-        Ok(n) => {
-            let (a50, a99) = added(n);
-            row(
-                "(c) nginx added p50 / p99",
-                &format!("{a50} µs / {a99} µs"),
-                &format!("p50 {} p99 {}", micros(n.p50), micros(n.p99)),
-                "",
-            );
-            row(
-                "(c) nginx max throughput",
-                &format!("{:.0}/s", n.max_rps),
-                &format!("direct {:.0}/s", direct.max_rps),
-                "",
-            );
-            if let Some((rss, cpu_rate, cpu_max)) = n.usage.first() {
-                row(
-                    "(c) nginx worker RSS / CPU per 1k",
-                    &format!("{} / {}", mib(*rss), per_k(*cpu_rate, n.rate_requests)),
-                    &format!(
-                        "CPU per 1k at max throughput {}",
-                        per_k(*cpu_max, n.max_requests)
-                    ),
-                    "",
+    let direct = paths
+        .iter()
+        .zip(figures)
+        .find(|(p, _)| p.kind == Kind::Direct)
+        .and_then(|(_, f)| f.as_ref().ok().copied());
+    for (path, f) in paths.iter().zip(figures) {
+        match f {
+            Ok(f) => {
+                let added = direct.map_or("-".to_string(), |d| format!("{} µs", added_p50(f, &d)));
+                let rss = if path.kind == Kind::Direct {
+                    "-".to_string()
+                } else {
+                    format!("{} / {}", mib(f.rss_idle_kib), mib(f.rss_load_kib))
+                };
+                let cpu = if path.kind == Kind::Direct {
+                    "-".to_string()
+                } else {
+                    format!("{:.4}", f.cpu_per_k_at_max)
+                };
+                println!(
+                    "{:<34} {:>12.0} {:>14} {:>10} {:>16} {:>18}",
+                    path.target.label,
+                    f.max_rps,
+                    added,
+                    micros(f.p99),
+                    cpu,
+                    rss
                 );
             }
-        }
-        Err(e) => {
-            row("(c) nginx", "FAILED", "", "");
-            println!("    {e:#}");
+            Err(e) => println!("{:<34} FAILED: {e}", path.target.label),
         }
     }
-    let s = match sidecars {
-        Ok(s) => s,
-        Err(e) => {
-            row("(b) sidecars", "FAILED", "", "all targets MISSED");
-            println!("    {e:#}");
-            return false;
-        }
+    let Some(direct) = direct else {
+        println!("the direct path failed: no target can be judged");
+        return false;
     };
-    let (a50, a99) = added(s);
-    let nginx_added = nginx.as_ref().ok().map(added);
-    let nginx_note = |i: usize| {
-        nginx_added
-            .map(|n| format!("nginx added {} µs", if i == 0 { n.0 } else { n.1 }))
-            .unwrap_or_else(|| "nginx: not measured".into())
-    };
-    let p50_ok = a50 <= signed_micros(ADDED_P50_TARGET);
-    let p99_ok = a99 <= signed_micros(ADDED_P99_TARGET);
-    row(
-        &format!("(b) sidecars added p50 at {RATE} RPS"),
-        &format!("{a50} µs"),
-        &format!("{}; p50 {}", nginx_note(0), micros(s.p50)),
-        &verdict(p50_ok, "<= 150 µs"),
-    );
-    row(
-        &format!("(b) sidecars added p99 at {RATE} RPS"),
-        &format!("{a99} µs"),
-        &format!("{}; p99 {}", nginx_note(1), micros(s.p99)),
-        &verdict(p99_ok, "<= 600 µs"),
-    );
-    let throughput_ok = match nginx {
-        Ok(n) => {
-            let ratio = s.max_rps / n.max_rps;
-            let ok = ratio >= THROUGHPUT_TARGET;
-            row(
-                "(b) sidecars max throughput",
-                &format!("{:.0}/s", s.max_rps),
-                &format!(
-                    "nginx {:.0}/s ({ratio:.2}x), direct {:.0}/s",
-                    n.max_rps, direct.max_rps
-                ),
-                &verdict(ok, ">= 1.2x nginx"),
-            );
-            ok
-        }
-        Err(_) => {
-            row(
-                "(b) sidecars max throughput",
-                &format!("{:.0}/s", s.max_rps),
-                "nginx not measured: no ratio",
-                "MISSED",
-            );
-            false
-        }
-    };
-    let nginx_usage = nginx.as_ref().ok().and_then(|n| {
-        n.usage
-            .first()
-            .map(|u| (u.0, per_k(u.1, n.rate_requests), per_k(u.2, n.max_requests)))
-    });
-    let max_rss = s.usage.iter().map(|u| u.0).max().unwrap_or(0);
-    let rss_ok = max_rss <= RSS_TARGET_KIB;
-    for (name, (rss, _, _)) in ["client", "server"].iter().zip(&s.usage) {
-        row(
-            &format!("(b) {name} sidecar RSS under load"),
-            &mib(*rss),
-            &nginx_usage
-                .as_ref()
-                .map(|n| format!("nginx worker {}", mib(n.0)))
-                .unwrap_or_default(),
-            &verdict(*rss <= RSS_TARGET_KIB, "<= 15 MiB"),
-        );
+    println!();
+    let mut all = true;
+    for hops in [1u8, 2] {
+        all &= hop_targets(paths, figures, &direct, hops);
     }
-    // CPU per 1,000 calls at the fixed rate (usage.1) and at the maximum (usage.2).
-    let at_rate: fn(&(u64, Duration, Duration)) -> Duration = |u| u.1;
-    let at_max: fn(&(u64, Duration, Duration)) -> Duration = |u| u.2;
-    let cpu_rows = [
-        (
-            format!("(b) sidecars CPU per 1k at {RATE} RPS"),
-            at_rate,
-            s.rate_requests,
-            nginx_usage.as_ref().map(|n| n.1.clone()),
-        ),
-        (
-            "(b) sidecars CPU per 1k at max".to_string(),
-            at_max,
-            s.max_requests,
-            nginx_usage.as_ref().map(|n| n.2.clone()),
-        ),
-    ];
-    for (label, pick, requests, nginx) in cpu_rows {
-        let total: Duration = s.usage.iter().map(pick).sum();
-        let each: Vec<String> = s.usage.iter().map(|u| per_k(pick(u), requests)).collect();
-        let baseline = format!(
-            "client + server {}; nginx {}",
-            each.join(" + "),
-            nginx.as_deref().unwrap_or("-")
-        );
-        row(&label, &per_k(total, requests), &baseline, "");
-    }
-    p50_ok && p99_ok && throughput_ok && rss_ok
+    all &= rss_targets(paths, figures);
+    all &= traces_target(paths, figures);
+    all
 }
 
-fn row(name: &str, value: &str, baseline: &str, target: &str) {
-    println!("{name:<38} {value:>18}   {baseline:<52} {target}");
+fn added_p50(f: &Figures, direct: &Figures) -> i64 {
+    signed_micros(f.p50) - signed_micros(direct.p50)
 }
 
 fn signed_micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// CPU seconds per 1,000 requests.
-fn per_k(cpu: Duration, requests: u64) -> String {
-    if requests == 0 {
-        return "-".into();
+fn of(
+    paths: &[BenchPath],
+    figures: &[Result<Figures, String>],
+    hops: u8,
+    pick: impl Fn(Kind) -> bool,
+) -> Vec<(String, Figures)> {
+    paths
+        .iter()
+        .zip(figures)
+        .filter(|(p, _)| p.hops == hops && pick(p.kind))
+        .filter_map(|(p, f)| f.as_ref().ok().map(|f| (p.target.label.clone(), *f)))
+        .collect()
+}
+
+/// The sidecar at `hops` against the best peer at `hops`, figure by figure.
+fn hop_targets(
+    paths: &[BenchPath],
+    figures: &[Result<Figures, String>],
+    direct: &Figures,
+    hops: u8,
+) -> bool {
+    let sidecar = of(paths, figures, hops, |k| k == Kind::Sidecar);
+    let peers = of(paths, figures, hops, |k| matches!(k, Kind::Peer(_)));
+    let Some((_, s)) = sidecar.first() else {
+        println!("{hops} hop(s): the sidecar path was not measured: targets MISSED");
+        return false;
+    };
+    if peers.is_empty() {
+        println!("{hops} hop(s): no peer was measured: targets MISSED");
+        return false;
     }
-    format!("{:.4} s", cpu.as_secs_f64() * 1000.0 / requests as f64)
+    let best = |better: fn(f64, f64) -> bool, value: &dyn Fn(&Figures) -> f64| {
+        peers
+            .iter()
+            .map(|(label, f)| (label.as_str(), value(f)))
+            .reduce(|a, b| if better(b.1, a.1) { b } else { a })
+            .expect("peers is not empty")
+    };
+    let rps = best(|a, b| a > b, &|f| f.max_rps);
+    let p50 = best(|a, b| a < b, &|f| added_p50(f, direct) as f64);
+    let p99 = best(|a, b| a < b, &|f| f.p99.as_secs_f64());
+    let cpu = best(|a, b| a < b, &|f| f.cpu_per_k_at_max);
+    let rows = [
+        (
+            "max calls/s",
+            format!("{:.0}", s.max_rps),
+            format!("{} {:.0}", rps.0, rps.1),
+            s.max_rps >= rps.1,
+            ">= the best peer's",
+        ),
+        (
+            "added p50",
+            format!("{} µs", added_p50(s, direct)),
+            format!("{} {:.0} µs", p50.0, p50.1),
+            added_p50(s, direct) as f64 <= p50.1,
+            "<= the best peer's",
+        ),
+        (
+            "p99",
+            micros(s.p99),
+            format!("{} {}", p99.0, micros(Duration::from_secs_f64(p99.1))),
+            s.p99.as_secs_f64() <= p99.1,
+            "<= the best peer's",
+        ),
+        (
+            "CPU s per 1k calls at max",
+            format!("{:.4}", s.cpu_per_k_at_max),
+            format!("{} {:.4}", cpu.0, cpu.1),
+            s.cpu_per_k_at_max <= CPU_TARGET * cpu.1,
+            "<= 0.8x the best peer's",
+        ),
+    ];
+    let mut all = true;
+    for (figure, value, peer, ok, target) in rows {
+        all &= ok;
+        println!(
+            "{:<34} {:>12}   best peer: {:<32} {}",
+            format!("{hops} hop(s): {figure}"),
+            value,
+            peer,
+            verdict(ok, target)
+        );
+    }
+    all
+}
+
+fn rss_targets(paths: &[BenchPath], figures: &[Result<Figures, String>]) -> bool {
+    let sidecars: Vec<(String, Figures)> = [1u8, 2]
+        .into_iter()
+        .flat_map(|h| of(paths, figures, h, |k| k == Kind::Sidecar))
+        .collect();
+    let idle = sidecars
+        .iter()
+        .map(|(_, f)| f.rss_idle_kib)
+        .max()
+        .unwrap_or(u64::MAX);
+    let load = sidecars
+        .iter()
+        .map(|(_, f)| f.rss_load_kib)
+        .max()
+        .unwrap_or(u64::MAX);
+    let (idle_ok, load_ok) = (idle <= RSS_IDLE_TARGET_KIB, load <= RSS_LOAD_TARGET_KIB);
+    println!(
+        "{:<34} {:>12}   {:<43} {}",
+        "sidecar RSS idle (largest)",
+        mib(idle),
+        "",
+        verdict(idle_ok, "<= 12 MiB")
+    );
+    println!(
+        "{:<34} {:>12}   {:<43} {}",
+        "sidecar RSS under load (largest)",
+        mib(load),
+        "",
+        verdict(load_ok, "<= 16 MiB")
+    );
+    idle_ok && load_ok
+}
+
+/// Traces at 1% against traces off, two hops: within 5% in throughput and CPU per call.
+fn traces_target(paths: &[BenchPath], figures: &[Result<Figures, String>]) -> bool {
+    let off = of(paths, figures, 2, |k| k == Kind::Sidecar);
+    let on = of(paths, figures, 2, |k| k == Kind::SidecarTraced);
+    let (Some((_, off)), Some((_, on))) = (off.first(), on.first()) else {
+        println!("traces at 1%: not measured: MISSED");
+        return false;
+    };
+    let change = |on: f64, off: f64| (on / off - 1.0) * 100.0;
+    let rps_ok = on.max_rps >= off.max_rps * (1.0 - TRACES_WITHIN);
+    let cpu_ok = on.cpu_per_k_at_max <= off.cpu_per_k_at_max * (1.0 + TRACES_WITHIN);
+    println!(
+        "{:<34} {:>12.0}   traces off {:<32} {}",
+        "traces at 1%: max calls/s",
+        on.max_rps,
+        format!(
+            "{:.0} ({:+.1}%)",
+            off.max_rps,
+            change(on.max_rps, off.max_rps)
+        ),
+        verdict(rps_ok, ">= 95% of traces off")
+    );
+    println!(
+        "{:<34} {:>12.4}   traces off {:<32} {}",
+        "traces at 1%: CPU s per 1k at max",
+        on.cpu_per_k_at_max,
+        format!(
+            "{:.4} ({:+.1}%)",
+            off.cpu_per_k_at_max,
+            change(on.cpu_per_k_at_max, off.cpu_per_k_at_max)
+        ),
+        verdict(cpu_ok, "<= 105% of traces off")
+    );
+    rps_ok && cpu_ok
 }
