@@ -109,6 +109,21 @@ impl DemoApp {
         Ok(app)
     }
 
+    /// The demo app of an events pod on `addr`: it publishes through the sidecar's app
+    /// listener `sidecar` and records deliveries on `/events`.
+    pub async fn start_for_events(
+        dir: &Path,
+        addr: SocketAddr,
+        sidecar: SocketAddr,
+    ) -> Result<DemoApp> {
+        let sidecar = sidecar.to_string();
+        let env = [
+            ("STREAMGATE_SIDECAR_ADDR", sidecar.as_str()),
+            ("DEMO_EVENT_PATHS", "/events"),
+        ];
+        Self::start_with_env(dir, addr, true, &env).await
+    }
+
     pub async fn set_healthy(&self, healthy: bool) -> Result<()> {
         let response = http()
             .post(format!("http://{}/admin/health", self.addr))

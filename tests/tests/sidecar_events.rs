@@ -48,17 +48,7 @@ impl Pod {
         let ip = pod_ip();
         let app_listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let app_addr: SocketAddr = format!("{ip}:{}", free_port()?).parse()?;
-        let sidecar_addr = app_listen.to_string();
-        let app = DemoApp::start_with_env(
-            dir,
-            app_addr,
-            true,
-            &[
-                ("STREAMGATE_SIDECAR_ADDR", &sidecar_addr),
-                ("DEMO_EVENT_PATHS", "/events"),
-            ],
-        )
-        .await?;
+        let app = DemoApp::start_for_events(dir, app_addr, app_listen).await?;
         let mut options = SidecarOptions::new(spec.service, &ip, app.addr, spec.consul);
         let pod_name = spec
             .pod_name

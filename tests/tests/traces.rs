@@ -202,17 +202,7 @@ async fn event_pod(
     let ip = pod_ip();
     let app_listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let app_addr: SocketAddr = format!("{ip}:{}", free_port()?).parse()?;
-    let sidecar_addr = app_listen.to_string();
-    let app = DemoApp::start_with_env(
-        dir,
-        app_addr,
-        true,
-        &[
-            ("STREAMGATE_SIDECAR_ADDR", &sidecar_addr),
-            ("DEMO_EVENT_PATHS", "/events"),
-        ],
-    )
-    .await?;
+    let app = DemoApp::start_for_events(dir, app_addr, app_listen).await?;
     let mut options = SidecarOptions::new(service, &ip, app.addr, env.consul_addr());
     options.app_listen = app_listen;
     options.events = events;

@@ -20,8 +20,7 @@ pub fn start(
     listen: &str,
     server: &str,
 ) -> Result<Running> {
-    let dir = work.join(name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = crate::peers::proxy_dir(work, name)?;
     let d = dir.display();
     let conf = format!(
         "master_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\

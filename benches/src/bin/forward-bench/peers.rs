@@ -17,8 +17,7 @@ pub fn haproxy(
     listen: &str,
     server: &str,
 ) -> Result<Running> {
-    let dir = work.join(name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = proxy_dir(work, name)?;
     let conf = format!(
         "global\n  nbthread 1\n  maxconn 4096\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n  http-reuse always\n\
@@ -42,8 +41,7 @@ pub fn nghttpx(
     listen: &str,
     server: &str,
 ) -> Result<Running> {
-    let dir = work.join(name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = proxy_dir(work, name)?;
     let (host, port) = listen.rsplit_once(':').context("listen address")?;
     let (backend_host, backend_port) = server.rsplit_once(':').context("server address")?;
     let mut command = Command::new(bin);
@@ -61,4 +59,11 @@ pub fn nghttpx(
         ))
         .arg(format!("--pid-file={}", dir.join("nghttpx.pid").display()));
     Running::spawn("nghttpx", command, &dir.join("stderr.log"), Duration::ZERO)
+}
+
+/// `work/<name>`, created: where one proxy's configuration and logs go.
+pub fn proxy_dir(work: &WorkDir, name: &str) -> Result<std::path::PathBuf> {
+    let dir = work.join(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
