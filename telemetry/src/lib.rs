@@ -169,9 +169,13 @@ impl Traces {
         }
     }
 
-    /// Exports what is queued and stops, waiting at most a few seconds (on shutdown).
+    /// Exports what is queued and stops, waiting at most two seconds: a collector that
+    /// is down must not hold up a pod's exit (what is left is dropped).
     pub fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown() {
+        if let Err(e) = self
+            .provider
+            .shutdown_with_timeout(std::time::Duration::from_secs(2))
+        {
             tracing::debug!(error = %e, "trace exporter shutdown");
         }
     }
