@@ -28,7 +28,8 @@
 //! target/release/forward-bench` (the sidecar is found beside it). Tools come from
 //! `STREAMGATE_{GHZ,NGINX,HAPROXY,NGHTTPX,JAEGER,CONSUL}_BIN` (what `scripts/bench.sh`
 //! sets), else from the `make tools` cache, else the PATH. Consul comes from
-//! `CONSUL_HTTP_ADDR`, else a dev agent of our own. Exits 1 when a target is missed or a
+//! `CONSUL_HTTP_ADDR`, else a dev agent of our own. `FB_PATHS=sidecars,HAProxy` measures
+//! only the paths whose label names one of the words (and the direct one). Exits 1 when a target is missed or a
 //! path cannot be measured, 2 when the bench itself cannot run. Every child process is
 //! stopped when the bench ends, however it ends.
 
@@ -207,6 +208,17 @@ async fn bench() -> Result<bool> {
         pids: vec![traced.client.pid(), traced.server.pid()],
     });
 
+    // `FB_PATHS=sidecars`: only the paths whose label contains one of the comma-separated
+    // words (and the direct baseline), for a closer look at a few of them.
+    if let Ok(only) = std::env::var("FB_PATHS") {
+        let words: Vec<&str> = only
+            .split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .collect();
+        paths
+            .retain(|p| p.kind == Kind::Direct || words.iter().any(|w| p.target.label.contains(w)));
+    }
     let figures = rounds::run(&tools, &work, &paths, rounds, seconds).await;
     Ok(table::print(&paths, &figures, rounds))
 }
