@@ -70,6 +70,9 @@ Try it (in another terminal; pods have addresses on the node's bridge, 10.88.0.0
     curl -s http://\$ip:9005/admin/events; echo; done
   # Consul UI:
   $CONSUL_HTTP_ADDR/ui/
+  # Jaeger UI (the sidecars sample 1% of the traces they start; a call made with a
+  # sampled traceparent is always traced):
+  $STREAMGATE_JAEGER_URL
   kubectl scale sgs/upload -n $NAMESPACE --replicas=3
   kubectl logs -n $SYSTEM deploy/streamgate-operator
 Logs of the platform: $STREAMGATE_LOGS
