@@ -1,6 +1,6 @@
-//! Every path measured in alternated rounds (each round visits every path once, so slow
-//! phases of the shared machine fall on all of them alike); each figure is the median of
-//! its path's rounds, taken on its own.
+//! Every path measured in alternated rounds (each round visits every path once, every
+//! other round in reverse order, so slow phases of the shared machine fall on all of them
+//! alike); each figure is the median of its path's rounds, taken on its own.
 
 use crate::Tools;
 use crate::measure::{Measured, Target, measure};
@@ -64,7 +64,14 @@ pub async fn run(
         paths.iter().map(|_| Ok(Vec::new())).collect();
     for round in 1..=rounds {
         eprintln!("forward-bench: round {round} of {rounds}");
-        for (i, path) in paths.iter().enumerate() {
+        // Every other round runs the paths in reverse, so no path always comes first
+        // (after ghz's idle gap) or last.
+        let mut order: Vec<usize> = (0..paths.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for i in order {
+            let path = &paths[i];
             let Ok(rounds_so_far) = &mut measured[i] else {
                 continue;
             };
