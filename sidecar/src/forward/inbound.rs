@@ -221,7 +221,9 @@ impl Inbound {
             });
         if !admitted {
             self.metrics.inbound_denied(&caller);
-            finish(span, Code::PermissionDenied);
+            if let Some(span) = span {
+                span.finish(Code::PermissionDenied);
+            }
             let message = format!(
                 "caller {caller} is not in the allowedCallers of {}",
                 self.service
@@ -236,6 +238,11 @@ impl Inbound {
         if let Some(span) = &span {
             span.inject(&mut parts.headers);
         }
+        let call = InboundCall {
+            metrics: self.metrics.clone(),
+            caller,
+            span,
+        };
         let request = Request::from_parts(parts, Body::new(body));
         let lease = match self
             .app_pool
@@ -244,8 +251,7 @@ impl Inbound {
         {
             Ok(lease) => lease,
             Err(e) => {
-                self.metrics.inbound(&caller, Code::Unavailable);
-                finish(span, Code::Unavailable);
+                call.finish(Code::Unavailable);
                 return grpc_error(Code::Unavailable, &format!("the app is unreachable: {e}"));
             }
         };
@@ -253,31 +259,38 @@ impl Inbound {
         let response = match sender.send_request(request).await {
             Ok(response) => response,
             Err(e) => {
-                self.metrics.inbound(&caller, Code::Unavailable);
-                finish(span, Code::Unavailable);
+                call.finish(Code::Unavailable);
                 let message = format!("the app failed the call: {}", crate::error_chain(&e));
                 return grpc_error(Code::Unavailable, &message);
             }
         };
         let (parts, incoming) = response.into_parts();
         if let Some(code) = grpc_status(&parts.headers) {
-            self.metrics.inbound(&caller, code);
-            finish(span, code);
+            call.finish(code);
             return Response::from_parts(parts, Body::new(incoming));
         }
-        let metrics = self.metrics.clone();
         let on_end = Box::new(move |code: Code| {
             drop(lease);
-            metrics.inbound(&caller, code);
-            finish(span, code);
+            call.finish(code);
         });
         let body = Observed::new(Body::new(incoming), None, None, on_end);
         Response::from_parts(parts, Body::new(body))
     }
 }
 
-fn finish(span: Option<CallSpan>, code: Code) {
-    if let Some(span) = span {
-        span.finish(code);
+/// An admitted call's end, observed in one place: the caller's metric series and the
+/// call's span (as [`super::outcome::CallOutcome`] is for outbound calls).
+struct InboundCall {
+    metrics: Arc<ForwardMetrics>,
+    caller: String,
+    span: Option<CallSpan>,
+}
+
+impl InboundCall {
+    fn finish(self, code: Code) {
+        self.metrics.inbound(&self.caller, code);
+        if let Some(span) = self.span {
+            span.finish(code);
+        }
     }
 }
