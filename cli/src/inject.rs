@@ -13,7 +13,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use streamgate_operator::cli::{SidecarArgs, StreamArgs};
-use streamgate_operator::sidecar_defaults::SidecarDefaults;
+use streamgate_operator::identity::Authorities;
+use streamgate_operator::sidecar_defaults::{SidecarDefaults, SidecarIdentity};
 use streamgate_operator::webhook::inject::{Injection, InjectionScope, inject};
 
 #[derive(Args, Debug)]
@@ -42,6 +43,17 @@ pub struct InjectArgs {
     /// cluster of KUBECONFIG (as the operator does).
     #[arg(long, env = "STREAMGATE_CLUSTER_ID")]
     pub cluster_id: Option<String>,
+    /// The identity endpoint the sidecars get their certificates from. Default: read,
+    /// with the trust bundle, from the operator's MutatingWebhookConfiguration.
+    #[arg(long, env = "STREAMGATE_IDENTITY_URL", requires = "trust_bundle_file")]
+    pub identity_url: Option<String>,
+    /// PEM file of the CA that verifies the identity endpoint (the operator's webhook
+    /// CA), with --identity-url.
+    #[arg(long, requires = "identity_url")]
+    pub trust_bundle_file: Option<PathBuf>,
+    /// The operator's MutatingWebhookConfiguration (`--webhook-config-name`).
+    #[arg(long, default_value = "streamgate-sidecar-injector")]
+    pub webhook_config_name: String,
     #[command(flatten)]
     pub sidecar: SidecarArgs,
     #[command(flatten)]
@@ -79,8 +91,9 @@ fn run(args: &InjectArgs) -> Result<Outcome> {
         Some(id) => streamgate_operator::run::checked_cluster_id(id)?,
         None => cluster_id_from_kubeconfig()?,
     };
-    let settings =
+    let mut settings =
         SidecarDefaults::from_flags(&args.sidecar, &args.streams, &args.consul_address, &cluster);
+    settings.identity = Some(sidecar_identity(args)?);
     let mut documents = Vec::new();
     let mut refused = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(&input).enumerate() {
@@ -175,6 +188,76 @@ fn inject_document(
             Ok(None)
         }
     }
+}
+
+/// The identity endpoint and its CA as the webhook renders them: from the flags, else
+/// from the operator's MutatingWebhookConfiguration (its `caBundle` is that CA, its
+/// client config where the operator serves).
+fn sidecar_identity(args: &InjectArgs) -> Result<SidecarIdentity> {
+    let mode = streamgate_operator::sidecar_defaults::mtls_mode(&args.sidecar.mtls_mode);
+    let (endpoint, bundle) = match (&args.identity_url, &args.trust_bundle_file) {
+        (Some(url), Some(file)) => {
+            let bundle = std::fs::read_to_string(file)
+                .with_context(|| format!("--trust-bundle-file {}", file.display()))?;
+            (url.trim_end_matches('/').to_string(), bundle)
+        }
+        _ => identity_from_cluster(&args.webhook_config_name).with_context(|| {
+            format!(
+                "reading the identity endpoint from MutatingWebhookConfiguration {} (or give --identity-url and --trust-bundle-file)",
+                args.webhook_config_name
+            )
+        })?,
+    };
+    Ok(SidecarIdentity {
+        endpoint,
+        mode,
+        ca: Authorities::with_endpoint_ca(&bundle),
+    })
+}
+
+fn identity_from_cluster(name: &str) -> Result<(String, String)> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("no cluster (KUBECONFIG or in-cluster)")?;
+        let configs: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
+        let config = configs.get(name).await?;
+        let client_config = config
+            .webhooks
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .context("it has no webhook yet (is the operator running?)")?
+            .client_config;
+        let bundle = client_config.ca_bundle.context("it has no caBundle yet")?;
+        let bundle = String::from_utf8(bundle.0).context("its caBundle is not PEM")?;
+        let endpoint = match (client_config.url, client_config.service) {
+            (Some(url), _) => base_url(&url),
+            (None, Some(service)) => {
+                streamgate_operator::identity::service_url(
+                    &client,
+                    &service.namespace,
+                    &service.name,
+                    service.port.unwrap_or(443),
+                )
+                .await
+            }
+            (None, None) => bail!("its webhook has neither a url nor a service"),
+        };
+        Ok((endpoint, bundle))
+    })
+}
+
+/// `https://host:port` of a webhook URL (the operator serves the identity endpoint on
+/// the same server).
+fn base_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let host = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{host}")
 }
 
 /// The kube-system namespace's UID, as the operator takes it for its cluster id.

@@ -6,33 +6,78 @@
 
 /// Workload identity: the names a service's certificate carries.
 pub mod identity {
+    use serde::{Deserialize, Serialize};
+
     const TRUST_DOMAIN: &str = "streamgate";
+
+    /// The audience of the projected ServiceAccount token a sidecar proves itself with:
+    /// a token minted for the API server (or anything else) is refused by the issuer.
+    pub const TOKEN_AUDIENCE: &str = "streamgate";
+    /// Where the projected token is mounted in the sidecar (file `token`).
+    pub const TOKEN_DIR: &str = "/var/run/secrets/streamgate.io/identity";
+    /// The token's file name in [`TOKEN_DIR`].
+    pub const TOKEN_FILE: &str = "token";
+    /// The token's lifetime: the kubelet renews it at 80% of this.
+    pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+    /// The operator's issuance endpoint, on its webhook server: `POST` an
+    /// [`IssueRequest`] with `Authorization: Bearer <token>`, get an [`IssueResponse`].
+    pub const ISSUE_PATH: &str = "/v1/identity/certificate";
+
+    /// A certificate request: a PKCS#10 CSR in PEM. Only its public key is used; every
+    /// name in the certificate comes from the verified token and the pod it is bound to.
+    #[derive(Serialize, Deserialize, Debug, Clone)]
+    #[serde(rename_all = "camelCase")]
+    pub struct IssueRequest {
+        pub csr: String,
+    }
+
+    /// The issued certificate (leaf first, then any intermediate), and the roots the
+    /// sidecar verifies peers with from now on (two while the workload CA is rotated).
+    #[derive(Serialize, Deserialize, Debug, Clone)]
+    #[serde(rename_all = "camelCase")]
+    pub struct IssueResponse {
+        pub certificate: String,
+        pub trust_bundle: String,
+        /// RFC 3339.
+        pub not_after: String,
+    }
 
     /// The DNS name a caller checks as the server name: `<service>.<namespace>.streamgate`.
     pub fn server_name(namespace: &str, service: &str) -> String {
         format!("{service}.{namespace}.{TRUST_DOMAIN}")
     }
 
-    /// The SPIFFE ID a server reads as the caller's identity:
-    /// `spiffe://streamgate/ns/<namespace>/svc/<service>`.
-    pub fn spiffe_id(namespace: &str, service: &str) -> String {
-        format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/svc/{service}")
+    /// The SPIFFE ID of a workload, the identity `allowedCallers` is checked against:
+    /// `spiffe://streamgate/ns/<namespace>/sa/<serviceaccount>`.
+    pub fn spiffe_id(namespace: &str, service_account: &str) -> String {
+        format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
     }
 
-    /// The (namespace, service) a SPIFFE ID names, if it is one of ours.
+    /// The (namespace, service account) a SPIFFE ID names, if it is one of ours.
     pub fn parse_spiffe_id(uri: &str) -> Option<(&str, &str)> {
         let rest = uri.strip_prefix("spiffe://")?.strip_prefix(TRUST_DOMAIN)?;
-        let (namespace, service) = rest.strip_prefix("/ns/")?.split_once("/svc/")?;
+        let (namespace, account) = rest.strip_prefix("/ns/")?.split_once("/sa/")?;
         let valid = |s: &str| !s.is_empty() && !s.contains('/');
-        (valid(namespace) && valid(service)).then_some((namespace, service))
+        (valid(namespace) && valid(account)).then_some((namespace, account))
+    }
+
+    /// The (namespace, service account) of a Kubernetes ServiceAccount user name,
+    /// `system:serviceaccount:<namespace>:<name>`, as a TokenReview reports it.
+    pub fn parse_service_account_user(user: &str) -> Option<(&str, &str)> {
+        let (namespace, name) = user
+            .strip_prefix("system:serviceaccount:")?
+            .split_once(':')?;
+        (!namespace.is_empty() && !name.is_empty() && !name.contains(':'))
+            .then_some((namespace, name))
     }
 }
 
 /// `allowedCallers`: who may call a service, as its inbound side checks a caller's
-/// identity (the namespace and service its certificate names).
+/// identity (the namespace and ServiceAccount its certificate names).
 pub mod callers {
-    /// An entry: `service` (a caller of that name in the called service's own namespace)
-    /// or `namespace/service` (one in another namespace).
+    /// An entry: `name` (the ServiceAccount of that name in the called service's own
+    /// namespace; the operator gives each StreamGateService an account named after it)
+    /// or `namespace/name` (one in another namespace).
     pub const ENTRY_PATTERN: &str =
         r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
@@ -233,7 +278,9 @@ pub mod spool {
 
 /// Where the operator mounts what the sidecar reads, and the sidecar's defaults.
 pub mod mounts {
-    /// The workload certificate's Secret (`ca.crt`, `tls.crt`, `tls.key`).
+    /// Certificate files (`ca.crt`, `tls.crt`, `tls.key`) for a sidecar that is not
+    /// issued its identity by the operator (one run by hand, or with certificates from
+    /// elsewhere, e.g. a CSI driver).
     pub const MTLS_DIR: &str = "/etc/streamgate/mtls";
     /// The NATS credentials Secret, when the service has one.
     pub const NATS_CREDS_DIR: &str = "/etc/streamgate/nats";
@@ -289,17 +336,25 @@ mod tests {
     #[test]
     fn a_spiffe_id_round_trips_and_foreign_ones_are_refused() {
         let id = identity::spiffe_id("media", "upload");
-        assert_eq!(id, "spiffe://streamgate/ns/media/svc/upload");
+        assert_eq!(id, "spiffe://streamgate/ns/media/sa/upload");
         assert_eq!(identity::parse_spiffe_id(&id), Some(("media", "upload")));
         for foreign in [
             "spiffe://cluster.local/ns/media/sa/upload",
-            "spiffe://streamgatex/ns/media/svc/upload",
-            "spiffe://streamgate/ns//svc/upload",
-            "spiffe://streamgate/ns/media/svc/",
-            "spiffe://streamgate/ns/media/svc/a/b",
-            "https://streamgate/ns/media/svc/upload",
+            "spiffe://streamgatex/ns/media/sa/upload",
+            "spiffe://streamgate/ns/media/svc/upload",
+            "spiffe://streamgate/ns//sa/upload",
+            "spiffe://streamgate/ns/media/sa/",
+            "spiffe://streamgate/ns/media/sa/a/b",
+            "https://streamgate/ns/media/sa/upload",
         ] {
             assert_eq!(identity::parse_spiffe_id(foreign), None, "{foreign}");
+        }
+        assert_eq!(
+            identity::parse_service_account_user("system:serviceaccount:media:upload"),
+            Some(("media", "upload"))
+        );
+        for other in ["system:node:n1", "system:serviceaccount:media", "alice"] {
+            assert_eq!(identity::parse_service_account_user(other), None, "{other}");
         }
     }
 

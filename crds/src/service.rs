@@ -98,8 +98,11 @@ pub struct StreamGateServiceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub upstreams: Vec<Upstream>,
-    /// Services allowed to call this service, by the identity their certificate names:
-    /// `service` (in this namespace) or `namespace/service`; empty allows any caller.
+    /// Who may call this service, by the identity the caller's mTLS certificate names (its
+    /// pods' ServiceAccount, which the operator names after each StreamGateService unless
+    /// `podTemplate.serviceAccountName` says otherwise): `name` (that account in this
+    /// namespace; so a service's name admits that service) or `namespace/name`. Empty
+    /// allows any caller; with entries, plaintext callers are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(regex(pattern = crate::contract::callers::ENTRY_PATTERN), length(max = 127)))]
     pub allowed_callers: Vec<String>,

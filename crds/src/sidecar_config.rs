@@ -55,6 +55,47 @@ pub struct SidecarConfig {
     /// left Consul, before its app is asked to stop (see `contract::lifecycle`).
     #[serde(default = "default_leave_delay")]
     pub leave_delay: GoDuration,
+    /// The mTLS identity issued by the operator; absent: certificate files in the mTLS
+    /// directory if there are any (a sidecar run by hand), else plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityConfig>,
+}
+
+/// Where the sidecar gets its certificate, and how strictly it uses mTLS.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The operator's identity endpoint (`https://host:port`).
+    pub endpoint: String,
+    /// PEM roots that verify the endpoint's serving certificate (the operator's webhook
+    /// CA). Peers are verified with the workload trust bundle each certificate comes
+    /// with, so rotating the workload CA changes no pod.
+    pub endpoint_ca: String,
+    #[serde(default)]
+    pub mode: MtlsMode,
+}
+
+/// How a sidecar uses mTLS.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Inbound takes only mTLS peers (the sidecar is not ready before it holds a
+    /// certificate) and every outbound call is mTLS, whatever Consul says.
+    #[default]
+    Strict,
+    /// For meshes with plaintext services (the seed's Go services): inbound also takes
+    /// plaintext, where the caller is only a header anyone can write, and outbound calls
+    /// follow what each instance advertises in Consul.
+    Permissive,
+}
+
+impl MtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Strict => "strict",
+            MtlsMode::Permissive => "permissive",
+        }
+    }
 }
 
 /// The service part of the configuration.

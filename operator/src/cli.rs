@@ -132,6 +132,24 @@ pub struct WebhookArgs {
     /// Validity of the serving certificate; it is reissued with a third left.
     #[arg(long, env = "STREAMGATE_WEBHOOK_CERT_VALIDITY", default_value = "24h", value_parser = parse_duration)]
     pub webhook_cert_validity: Duration,
+    /// Where sidecars reach the identity endpoint (served beside the webhook): default
+    /// --webhook-url, else the webhook Service's cluster IP on port 443 (pods need no
+    /// cluster DNS for it).
+    #[arg(long, env = "STREAMGATE_IDENTITY_URL")]
+    pub identity_url: Option<String>,
+    /// Secret (in the operator's namespace) of the workload CA that signs sidecar
+    /// certificates: `tls.crt`, `tls.key`, optionally `ca.crt` (its root) and
+    /// `bundle.pem` (further trusted roots, for a rotation). Made, self-signed, when
+    /// missing; one provided from outside (e.g. by cert-manager) is used as it is.
+    #[arg(
+        long,
+        env = "STREAMGATE_IDENTITY_CA_SECRET",
+        default_value = "streamgate-identity-ca"
+    )]
+    pub identity_ca_secret: String,
+    /// Validity of the workload certificates sidecars get; they renew at half of it.
+    #[arg(long, env = "STREAMGATE_WORKLOAD_CERT_VALIDITY", default_value = "24h", value_parser = parse_duration)]
+    pub workload_cert_validity: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -167,6 +185,11 @@ pub struct SidecarArgs {
     /// dev agent answers at the sidecar's Consul address, catalog otherwise).
     #[arg(long, env = "STREAMGATE_CONSUL_MODE", default_value = "auto", value_parser = ["agent", "catalog", "auto"])]
     pub consul_mode: String,
+    /// mTLS between sidecars: `strict` (only mTLS in and out; a sidecar is ready once it
+    /// holds its certificate) or `permissive` (also plaintext, for meshes with plaintext
+    /// services; gives up caller verification for plaintext calls).
+    #[arg(long, env = "STREAMGATE_MTLS_MODE", default_value = "strict", value_parser = ["strict", "permissive"])]
+    pub mtls_mode: String,
     /// Consul address the sidecars use (default: --consul-address).
     #[arg(long, env = "STREAMGATE_SIDECAR_CONSUL_ADDR")]
     pub sidecar_consul_address: Option<String>,

@@ -7,7 +7,8 @@ use crate::render::{RenderedSidecar, render_sidecar, sidecar_addr_env};
 use crate::sidecar_defaults::SidecarDefaults;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
+    Container, ContainerPort, PodSpec, PodTemplateSpec, Service, ServiceAccount, ServicePort,
+    ServiceSpec,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
@@ -28,6 +29,9 @@ pub struct Desired {
     /// inbound and admin ports, never the app's (`None`: no policy, and one left from
     /// before is deleted).
     pub network_policy: Option<NetworkPolicy>,
+    /// The service's own ServiceAccount, its identity in the mesh (`None` when
+    /// `podTemplate.serviceAccountName` names another one).
+    pub service_account: Option<ServiceAccount>,
 }
 
 /// The "validate" step: the rules the API server enforced, checked again on the object we
@@ -88,6 +92,15 @@ pub fn desired(
         ..Default::default()
     };
     Desired {
+        service_account: sgs
+            .spec
+            .pod_template
+            .service_account_name
+            .is_none()
+            .then(|| ServiceAccount {
+                metadata: metadata.clone(),
+                ..Default::default()
+            }),
         deployment: deployment(sgs, metadata.clone(), &sidecar),
         network_policy: (!sgs.spec.allowed_callers.is_empty())
             .then(|| network_policy(metadata.clone())),
@@ -165,7 +178,14 @@ fn deployment(
         init_containers: Some(vec![sidecar.container.clone()]),
         containers: vec![app],
         volumes: Some(sidecar.volumes.clone()),
-        service_account_name: overrides.service_account_name.clone(),
+        // The identity its certificate names: `allowedCallers: [<this service>]` in the
+        // same namespace means these pods.
+        service_account_name: Some(
+            overrides
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| name.clone()),
+        ),
         node_selector: non_empty_map(&overrides.node_selector),
         tolerations: non_empty(&overrides.tolerations),
         affinity: overrides.affinity.clone(),

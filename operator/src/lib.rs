@@ -5,8 +5,8 @@
 //! - [`cli`]: the command line (`crd`, `run`), flags with environment fallbacks;
 //!   [`crdgen`]: the CRD YAML generated from the API types.
 //! - [`run`]: wires the tasks — metrics server ([`server`], [`metrics`]) and the webhook
-//!   on every replica; after [`leader`] election, the controller, the ghost [`sweep`] and
-//!   the [`identity`] issuer on the leader only.
+//!   with the [`identity`] endpoint beside it on every replica; after [`leader`]
+//!   election, the controller and the ghost [`sweep`] on the leader only.
 //!
 //! The reconciler ([`reconcile`]), typed steps over one `StreamGateService`:
 //!

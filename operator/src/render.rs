@@ -7,19 +7,21 @@ use crate::sidecar_defaults::SidecarDefaults;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     EphemeralVolumeSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate, Probe, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate, Probe, ProjectedVolumeSource,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
+use streamgate_crds::contract::identity;
 use streamgate_crds::contract::lifecycle::LEAVE_PATH;
 use streamgate_crds::contract::mounts::{NATS_CREDS_DIR, SPOOL_DIR};
 use streamgate_crds::contract::spool;
 use streamgate_crds::sidecar_config::{
-    ADMIN_PORT, APP_PORT, CONFIG_ENV, INBOUND_PORT, SidecarConfig,
+    ADMIN_PORT, APP_PORT, CONFIG_ENV, INBOUND_PORT, IdentityConfig, SidecarConfig,
 };
 use streamgate_crds::{GoDuration, SidecarSpec};
 
@@ -29,7 +31,7 @@ pub const SIDECAR_NAME: &str = "streamgate-sidecar";
 pub const SIDECAR_ADDR_ENV: &str = "STREAMGATE_SIDECAR_ADDR";
 const SPOOL_VOLUME: &str = "streamgate-spool";
 const NATS_CREDS_VOLUME: &str = "streamgate-nats-credentials";
-const MTLS_VOLUME: &str = "streamgate-mtls";
+const IDENTITY_TOKEN_VOLUME: &str = "streamgate-identity-token";
 /// Non-root user the sidecar runs as (PodSecurity `restricted`).
 const SIDECAR_UID: i64 = 65532;
 
@@ -163,6 +165,13 @@ fn completed_config(
     if settings.nats_credentials_secret.is_some() {
         config.nats.credentials_dir = Some(NATS_CREDS_DIR.to_string());
     }
+    config.identity = settings.identity.as_ref().and_then(|identity| {
+        Some(IdentityConfig {
+            endpoint: identity.endpoint.clone(),
+            endpoint_ca: identity.ca.endpoint_ca()?,
+            mode: identity.mode,
+        })
+    });
     if let Some(Ok(bytes)) = config.service.events.spool.as_ref().and_then(|s| s.bytes()) {
         let mut relay = config.nats.relay.clone().unwrap_or_default();
         relay.spool_max_bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
@@ -284,9 +293,8 @@ fn spool_volume_source(bytes: u64, storage_class: Option<String>) -> Volume {
     }
 }
 
-/// The spool, the service's mTLS identity and the NATS credentials, with their mounts.
+/// The spool, the identity token and the NATS credentials, with their mounts.
 fn volumes(config: &SidecarConfig, settings: &SidecarDefaults) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let service = &config.service.service_name;
     let spool_max = config
         .nats
         .relay
@@ -306,18 +314,35 @@ fn volumes(config: &SidecarConfig, settings: &SidecarDefaults) -> (Vec<Volume>, 
         mount_path: SPOOL_DIR.to_string(),
         ..Default::default()
     }];
-    // The service's mTLS identity, issued by the operator (see `identity`). Optional: a
-    // pod never waits for it; the kubelet adds the files once the Secret exists.
-    volumes.push(secret_volume(
-        MTLS_VOLUME,
-        crate::identity::secret_name(service),
-    ));
-    mounts.push(read_only_mount(MTLS_VOLUME, crate::identity::MTLS_DIR));
+    // The projected ServiceAccount token the sidecar proves itself with to the identity
+    // endpoint (audience `streamgate`, bound to this pod; the kubelet renews it).
+    if config.identity.is_some() {
+        volumes.push(identity_token_volume());
+        mounts.push(read_only_mount(IDENTITY_TOKEN_VOLUME, identity::TOKEN_DIR));
+    }
     if let Some(secret) = &settings.nats_credentials_secret {
         volumes.push(secret_volume(NATS_CREDS_VOLUME, secret.clone()));
         mounts.push(read_only_mount(NATS_CREDS_VOLUME, NATS_CREDS_DIR));
     }
     (volumes, mounts)
+}
+
+fn identity_token_volume() -> Volume {
+    Volume {
+        name: IDENTITY_TOKEN_VOLUME.to_string(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(identity::TOKEN_AUDIENCE.to_string()),
+                    expiration_seconds: Some(identity::TOKEN_EXPIRATION_SECONDS),
+                    path: identity::TOKEN_FILE.to_string(),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// An optional Secret volume: the pod starts without it and gets the files once the

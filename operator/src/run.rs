@@ -3,12 +3,11 @@
 
 use crate::cli::{LogFormat, RunArgs};
 use crate::consul::Consul;
-use crate::identity::Issuer;
 use crate::known::Known;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
-use crate::sidecar_defaults::SidecarDefaults;
+use crate::sidecar_defaults::{SidecarDefaults, SidecarIdentity};
 use crate::webhook::Webhook;
 use crate::written::WrittenStatuses;
 use anyhow::{Context as _, Result};
@@ -93,7 +92,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         consul: consul.clone(),
         instances: crate::consul_watch::InstanceWatch::new(consul.clone()),
         metrics: metrics.clone(),
-        sidecar_defaults: sidecar_defaults(&args, &cluster),
+        sidecar_defaults: sidecar_defaults(&args, &cluster, &client).await,
         deployments: Known::new(deployment_cache),
         services: Known::new(service_cache),
         network_policies: Known::new(policy_cache),
@@ -103,21 +102,20 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         resync_not_ready: args.timing.resync_not_ready,
         traces,
     });
-    let issuer = start_webhook(
+    start_webhook(
         &args,
         &client,
         &ctx.sidecar_defaults,
         ready,
         &ctx.recorder,
         &metrics,
-    )
-    .await?;
+    );
     let caches = Caches {
         deployments: deployment_writer,
         services: service_writer,
         network_policies: policy_writer,
     };
-    Ok(elect_and_lead(&args, &identity, ctx, caches, issuer).await)
+    Ok(elect_and_lead(&args, &identity, ctx, caches).await)
 }
 
 /// Stands by until this replica holds the Lease, then runs the leader's tasks until
@@ -128,7 +126,6 @@ async fn elect_and_lead(
     identity: &str,
     ctx: Arc<Context>,
     caches: Caches,
-    issuer: Option<Issuer>,
 ) -> ExitCode {
     let (client, consul, metrics) = (ctx.client.clone(), ctx.consul.clone(), ctx.metrics.clone());
     let mut shutdown = Box::pin(shutdown_signal());
@@ -163,10 +160,7 @@ async fn elect_and_lead(
         _ = &mut election => return ExitCode::FAILURE,
     }
     metrics.leader.set(1);
-    info!(%identity, "leading: starting the controller, the ghost sweep and the identity issuer");
-    if let Some(issuer) = issuer {
-        tokio::spawn(issuer.run());
-    }
+    info!(%identity, "leading: starting the controller and the ghost sweep");
 
     // Dropped (and so stopped) with this function when leadership ends.
     let _streams = args.streams.manage_streams.then(|| {
@@ -290,14 +284,40 @@ fn consul_client(args: &RunArgs, cluster: &str) -> Result<Consul> {
     Ok(Consul::new(&args.consul.consul_address, token, cluster)?)
 }
 
-/// What every rendered sidecar gets from the operator's flags.
-fn sidecar_defaults(args: &RunArgs, cluster: &str) -> SidecarDefaults {
-    SidecarDefaults::from_flags(
+/// What every rendered sidecar gets from the operator's flags, and the identity
+/// endpoint when this operator serves one (beside its webhook).
+async fn sidecar_defaults(args: &RunArgs, cluster: &str, client: &kube::Client) -> SidecarDefaults {
+    let mut defaults = SidecarDefaults::from_flags(
         &args.sidecar,
         &args.streams,
         &args.consul.consul_address,
         cluster,
+    );
+    if args.webhook.webhook_listen.is_some() {
+        defaults.identity = Some(SidecarIdentity {
+            endpoint: identity_url(args, client).await,
+            mode: crate::sidecar_defaults::mtls_mode(&args.sidecar.mtls_mode),
+            ca: crate::identity::Authorities::default(),
+        });
+    }
+    defaults
+}
+
+/// Where sidecars reach the identity endpoint: `--identity-url`, else `--webhook-url`,
+/// else the webhook Service's cluster IP (stable for the Service's life, and reachable
+/// without cluster DNS), else its DNS name.
+async fn identity_url(args: &RunArgs, client: &kube::Client) -> String {
+    let w = &args.webhook;
+    if let Some(url) = w.identity_url.as_ref().or(w.webhook_url.as_ref()) {
+        return url.trim_end_matches('/').to_string();
+    }
+    crate::identity::service_url(
+        client,
+        &args.leader.lease_namespace,
+        &w.webhook_service,
+        443,
     )
+    .await
 }
 
 /// The operator's streams, from `--nats-url` and the `--stream-*` flags.
@@ -322,30 +342,23 @@ fn streams_config(args: &RunArgs) -> crate::streams::StreamsConfig {
     }
 }
 
-/// Every replica, leader or standby, serves the webhook and renews its certificate; the
-/// replica is ready once the webhook listens (or at once when it serves none). Returns
-/// the identity issuer for the leader to run: the workload CA is the webhook's.
-async fn start_webhook(
+/// Every replica, leader or standby, serves the webhook (and the identity endpoint
+/// beside it) and renews its certificate; the replica is ready once the webhook listens
+/// (or at once when it serves none).
+fn start_webhook(
     args: &RunArgs,
     client: &kube::Client,
     sidecar_defaults: &SidecarDefaults,
     ready: watch::Sender<bool>,
     recorder: &Recorder,
     metrics: &Metrics,
-) -> Result<Option<Issuer>> {
-    let Some(listen) = args.webhook.webhook_listen else {
+) {
+    let (Some(listen), Some(identity)) = (args.webhook.webhook_listen, &sidecar_defaults.identity)
+    else {
         let _ = ready.send(true);
-        return Ok(None);
+        return;
     };
-    let config = webhook_config(args, listen);
-    let issuer = Issuer {
-        client: client.clone(),
-        ca_secrets: crate::webhook::secrets(client, &config),
-        ca_secret_name: config.secret_name.clone(),
-        scope: args.namespace.clone(),
-        validity: config.cert_validity,
-        period: crate::webhook::check_period(&config),
-    };
+    let config = webhook_config(args, listen, identity.endpoint.clone());
     tokio::spawn(serve_webhook(
         client.clone(),
         config,
@@ -354,7 +367,6 @@ async fn start_webhook(
         recorder.clone(),
         metrics.clone(),
     ));
-    Ok(Some(issuer))
 }
 
 /// Prepares the webhook's certificates and registration, then serves. A Secret that
@@ -374,7 +386,14 @@ async fn serve_webhook(
     let mut delay = std::time::Duration::from_secs(1);
     let mut last_error: Option<String> = None;
     let webhook = loop {
-        match Webhook::prepare(client.clone(), config.clone(), sidecar_defaults.clone()).await {
+        let ca = sidecar_defaults
+            .identity
+            .as_ref()
+            .map(|identity| identity.ca.clone())
+            .unwrap_or_default();
+        let prepared =
+            Webhook::prepare(client.clone(), config.clone(), sidecar_defaults.clone(), ca);
+        match prepared.await {
             Ok(webhook) => break webhook,
             Err(e) => {
                 let message = format!("{e:#}");
@@ -436,7 +455,11 @@ async fn report_on_secret(
     }
 }
 
-fn webhook_config(args: &RunArgs, listen: std::net::SocketAddr) -> crate::webhook::WebhookConfig {
+fn webhook_config(
+    args: &RunArgs,
+    listen: std::net::SocketAddr,
+    identity_url: String,
+) -> crate::webhook::WebhookConfig {
     use crate::webhook::registration::Endpoint;
     let w = &args.webhook;
     let operator_namespace = args.leader.lease_namespace.clone();
@@ -456,6 +479,9 @@ fn webhook_config(args: &RunArgs, listen: std::net::SocketAddr) -> crate::webhoo
         timeout_seconds: w.webhook_timeout_seconds,
         cert_validity: w.webhook_cert_validity,
         only_namespace: args.namespace.clone(),
+        identity_url,
+        workload_cert_validity: w.workload_cert_validity,
+        identity_ca_secret: w.identity_ca_secret.clone(),
     }
 }
 

@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::BTreeMap;
-use streamgate_crds::sidecar_config::ConsulMode;
+use streamgate_crds::sidecar_config::{ConsulMode, MtlsMode};
 
 /// What the sidecar renderer needs beyond the service's own spec.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +30,26 @@ pub struct SidecarDefaults {
     pub owned_streams: Option<OwnedStreams>,
     /// Where sidecars export spans, and how many they sample; `None`: no traces.
     pub traces: Option<SidecarTraces>,
+    /// Where sidecars get their mTLS certificate; `None` (no webhook server, so no
+    /// identity endpoint): sidecars run plaintext.
+    pub identity: Option<SidecarIdentity>,
+}
+
+/// The identity endpoint and trust bundle rendered into every sidecar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SidecarIdentity {
+    pub endpoint: String,
+    pub mode: MtlsMode,
+    /// The endpoint's CA, rendered into every sidecar (and the issuer behind it).
+    pub ca: crate::identity::Authorities,
+}
+
+/// `--mtls-mode` (clap only lets `strict` and `permissive` through).
+pub fn mtls_mode(flag: &str) -> MtlsMode {
+    match flag {
+        "permissive" => MtlsMode::Permissive,
+        _ => MtlsMode::Strict,
+    }
 }
 
 /// The sidecars' trace export, rendered as the standard `OTEL_*` variables.
@@ -89,6 +109,7 @@ impl SidecarDefaults {
                     endpoint: endpoint.trim().to_string(),
                     sampling_ratio: sidecar.sidecar_trace_sampling_ratio,
                 }),
+            identity: None,
         }
     }
 
@@ -105,6 +126,7 @@ impl SidecarDefaults {
             consul_mode: ConsulMode::Auto,
             owned_streams: None,
             traces: None,
+            identity: None,
         }
     }
 }

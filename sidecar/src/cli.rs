@@ -32,6 +32,16 @@ pub struct Cli {
     )]
     pub mtls_dir: PathBuf,
 
+    /// The projected ServiceAccount token (audience `streamgate`) the sidecar proves
+    /// itself with to the operator's identity endpoint (`identity` in the configuration).
+    #[arg(
+        long,
+        env = "STREAMGATE_IDENTITY_TOKEN_FILE",
+        value_name = "FILE",
+        default_value = "/var/run/secrets/streamgate.io/identity/token"
+    )]
+    pub identity_token_file: PathBuf,
+
     #[command(flatten)]
     pub overrides: Overrides,
 }

@@ -1,7 +1,8 @@
 //! Wires the parts together and runs the shutdown sequence:
 //!
 //! 1. start: signal handlers, admin server, health checker, event relay and the app
-//!    listener, Consul registration;
+//!    listener, Consul registration (once the sidecar holds its mTLS certificate, when
+//!    the operator issues it);
 //! 2. the app container's `preStop` hook (`/leave`, see [`crate::departure`]): the
 //!    instance leaves Consul, serves for `leaveDelay`, then inbound stops taking calls —
 //!    all before the kubelet stops the app;
@@ -136,9 +137,24 @@ async fn start(settings: &Settings, drain: Drain) -> Result<Running, StartError>
         metrics.clone(),
     ));
     let (stop_registration, registration_stopped) = watch::channel(false);
+    if forwarding.issued.is_some() {
+        readiness.set_certificate_held(false);
+    }
     let maintain = tokio::spawn({
         let registrar = registrar.clone();
-        async move { registrar.maintain(health_rx, registration_stopped).await }
+        let issued = forwarding.issued.clone();
+        let readiness = readiness.clone();
+        async move {
+            // Callers find the instance only once it can answer them over mTLS.
+            if let Some(store) = issued {
+                let mut stopped = registration_stopped.clone();
+                tokio::select! {
+                    _ = store.held() => readiness.set_certificate_held(true),
+                    _ = stopped.wait_for(|stopped| *stopped) => return,
+                }
+            }
+            registrar.maintain(health_rx, registration_stopped).await
+        }
     });
     let departure = Departure::new(
         registrar.clone(),

@@ -1,4 +1,5 @@
-//! Readiness: the app is healthy AND the instance is registered in Consul AND the pod
+//! Readiness: the sidecar holds its mTLS certificate (when the operator issues one) AND
+//! the app is healthy AND the instance is registered in Consul AND the pod
 //! is not shutting down AND the event relay can work (its streams and consumers could be
 //! set up on a reachable NATS). `/readyz` answers from here, and so does the `ready`
 //! metric.
@@ -13,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub struct Readiness {
+    /// False while a sidecar that gets its certificate from the operator has none yet.
+    certificate_held: AtomicBool,
     app_healthy: AtomicBool,
     registered: AtomicBool,
     draining: AtomicBool,
@@ -26,6 +29,7 @@ pub struct Readiness {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotReady {
     Draining,
+    NoCertificate,
     AppUnhealthy,
     NotRegistered,
     RelayBroken,
@@ -35,6 +39,7 @@ impl NotReady {
     pub fn as_str(self) -> &'static str {
         match self {
             NotReady::Draining => "shutting down",
+            NotReady::NoCertificate => "no mTLS certificate from the identity endpoint yet",
             NotReady::AppUnhealthy => "the app is not healthy",
             NotReady::NotRegistered => "the instance is not registered in Consul",
             NotReady::RelayBroken => "the event relay cannot work",
@@ -45,6 +50,7 @@ impl NotReady {
 impl Readiness {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Readiness {
+            certificate_held: AtomicBool::new(true),
             app_healthy: AtomicBool::new(false),
             registered: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -94,6 +100,8 @@ impl Readiness {
     pub fn check(&self) -> Result<(), NotReady> {
         if self.draining.load(Ordering::Acquire) {
             Err(NotReady::Draining)
+        } else if !self.certificate_held.load(Ordering::Acquire) {
+            Err(NotReady::NoCertificate)
         } else if !self.app_healthy.load(Ordering::Acquire) {
             Err(NotReady::AppUnhealthy)
         } else if !self.registered.load(Ordering::Acquire) {
@@ -103,6 +111,11 @@ impl Readiness {
         } else {
             Ok(())
         }
+    }
+
+    pub fn set_certificate_held(&self, held: bool) {
+        self.certificate_held.store(held, Ordering::Release);
+        self.publish();
     }
 
     pub fn set_app_healthy(&self, healthy: bool) {

@@ -129,6 +129,23 @@ pub const TEST_TIMINGS: &[&str] = &[
     "1s",
 ];
 
+/// The test timings and the flags of a webhook (and identity endpoint) on a free port of
+/// `host`, registered under a name of the test's own; with the URL it serves at.
+pub fn webhook_flags(env: &TestEnv, host: &str) -> Result<(Vec<String>, String)> {
+    let port = crate::ports::free_port()?;
+    let url = format!("https://{host}:{port}");
+    let mut args: Vec<String> = TEST_TIMINGS.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "--webhook-listen".to_string(),
+        format!("{host}:{port}"),
+        "--webhook-url".to_string(),
+        url.clone(),
+        "--webhook-config-name".to_string(),
+        format!("streamgate-injector-{}", env.namespace),
+    ]);
+    Ok((args, url))
+}
+
 /// The operator's defaults, for measurements.
 pub const PRODUCTION_TIMINGS: &[&str] = &[];
 

@@ -3,25 +3,21 @@
 //! injected sidecar) run by the kubelet → instances registered in Consul from inside
 //! their pods → a gRPC call from one service to another through both sidecars → an event
 //! from one to the other through NATS JetStream → `kubectl scale` adds an instance that
-//! receives traffic, over mTLS with the identity the operator issued → `kubectl rollout
+//! receives traffic, over mTLS with the identity each sidecar got from the operator → `kubectl rollout
 //! restart` replaces the pods → `kubectl delete` leaves no process, no Consul instance and
 //! no StreamGate object behind.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use streamgate_tests::TestEnv;
-use streamgate_tests::operator::{Operator, TEST_TIMINGS, operator_kubeconfig_in};
-use streamgate_tests::ports::free_port;
+use streamgate_tests::operator::{Operator, operator_kubeconfig_in, webhook_flags};
 use streamgate_tests::wait::eventually;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-/// The kubelet's Secret volume refresh (pod sync ~1 min, jittered) plus the circuit
-/// breaker's longest ejection (1 min) plus slack.
-const IDENTITY_PROPAGATION: Duration = Duration::from_secs(240);
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn services(namespace: &str) -> String {
@@ -101,16 +97,17 @@ async fn the_whole_chain_runs_on_the_real_node() -> Result<()> {
     // The operator with its webhook, its own namespace beside the test's.
     let home = format!("{ns}-sys");
     let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
-    let port = free_port()?;
-    let mut args: Vec<String> = TEST_TIMINGS.iter().map(|s| s.to_string()).collect();
-    args.extend([
-        "--webhook-listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--webhook-url".into(),
-        format!("https://127.0.0.1:{port}"),
-        "--webhook-config-name".into(),
-        format!("streamgate-injector-{ns}"),
-    ]);
+    // On the node's bridge address: the API server calls the webhook there, and the
+    // pods' sidecars get their certificates there.
+    let node_ip = env
+        .platform
+        .info
+        .node
+        .as_ref()
+        .context("a real node")?
+        .ip
+        .clone();
+    let (args, _) = webhook_flags(&env, &node_ip)?;
     let operator = Operator::start_in(&env, &kubeconfig, "e2e", &home, &args).await?;
     eventually("webhook registered", TIMEOUT, || async {
         let name = format!("mutatingwebhookconfiguration/streamgate-injector-{ns}");
@@ -208,18 +205,36 @@ async fn chain(env: &TestEnv, consul: &str) -> Result<()> {
     })
     .await?;
 
-    // The operator issues each service's identity; a pod started after that serves
-    // mTLS only, and callers pick their own certificate up as it appears.
-    for service in ["upload", "transcoder"] {
-        eventually(&format!("{service}'s identity issued"), TIMEOUT, || async {
-            let secret = format!("secret/streamgate-mtls-{service}");
-            Ok(env
-                .kubectl(&["get", &secret, "-o", "name"], None)
-                .is_ok()
-                .then_some(()))
-        })
-        .await?;
+    // Strict mTLS from each pod's start: every instance advertises it, and a plaintext
+    // HTTP/2 client straight to transcoder's inbound port is refused (the call above
+    // went through because upload's certificate names its ServiceAccount, which
+    // transcoder's allowedCallers admits).
+    for service in ["upload", "transcoder", "worker"] {
+        let instances = passing(consul, service).await?;
+        ensure!(
+            instances
+                .iter()
+                .all(|i| i["Service"]["Meta"]["streamgate-inbound"] == "mtls"),
+            "{service} serves mTLS: {instances:?}"
+        );
     }
+    let plaintext = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(5))
+        .build()?
+        .post(format!(
+            "http://{}:15006/demo.Echo/Unary",
+            address(&transcoder[0])
+        ))
+        .header("content-type", "application/grpc")
+        .header("streamgate-caller", "upload")
+        .send()
+        .await;
+    ensure!(
+        plaintext.is_err(),
+        "a plaintext caller was answered: {plaintext:?}"
+    );
 
     // kubectl scale: the new instance passes in Consul and receives calls.
     env.kubectl(&["scale", "sgs/transcoder", "--replicas=2"], None)?;
@@ -230,22 +245,14 @@ async fn chain(env: &TestEnv, consul: &str) -> Result<()> {
             .any(|i| i["Service"]["Meta"]["streamgate-inbound"] == "mtls"),
         "the new transcoder serves mTLS: {transcoders:?}"
     );
-    // upload's sidecar started before its identity Secret existed; the kubelet refreshes
-    // a Secret volume at its pod sync (a minute or more), and until then the mTLS-only
-    // transcoder refuses upload's plaintext calls and the circuit breaker ejects it (up to
-    // a minute between probes). Hence the longer wait; identity issued to the sidecar
-    // itself, without a Secret, removes it (see the identity issue).
-    let served = eventually(
-        "both transcoders serve calls",
-        IDENTITY_PROPAGATION,
-        || async {
-            let mut seen = BTreeSet::new();
-            for _ in 0..20 {
-                seen.insert(call().await?);
-            }
-            Ok((seen.len() == 2).then_some(seen))
-        },
-    )
+    // The new pod registered once it held its certificate: it serves at once.
+    let served = eventually("both transcoders serve calls", TIMEOUT, || async {
+        let mut seen = BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(call().await?);
+        }
+        Ok((seen.len() == 2).then_some(seen))
+    })
     .await?;
     ensure!(served.iter().all(|s| s.starts_with("transcoder-")));
 
@@ -308,7 +315,7 @@ async fn chain(env: &TestEnv, consul: &str) -> Result<()> {
         let left = env.kubectl(
             &[
                 "get",
-                "sgs,deployments,services,replicasets,secrets",
+                "sgs,deployments,services,replicasets,secrets,serviceaccounts",
                 "-l",
                 "app.kubernetes.io/managed-by=streamgate",
                 "-o",

@@ -7,8 +7,7 @@ use kube::api::{Api, ListParams};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use streamgate_tests::TestEnv;
-use streamgate_tests::operator::{Operator, TEST_TIMINGS, operator_kubeconfig_in};
-use streamgate_tests::ports::free_port;
+use streamgate_tests::operator::{Operator, operator_kubeconfig_in, webhook_flags};
 use streamgate_tests::wait::eventually;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,7 +27,7 @@ async fn fixture(name: &str, labels: &[(&str, &str)], extra: &[&str]) -> Result<
     // The operator's own namespace is never injected: give it one beside the test's.
     let home = format!("{}-sys", env.namespace);
     let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
-    let mut args = webhook_args(&env)?;
+    let (mut args, _) = webhook_flags(&env, "127.0.0.1")?;
     args.extend(extra.iter().map(|s| s.to_string()));
     let operator = Operator::start_in(&env, &kubeconfig, "webhook", &home, &args).await?;
     let f = Fixture { env, operator };
@@ -47,22 +46,6 @@ async fn fixture(name: &str, labels: &[(&str, &str)], extra: &[&str]) -> Result<
     })
     .await?;
     Ok(f)
-}
-
-/// The test timings and a webhook on a free loopback port, registered under a name of
-/// the test's own.
-fn webhook_args(env: &TestEnv) -> Result<Vec<String>> {
-    let port = free_port()?;
-    let mut args: Vec<String> = TEST_TIMINGS.iter().map(|s| s.to_string()).collect();
-    args.extend([
-        "--webhook-listen".to_string(),
-        format!("127.0.0.1:{port}"),
-        "--webhook-url".to_string(),
-        format!("https://127.0.0.1:{port}"),
-        "--webhook-config-name".to_string(),
-        format!("streamgate-injector-{}", env.namespace),
-    ]);
-    Ok(args)
 }
 
 fn pod_manifest(name: &str, annotations: &str, extra_spec: &str) -> String {
@@ -145,38 +128,29 @@ async fn annotated_workloads_get_exactly_one_native_sidecar() -> Result<()> {
         assert!(app_env.iter().any(|e| e.name == "STREAMGATE_SIDECAR_ADDR"));
     }
 
-    // The service gets its mTLS identity from the same CA as the webhook, mounted by the pods.
-    let info = &f.env.platform.info;
-    let ca_of = |ns: String, secret: &'static str| {
-        info.kubectl(
-            &[
-                "get",
-                "secret",
-                "-n",
-                &ns,
-                secret,
-                "-o",
-                "jsonpath={.data.ca\\.crt}",
-            ],
-            None,
-        )
-    };
-    let webhook_ca = ca_of(
-        format!("{}-sys", f.env.namespace),
-        "streamgate-webhook-certs",
-    )?;
-    eventually("workload identity issued", TIMEOUT, || async {
-        let ca = ca_of(f.env.namespace.clone(), "streamgate-mtls-web").unwrap_or_default();
-        Ok((!ca.is_empty()).then_some(ca))
-    })
-    .await
-    .and_then(|ca| {
-        anyhow::ensure!(
-            ca == webhook_ca,
-            "the workload certificate is not from the webhook's CA"
-        );
-        Ok(())
-    })?;
+    // The sidecar gets its identity from the operator: the webhook's CA as its trust
+    // bundle, a projected ServiceAccount token for the identity endpoint, no key in any
+    // Secret.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(f.env.client(), &format!("{}-sys", f.env.namespace));
+    let pki = secrets.get("streamgate-webhook-certs").await?;
+    let webhook_ca = pki
+        .data
+        .unwrap_or_default()
+        .remove("ca.crt")
+        .context("ca.crt")?;
+    let config: serde_json::Value = serde_yaml::from_str(&config_of(&pods[0]))?;
+    let bundle = config["identity"]["endpointCa"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        bundle.as_bytes(),
+        webhook_ca.0.as_slice(),
+        "the endpoint CA is the webhook's"
+    );
+    assert_eq!(config["identity"]["mode"], "strict");
+    let endpoint = config["identity"]["endpoint"].as_str().unwrap_or_default();
+    assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
     let volumes = pods[0]
         .spec
         .as_ref()
@@ -184,11 +158,17 @@ async fn annotated_workloads_get_exactly_one_native_sidecar() -> Result<()> {
         .volumes
         .clone()
         .unwrap_or_default();
+    let token = volumes
+        .iter()
+        .filter(|v| v.name == "streamgate-identity-token")
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .find_map(|s| s.service_account_token.as_ref())
+        .context("a projected ServiceAccount token")?;
+    assert_eq!(token.audience.as_deref(), Some("streamgate"));
     assert!(
-        volumes
-            .iter()
-            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref())
-                == Some("streamgate-mtls-web"))
+        volumes.iter().all(|v| v.secret.is_none()),
+        "no Secret volume: {volumes:?}"
     );
 
     // A bare Pod.
@@ -527,7 +507,7 @@ async fn a_broken_webhook_secret_keeps_the_replica_up_not_ready_and_saying_why()
         ],
         None,
     )?;
-    let args = webhook_args(&env)?;
+    let (args, _) = webhook_flags(&env, "127.0.0.1")?;
     let operator = Operator::start_unready_in(&env, &kubeconfig, "badca", &home, &args).await?;
     let http = reqwest::Client::new();
     let metric = "streamgate_operator_webhook_certificate_errors_total";

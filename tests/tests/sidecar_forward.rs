@@ -668,29 +668,35 @@ async fn an_unknown_service_is_unavailable_naming_it() -> Result<()> {
 }
 
 #[tokio::test]
-async fn a_caller_outside_allowed_callers_is_denied() -> Result<()> {
+async fn without_mtls_allowed_callers_admit_nobody_whatever_the_header_says() -> Result<()> {
     let env = TestEnv::new("forward-allowed").await?;
     let consul = env.consul_addr();
-    let (server_name, friend, stranger) = (
+    let (server_name, friend, open_name) = (
         env.unique("vault"),
         env.unique("friend"),
-        env.unique("stranger"),
+        env.unique("open"),
     );
     let dir = log_dir(&server_name);
     let app = EchoServer::start("app", format!("{}:0", pod_ip()).parse()?).await?;
     let extra = format!("  allowedCallers: [{friend}]\n");
     let _server = server_sidecar(&dir, consul, &server_name, app.addr, &extra, None).await?;
 
-    let friendly = client_sidecar(&dir, consul, &friend, "", None).await?;
-    let mut echo = client(&friendly, &server_name)?;
-    let reply = first_success(&mut echo).await?;
-    assert_eq!(reply.metadata["streamgate-caller"], friend);
-
-    let other = client_sidecar(&dir, consul, &stranger, "", None).await?;
-    let mut echo = client(&other, &server_name)?;
-    let status = unary(&mut echo).await.unwrap_err();
+    // Over plaintext the caller is a header anyone can write: a sidecar that names
+    // itself after the allowed caller is still refused, before the app.
+    let spoofing = client_sidecar(&dir, consul, &friend, "", None).await?;
+    let mut echo = client(&spoofing, &server_name)?;
+    let status = eventually("the call is answered", STARTUP, || {
+        let mut echo = echo.clone();
+        async move {
+            Ok(unary(&mut echo)
+                .await
+                .err()
+                .filter(|s| s.code() != Code::Unavailable))
+        }
+    })
+    .await?;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains(&stranger), "{status:?}");
+    assert!(status.message().contains(&friend), "{status:?}");
     let calls = app.controls.calls();
     assert!(unary(&mut echo).await.is_err());
     assert_eq!(
@@ -698,6 +704,13 @@ async fn a_caller_outside_allowed_callers_is_denied() -> Result<()> {
         calls,
         "a denied call never reaches the app"
     );
+
+    // A service that names no callers takes plaintext calls, the caller's name passed on.
+    let open_app = EchoServer::start("app", format!("{}:0", pod_ip()).parse()?).await?;
+    let _open = server_sidecar(&dir, consul, &open_name, open_app.addr, "", None).await?;
+    let mut echo = client(&spoofing, &open_name)?;
+    let reply = first_success(&mut echo).await?;
+    assert_eq!(reply.metadata["streamgate-caller"], friend);
     Ok(())
 }
 
@@ -713,13 +726,24 @@ fn identity_in(
     namespace: &str,
     service: &str,
 ) -> Result<PathBuf> {
-    use streamgate_operator::webhook::certs::issue_workload;
+    use streamgate_operator::identity::sign::{Workload, workload_certificate};
     let path = dir.join(format!("mtls-{namespace}-{service}"));
     std::fs::create_dir_all(&path)?;
-    let (cert, key, _) = issue_workload(&ca.1, namespace, service, Duration::from_secs(3600))?;
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
+        .serialize_request(&key)?
+        .pem()?;
+    // The service's pods run as the ServiceAccount named after it, as the operator
+    // renders them.
+    let workload = Workload {
+        namespace: namespace.into(),
+        service_account: service.into(),
+        service: service.into(),
+    };
+    let (cert, _) = workload_certificate(&ca.0, &ca.1, &csr, &workload, Duration::from_secs(3600))?;
     std::fs::write(path.join("ca.crt"), &ca.0)?;
     std::fs::write(path.join("tls.crt"), cert)?;
-    std::fs::write(path.join("tls.key"), key)?;
+    std::fs::write(path.join("tls.key"), key.serialize_pem())?;
     Ok(path)
 }
 

@@ -1,6 +1,7 @@
-//! Step 3: apply the Deployment, Service and (with `allowedCallers`) NetworkPolicy wanted,
-//! each only when it differs from what the cache shows (server-side apply, our field
-//! manager); a NetworkPolicy no longer wanted is deleted.
+//! Step 3: apply the ServiceAccount (with the Deployment's creation), the Deployment,
+//! Service and (with `allowedCallers`) NetworkPolicy wanted, each only when it differs
+//! from what the cache shows (server-side apply, our field manager); a NetworkPolicy no
+//! longer wanted is deleted.
 
 use super::{Context, Subject, events};
 use crate::apply::{self, Applied as Action};
@@ -9,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::known::Known;
 use crate::metrics::ChildLabels;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::events::EventType;
@@ -45,6 +46,21 @@ pub(super) async fn apply_children(
     let current_deployment = ctx.deployments.get(&target.name, &target.namespace);
     let current_service = ctx.services.get(&target.name, &target.namespace);
     let current_policy = ctx.network_policies.get(&target.name, &target.namespace);
+    // The pods' ServiceAccount, written when the Deployment is (about to be) created:
+    // no cache follows ServiceAccounts (a watch of every one in the cluster for a rare
+    // change), so one deleted by hand comes back with the next Deployment creation.
+    let account = match (&want.service_account, &current_deployment.object) {
+        (Some(account), None) => {
+            let accounts: Api<ServiceAccount> =
+                Api::namespaced(ctx.client.clone(), &target.namespace);
+            Some(
+                apply::apply(&accounts, account, None)
+                    .await
+                    .map(|(action, _)| action),
+            )
+        }
+        _ => None,
+    };
     let mut applied = Applied {
         changes: Vec::new(),
         deployment: current_deployment.object.clone(),
@@ -71,6 +87,9 @@ pub(super) async fn apply_children(
     )
     .await
     .map(|(action, answer)| remember_created(&ctx.network_policies, action, answer));
+    if let Some(account) = account {
+        record(ctx, target, &mut applied, "ServiceAccount", account).await?;
+    }
     record(ctx, target, &mut applied, "Deployment", deployment).await?;
     record(ctx, target, &mut applied, "Service", service).await?;
     record(ctx, target, &mut applied, "NetworkPolicy", policy).await?;

@@ -143,6 +143,13 @@ fn first_retry(error: &Error) -> Duration {
 async fn apply_service(sgs: &StreamGateService, ctx: &Context) -> Result<Action> {
     let target = Subject::of(sgs)?;
     let config = validated(sgs, ctx, &target).await?;
+    // Sidecars are rendered with the identity endpoint's CA: until this replica loaded
+    // it (moments after it starts), rendering would make plaintext pods.
+    let identity = ctx.sidecar_defaults.identity.as_ref();
+    if identity.is_some_and(|identity| identity.ca.endpoint_ca().is_none()) {
+        tracing::debug!("waiting for the identity endpoint's CA before rendering");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let want = desired(sgs, &config, &ctx.sidecar_defaults);
     let changes = apply_children(ctx, &target, &want).await?;
     events::announce_changes(ctx, &target, &changes).await;

@@ -13,7 +13,6 @@ use rcgen::{
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
-use streamgate_crds::contract::identity;
 
 /// Secret annotation recording when the serving certificate expires (read back without
 /// parsing X.509).
@@ -91,36 +90,6 @@ pub fn issue_serving(
     // A little slack backwards for clocks that run behind ours.
     params.not_before = now - time::Duration::minutes(1);
     params.not_after = now + validity;
-    let cert = params.signed_by(&key, &issuer)?;
-    let not_after = Timestamp::from_second(params.not_after.unix_timestamp())
-        .unwrap_or_else(|_| Timestamp::now());
-    Ok((cert.pem(), key.serialize_pem(), not_after))
-}
-
-/// A workload certificate for service `service` in `namespace`: client and server auth,
-/// named `<service>.<namespace>.streamgate` and `spiffe://streamgate/ns/<ns>/svc/<service>`
-/// so a peer sidecar can tell which service calls it.
-pub fn issue_workload(
-    ca_key: &str,
-    namespace: &str,
-    service: &str,
-    validity: Duration,
-) -> Result<(String, String, Timestamp), rcgen::Error> {
-    let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(ca_key)?);
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![identity::server_name(namespace, service)])?;
-    let uri = identity::spiffe_id(namespace, service);
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::URI(uri.as_str().try_into()?));
-    params.distinguished_name.push(DnType::CommonName, service);
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let now = time_now();
-    params.not_before = now - time::Duration::minutes(1);
-    params.not_after = now + time::Duration::try_from(validity).unwrap_or(time::Duration::days(1));
     let cert = params.signed_by(&key, &issuer)?;
     let not_after = Timestamp::from_second(params.not_after.unix_timestamp())
         .unwrap_or_else(|_| Timestamp::now());

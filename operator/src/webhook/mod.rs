@@ -6,7 +6,8 @@
 //! - [`inject`]: the decision and the JSON patch (pure).
 //! - [`certs`]: CA and serving certificate in a Secret, reissued before expiry.
 //! - [`registration`]: the MutatingWebhookConfiguration, applied server-side.
-//! - [`server`]: the HTTPS endpoint.
+//! - [`server`]: the HTTPS endpoint (which also serves the identity endpoint,
+//!   [`crate::identity::issue`]).
 //!
 //! - [`renewal`]: the task that renews the serving certificate and reloads it in place.
 //!
@@ -20,6 +21,8 @@ pub mod registration;
 pub mod renewal;
 pub mod server;
 
+use crate::identity::Authorities;
+use crate::identity::issue::IssuerState;
 use crate::sidecar_defaults::SidecarDefaults;
 use anyhow::{Context, Result};
 use axum_server::tls_rustls::RustlsConfig;
@@ -43,31 +46,46 @@ pub struct WebhookConfig {
     pub timeout_seconds: i32,
     pub cert_validity: Duration,
     pub only_namespace: Option<String>,
+    /// Where sidecars reach the identity endpoint this server also serves.
+    pub identity_url: String,
+    /// Validity of the workload certificates issued there.
+    pub workload_cert_validity: Duration,
+    /// The workload CA's Secret (operator namespace).
+    pub identity_ca_secret: String,
 }
 
-/// The names the serving certificate must cover.
+/// The names the serving certificate must cover: the API server's and the sidecars'
+/// ways in.
 pub fn serving_hosts(config: &WebhookConfig) -> Vec<String> {
-    match &config.endpoint {
-        Endpoint::Url(url) => {
-            let host = url
-                .split("://")
-                .nth(1)
-                .unwrap_or(url)
-                .split('/')
-                .next()
-                .unwrap_or("");
-            // host:port, or [v6]:port
-            let host = match host.rsplit_once(':') {
-                Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-                _ => host,
-            };
-            vec![host.trim_matches(['[', ']']).to_string()]
-        }
+    let mut hosts = match &config.endpoint {
+        Endpoint::Url(url) => vec![url_host(url)],
         Endpoint::Service { namespace, name } => vec![
             format!("{name}.{namespace}.svc"),
             format!("{name}.{namespace}.svc.cluster.local"),
         ],
+    };
+    let identity = url_host(&config.identity_url);
+    if !identity.is_empty() && !hosts.contains(&identity) {
+        hosts.push(identity);
     }
+    hosts
+}
+
+/// The host of `scheme://host:port/path` (an IPv6 address without its brackets).
+fn url_host(url: &str) -> String {
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    // host:port, or [v6]:port
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    host.trim_matches(['[', ']']).to_string()
 }
 
 /// The webhook of one replica, prepared: its certificate loaded and the
@@ -79,6 +97,7 @@ pub struct Webhook {
     registration: Registration,
     tls: RustlsConfig,
     served_cert: String,
+    issuer: Arc<IssuerState>,
 }
 
 impl Webhook {
@@ -88,6 +107,7 @@ impl Webhook {
         client: kube::Client,
         config: WebhookConfig,
         sidecar_defaults: SidecarDefaults,
+        ca: Authorities,
     ) -> Result<Webhook> {
         let material = certs::ensure(
             &secrets(&client, &config),
@@ -107,6 +127,20 @@ impl Webhook {
         registration::apply(&client, &registration, &material.ca_cert)
             .await
             .context("applying the MutatingWebhookConfiguration")?;
+        let issuer = crate::identity::ca::ensure_issuer(
+            &secrets(&client, &config),
+            &config.identity_ca_secret,
+        )
+        .await
+        .context("preparing the workload CA")?;
+        ca.set_endpoint_ca(&material.ca_cert);
+        ca.set_issuer(issuer);
+        let issuer = Arc::new(IssuerState {
+            client: client.clone(),
+            ca,
+            validity: config.workload_cert_validity,
+            scope: config.only_namespace.clone(),
+        });
         let state = Arc::new(server::WebhookState {
             sidecar_defaults,
             operator_namespace: config.operator_namespace.clone(),
@@ -118,6 +152,7 @@ impl Webhook {
             registration,
             tls,
             served_cert: material.cert,
+            issuer,
         })
     }
 
@@ -133,6 +168,8 @@ impl Webhook {
             registration: self.registration.clone(),
             tls: self.tls.clone(),
             served_cert: self.served_cert.clone(),
+            ca: self.issuer.ca.clone(),
+            identity_ca_secret: self.config.identity_ca_secret.clone(),
         }
     }
 
@@ -151,7 +188,7 @@ impl Webhook {
         });
         axum_server::bind_rustls(listen, self.tls)
             .handle(handle)
-            .serve(server::router(self.state).into_make_service())
+            .serve(server::router(self.state, self.issuer).into_make_service())
             .await
             .context("webhook server")
     }
@@ -162,7 +199,7 @@ pub fn secrets(client: &kube::Client, config: &WebhookConfig) -> Api<Secret> {
     Api::namespaced(client.clone(), &config.operator_namespace)
 }
 
-/// How often the serving certificate and the workload identities are looked at: often
+/// How often the serving certificate and the workload CA are looked at: often
 /// enough that a certificate is renewed well within its last third.
 pub fn check_period(config: &WebhookConfig) -> Duration {
     (config.cert_validity / 6).clamp(Duration::from_secs(1), Duration::from_secs(15))
@@ -194,13 +231,16 @@ mod tests {
             timeout_seconds: 5,
             cert_validity: Duration::from_secs(60),
             only_namespace: None,
+            identity_url: "https://10.96.0.20:443".into(),
+            workload_cert_validity: Duration::from_secs(60),
+            identity_ca_secret: "x".into(),
         }
     }
 
     #[test]
     fn serving_hosts_follow_the_endpoint() {
         let url = config(Endpoint::Url("https://127.0.0.1:9443".into()));
-        assert_eq!(serving_hosts(&url), vec!["127.0.0.1"]);
+        assert_eq!(serving_hosts(&url), vec!["127.0.0.1", "10.96.0.20"]);
         let svc = config(Endpoint::Service {
             namespace: "streamgate-system".into(),
             name: "streamgate-operator-webhook".into(),

@@ -21,6 +21,10 @@ pub struct Renewal {
     pub tls: RustlsConfig,
     /// The certificate this replica serves now.
     pub served_cert: String,
+    /// The identity endpoint's authorities, refreshed from their Secrets.
+    pub ca: crate::identity::Authorities,
+    /// The workload CA's Secret.
+    pub identity_ca_secret: String,
 }
 
 impl Renewal {
@@ -49,6 +53,18 @@ impl Renewal {
                     self.served_cert = current.cert.clone();
                 }
                 Err(e) => warn!(error = %e, "could not load the renewed webhook certificate"),
+            }
+        }
+        self.ca.set_endpoint_ca(&current.ca_cert);
+        match crate::identity::ca::ensure_issuer(&self.secrets, &self.identity_ca_secret).await {
+            Ok(issuer) => {
+                if self.ca.set_issuer(issuer) {
+                    info!(secret = %self.identity_ca_secret, "the workload CA or its trust bundle changed: issuing with it");
+                }
+            }
+            // The last good issuer stays in use.
+            Err(e) => {
+                warn!(error = %e, "the workload CA is unusable; issuing with the last good one")
             }
         }
         if let Err(e) =

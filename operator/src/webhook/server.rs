@@ -2,6 +2,7 @@
 
 use super::inject::{Decision, InjectionScope, decide};
 use super::registration::{PATH_NAMESPACE, PATH_POD};
+use crate::identity::issue::IssuerState;
 use crate::sidecar_defaults::SidecarDefaults;
 use axum::extract::State;
 use axum::routing::post;
@@ -10,6 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use std::sync::Arc;
+use streamgate_crds::contract::identity::ISSUE_PATH;
 use tracing::{info, warn};
 
 pub struct WebhookState {
@@ -17,11 +19,16 @@ pub struct WebhookState {
     pub operator_namespace: String,
 }
 
-pub fn router(state: Arc<WebhookState>) -> Router {
+/// The admission endpoints, and the identity endpoint sidecars get certificates from.
+pub fn router(state: Arc<WebhookState>, issuer: Arc<IssuerState>) -> Router {
+    let identity = Router::new()
+        .route(ISSUE_PATH, post(crate::identity::issue::certificate))
+        .with_state(issuer);
     Router::new()
         .route(PATH_NAMESPACE, post(namespace_enabled))
         .route(PATH_POD, post(pod_annotated))
         .with_state(state)
+        .merge(identity)
 }
 
 async fn namespace_enabled(

@@ -38,6 +38,8 @@ pub struct Settings {
     pub log_level: LogLevel,
     /// Where the workload certificate for mTLS is mounted (see [`crate::forward::tls`]).
     pub mtls_dir: std::path::PathBuf,
+    /// The ServiceAccount token shown to the identity endpoint.
+    pub identity_token_file: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +104,7 @@ pub fn load(cli: &Cli, env: EnvLookup<'_>) -> Result<Settings, FieldError> {
     overrides::apply(&mut document, &cli.overrides)?;
     let mut settings = resolve::resolve(document, env)?;
     settings.mtls_dir = cli.mtls_dir.clone();
+    settings.identity_token_file = cli.identity_token_file.clone();
     Ok(settings)
 }
 

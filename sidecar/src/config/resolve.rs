@@ -7,6 +7,7 @@
 use super::{ConsulSettings, EnvLookup, HealthSettings, Listen, Secret, Settings};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+use streamgate_crds::contract::identity;
 use streamgate_crds::contract::lifecycle::MAX_LEAVE_DELAY_MS;
 use streamgate_crds::sidecar_config::{
     ADMIN_PORT, APP_PORT, ConsulMode, INBOUND_PORT, SidecarConfig,
@@ -58,6 +59,7 @@ pub fn resolve(mut doc: SidecarConfig, env: EnvLookup<'_>) -> Result<Settings, F
         drain_timeout: doc.drain_timeout.as_duration(),
         log_level: doc.log_level,
         mtls_dir: streamgate_crds::contract::mounts::MTLS_DIR.into(),
+        identity_token_file: std::path::Path::new(identity::TOKEN_DIR).join(identity::TOKEN_FILE),
         document: doc,
     })
 }

@@ -1,12 +1,13 @@
 //! Inbound: calls from other sidecars on the pod IP's port 15006, forwarded to the app.
 //!
-//! The caller's identity: with a workload certificate mounted, the listener speaks only
-//! TLS and requires a client certificate from the same CA (a plaintext or wrong-CA peer
-//! fails the handshake); the caller is the service its certificate names. Without
-//! certificates (mTLS off) the caller is what the calling sidecar wrote in
-//! `streamgate-caller`: good for routing and metrics, not a security boundary, which
-//! is why `allowedCallers` should go with mTLS. A caller outside a non-empty
-//! `allowedCallers` gets PERMISSION_DENIED and never reaches the app.
+//! The caller's identity ([`InboundSecurity`]): with mTLS the listener requires a
+//! client certificate the trust bundle verifies (a plaintext or wrong-CA peer fails the
+//! handshake); the caller is the namespace and ServiceAccount its certificate names.
+//! Over plaintext (mTLS off, or a plaintext peer of a permissive sidecar) the caller is
+//! what the calling sidecar wrote in `streamgate-caller`: good for routing and metrics,
+//! not a security boundary, so a service with `allowedCallers` admits no plaintext
+//! caller at all. A caller outside a non-empty `allowedCallers` gets PERMISSION_DENIED
+//! and never reaches the app.
 
 use super::body::Observed;
 use super::discovery::Endpoint;
@@ -35,13 +36,27 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The caller recorded when nobody says who calls.
 const ANONYMOUS: &str = "unknown";
 
+/// What the inbound listener accepts.
+pub enum InboundSecurity {
+    /// Plaintext only (no identity: a sidecar run without mTLS).
+    Plaintext,
+    /// mTLS only; connections are refused while no certificate is held.
+    MtlsOnly(Arc<IdentityStore>),
+    /// mTLS from peers that start a TLS handshake, plaintext from the others
+    /// (permissive mode, for plaintext services in the mesh).
+    Either(Arc<IdentityStore>),
+}
+
+/// The first byte of a TLS connection (a handshake record); an HTTP/2 preface starts
+/// with `P`.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 pub struct Inbound {
     service: String,
     /// The pod's namespace: a bare `allowedCallers` name means a caller from here.
     namespace: String,
     allowed_callers: Vec<String>,
-    /// Present when inbound requires mTLS (decided at start, as advertised in Consul).
-    identity: Option<Arc<IdentityStore>>,
+    security: InboundSecurity,
     app: Endpoint,
     app_pool: Pool,
     dialer: Dialer,
@@ -59,7 +74,7 @@ impl Inbound {
         service: &str,
         namespace: &str,
         allowed_callers: Vec<String>,
-        identity: Option<Arc<IdentityStore>>,
+        security: InboundSecurity,
         app: SocketAddr,
         metrics: Arc<ForwardMetrics>,
         traces: Option<Arc<Traces>>,
@@ -74,7 +89,7 @@ impl Inbound {
             service: service.to_string(),
             namespace: namespace.to_string(),
             allowed_callers,
-            identity,
+            security,
             app,
             app_pool: Pool::new(PoolLimits::default(), Gauge::default()),
             dialer: Dialer::new(None, String::new()),
@@ -120,41 +135,57 @@ impl Inbound {
             };
             let _ = tcp.set_nodelay(true);
             let inbound = self.clone();
-            tokio::spawn(async move {
-                match inbound.identity.as_ref().map(|store| store.current()) {
-                    None => inbound.serve_connection(tcp, None).await,
-                    // The certificate went away after start: refuse rather than go plaintext.
-                    Some(None) => tracing::warn!(%peer, "inbound refused: no mTLS identity"),
-                    Some(Some(identity)) => {
-                        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server.clone());
-                        let accepted =
-                            tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                        let stream = match accepted {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => {
-                                tracing::info!(%peer, error = %e, "inbound TLS handshake refused");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::info!(%peer, "inbound TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        let caller = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .and_then(tls::spiffe_workload);
-                        if caller.is_none() {
-                            tracing::info!(%peer, "inbound peer certificate names no service");
-                            return;
-                        }
-                        inbound.serve_connection(stream, caller).await
-                    }
-                }
-            });
+            tokio::spawn(async move { inbound.accept(tcp, peer).await });
         }
+    }
+
+    /// Serves one accepted connection, over mTLS or plaintext as [`InboundSecurity`]
+    /// says.
+    async fn accept(self: Arc<Self>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        let store = match &self.security {
+            InboundSecurity::Plaintext => return self.serve_connection(tcp, None).await,
+            InboundSecurity::MtlsOnly(store) => store,
+            InboundSecurity::Either(store) => {
+                let mut first = [0u8; 1];
+                let peeked =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await;
+                if !matches!(peeked, Ok(Ok(1))) {
+                    return;
+                }
+                if first[0] != TLS_HANDSHAKE_RECORD {
+                    return self.serve_connection(tcp, None).await;
+                }
+                store
+            }
+        };
+        let Some(identity) = store.current() else {
+            // No certificate yet (or any more): refuse rather than go plaintext.
+            tracing::info!(%peer, "inbound refused: no mTLS certificate held yet");
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server.clone());
+        let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "inbound TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "inbound TLS handshake timed out");
+                return;
+            }
+        };
+        let caller = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(tls::spiffe_workload);
+        if caller.is_none() {
+            tracing::info!(%peer, "inbound peer certificate names no workload");
+            return;
+        }
+        self.serve_connection(stream, caller).await
     }
 
     async fn serve_connection<IO>(self: Arc<Self>, io: IO, verified: Option<tls::Workload>)
@@ -197,11 +228,15 @@ impl Inbound {
         let mut span = self.traces.as_ref().map(|traces| {
             CallSpan::server(traces, &parts.headers, &self.service, parts.uri.path())
         });
-        // Without mTLS the caller is only what the calling sidecar wrote, taken as a
-        // service of this namespace: a name, not an identity.
-        let (caller_namespace, caller_service) = match &verified {
-            Some(workload) => (workload.namespace.as_str(), workload.service.as_str()),
-            None if self.identity.is_none() => (
+        // Over plaintext the caller is only what the calling sidecar wrote, taken as a
+        // name in this namespace: a name, not an identity, which no `allowedCallers`
+        // admits.
+        let (caller_namespace, caller_name) = match &verified {
+            Some(workload) => (
+                workload.namespace.as_str(),
+                workload.service_account.as_str(),
+            ),
+            None => (
                 self.namespace.as_str(),
                 parts
                     .headers
@@ -209,16 +244,16 @@ impl Inbound {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or(ANONYMOUS),
             ),
-            None => (self.namespace.as_str(), ANONYMOUS),
         };
-        let caller = callers::display(&self.namespace, caller_namespace, caller_service);
+        let caller = callers::display(&self.namespace, caller_namespace, caller_name);
         if let Some(span) = &mut span {
             span.caller(&caller);
         }
         let admitted = self.allowed_callers.is_empty()
-            || self.allowed_callers.iter().any(|entry| {
-                callers::admits(entry, &self.namespace, caller_namespace, caller_service)
-            });
+            || verified.is_some()
+                && self.allowed_callers.iter().any(|entry| {
+                    callers::admits(entry, &self.namespace, caller_namespace, caller_name)
+                });
         if !admitted {
             self.metrics.inbound_denied(&caller);
             if let Some(span) = span {

@@ -52,6 +52,10 @@ pub struct ForwardMetrics {
     /// Each caller's inbound series handles, so a call hashes its caller once and
     /// allocates nothing.
     callers: Mutex<HashMap<String, Arc<CallerSeries>>>,
+    /// The mTLS certificate in use: when it expires, how many roots verify peers.
+    certificate_expiry: Gauge,
+    trust_roots: Gauge,
+    issuance_failures: Counter,
 }
 
 /// One caller's inbound series, created on first use.
@@ -75,12 +79,41 @@ impl Default for ForwardMetrics {
             inbound: Family::default(),
             inbound_denied: Family::default(),
             callers: Mutex::new(HashMap::new()),
+            certificate_expiry: Gauge::default(),
+            trust_roots: Gauge::default(),
+            issuance_failures: Counter::default(),
         }
     }
 }
 
 impl ForwardMetrics {
+    /// A new certificate is in use.
+    pub fn certificate_installed(&self, identity: &super::tls::Identity) {
+        self.certificate_expiry.set(identity.not_after);
+        self.trust_roots
+            .set(i64::try_from(identity.trust_roots).unwrap_or(i64::MAX));
+    }
+
+    pub fn issuance_failed(&self) {
+        self.issuance_failures.inc();
+    }
+
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mtls_certificate_expiry_timestamp_seconds",
+            "When the mTLS certificate in use expires (renewed at half its lifetime)",
+            self.certificate_expiry.clone(),
+        );
+        registry.register(
+            "mtls_trust_roots",
+            "Root certificates peers are verified with (two while the CA is rotated)",
+            self.trust_roots.clone(),
+        );
+        registry.register(
+            "mtls_certificate_issuance_failures",
+            "Attempts to get a certificate from the identity endpoint that failed",
+            self.issuance_failures.clone(),
+        );
         registry.register(
             "forward_requests",
             "Calls forwarded to an upstream, by final gRPC status code",

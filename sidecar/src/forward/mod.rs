@@ -9,7 +9,8 @@
 //! - [`breaker`]: per-instance circuit breaking with ejection backoff and one probe;
 //! - [`retry`]: which failures are retried, backoff with jitter, and a retry budget;
 //! - [`deadline`]: `grpc-timeout` parsed, capped by the upstream's timeout, re-encoded;
-//! - [`pool`]: persistent HTTP/2 connections per instance, plaintext or mTLS ([`tls`]);
+//! - [`pool`]: persistent HTTP/2 connections per instance, plaintext or mTLS ([`tls`],
+//!   the certificate from the operator through [`issuance`]);
 //! - [`upstream`]: one service's settings, instances and the choice of one;
 //! - [`body`]: the request copy kept for retries and the watched response stream;
 //! - [`outcome`]: the one place a call's status (metrics) and an attempt's verdict on
@@ -31,6 +32,7 @@ pub mod breaker;
 pub mod deadline;
 pub mod discovery;
 pub mod inbound;
+pub mod issuance;
 pub mod metrics;
 pub mod outbound;
 pub mod outcome;
@@ -59,30 +61,92 @@ pub enum StartError {
 pub struct Forwarding {
     pub outbound: Arc<outbound::Forwarder>,
     pub inbound: Arc<inbound::Inbound>,
-    /// Whether the inbound listener requires mTLS (advertised in Consul meta).
+    /// Whether the inbound listener takes mTLS (advertised in Consul meta).
     pub mtls: bool,
+    /// The identity the operator issues: the instance registers once it holds one, so
+    /// callers never find an instance that cannot answer them yet.
+    pub issued: Option<Arc<tls::IdentityStore>>,
 }
 
-/// Builds forwarding from the settings: loads the workload identity (if mounted),
-/// starts discovery of the declared upstreams.
+/// How this sidecar uses mTLS, from its configuration.
+struct Security {
+    store: Arc<tls::IdentityStore>,
+    inbound: inbound::InboundSecurity,
+    /// Every outbound call is mTLS, whatever an instance advertises.
+    outbound_strict: bool,
+    issued: bool,
+}
+
+/// The identity issued by the operator (`identity` in the configuration), else the one
+/// in the mTLS directory's files, if any.
+fn security(
+    settings: &Settings,
+    metrics: &Arc<metrics::ForwardMetrics>,
+) -> Result<Security, StartError> {
+    use inbound::InboundSecurity;
+    use streamgate_crds::sidecar_config::MtlsMode;
+    if let Some(identity) = &settings.document.identity {
+        let store = tls::IdentityStore::issued();
+        issuance::Issuance::new(
+            &identity.endpoint,
+            &identity.endpoint_ca,
+            settings.identity_token_file.clone(),
+            metrics.clone(),
+        )
+        .spawn(store.clone());
+        let strict = identity.mode == MtlsMode::Strict;
+        // A service that names its callers takes no plaintext caller, whatever the mode:
+        // over plaintext a caller is a header anyone can write.
+        let mtls_only = strict || !settings.document.service.allowed_callers.is_empty();
+        tracing::info!(endpoint = %identity.endpoint, mode = identity.mode.as_str(), "mTLS with an identity issued by the operator");
+        return Ok(Security {
+            inbound: if mtls_only {
+                InboundSecurity::MtlsOnly(store.clone())
+            } else {
+                InboundSecurity::Either(store.clone())
+            },
+            store,
+            outbound_strict: strict,
+            issued: true,
+        });
+    }
+    let store = tls::IdentityStore::open(&settings.mtls_dir)?;
+    store.spawn_reload();
+    // Inbound is TLS-only when a certificate was there at start: a sidecar whose files
+    // appear later keeps plaintext inbound (as registered in Consul) and uses the
+    // certificate for its own calls.
+    let inbound = match store.current() {
+        Some(identity) => {
+            tracing::info!(workload = ?identity.workload, dir = %settings.mtls_dir.display(), "mTLS on, from files");
+            InboundSecurity::MtlsOnly(store.clone())
+        }
+        None => InboundSecurity::Plaintext,
+    };
+    Ok(Security {
+        store,
+        inbound,
+        outbound_strict: false,
+        issued: false,
+    })
+}
+
+/// Builds forwarding from the settings: the workload identity (issued, or from files),
+/// discovery of the declared upstreams.
 pub async fn start(
     settings: &Settings,
     metrics: Arc<metrics::ForwardMetrics>,
     traces: Option<Arc<streamgate_telemetry::Traces>>,
 ) -> Result<Forwarding, StartError> {
-    let store = tls::IdentityStore::open(&settings.mtls_dir)?;
-    store.spawn_reload();
-    let mtls = store.current().is_some();
-    if let Some(identity) = store.current() {
-        tracing::info!(service = %identity.service, dir = %settings.mtls_dir.display(), "mTLS on");
-    }
+    let security = security(settings, &metrics)?;
+    let mtls = !matches!(security.inbound, inbound::InboundSecurity::Plaintext);
     let doc = &settings.document;
     let service = &doc.service;
     let discovery = discovery::Discovery::new(
         settings.consul.address.clone(),
         settings.consul.token.as_ref().map(|t| t.0.clone()),
     );
-    let dialer = pool::Dialer::new(Some(store.clone()), doc.pod.namespace.clone());
+    let dialer = pool::Dialer::new(Some(security.store.clone()), doc.pod.namespace.clone())
+        .strict(security.outbound_strict);
     let outbound = outbound::Forwarder::new(
         &service.service_name,
         &doc.pod.namespace,
@@ -98,10 +162,7 @@ pub async fn start(
         &service.service_name,
         &doc.pod.namespace,
         service.allowed_callers.clone(),
-        // Inbound is TLS-only when a certificate was there at start: a pod whose
-        // certificate appears later keeps plaintext inbound (as registered in Consul)
-        // and uses the certificate for its own calls.
-        mtls.then(|| store.clone()),
+        security.inbound,
         app,
         metrics,
         traces,
@@ -110,6 +171,7 @@ pub async fn start(
         outbound,
         inbound,
         mtls,
+        issued: security.issued.then_some(security.store),
     })
 }
 

@@ -161,7 +161,16 @@ impl Forwarder {
             followed.last_used = now;
             return followed.upstream.clone();
         }
-        let settings = UpstreamSettings::from_spec(self.specs.get(service), &self.own_namespace);
+        let mut settings =
+            UpstreamSettings::from_spec(self.specs.get(service), &self.own_namespace);
+        // Strict mTLS checks a server's certificate against the namespace its Consul
+        // entry names; anyone who can write to Consul could name their own namespace, so
+        // only the caller's namespace (or the one `upstreams[].namespace` names) counts.
+        if self.dialer.is_strict()
+            && let NamespaceScope::Prefer(own) = &settings.scope
+        {
+            settings.scope = NamespaceScope::Only(own.clone());
+        }
         let upstream = Arc::new(Upstream::new(
             service.to_string(),
             settings,

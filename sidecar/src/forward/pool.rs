@@ -68,11 +68,15 @@ pub enum DialFailure {
     Http2(hyper::Error),
 }
 
-/// Opens connections: plaintext HTTP/2, or mTLS to instances that advertise it.
+/// Opens connections: mTLS to instances that advertise it (to every instance when
+/// strict), plaintext HTTP/2 to the others.
 pub struct Dialer {
     identity: Option<Arc<IdentityStore>>,
     /// The namespace assumed for an instance whose registration does not name one.
     namespace: String,
+    /// mTLS to every instance: an instance registered as plaintext (a downgrade, or a
+    /// permissive sidecar without a certificate) fails the handshake instead.
+    strict: bool,
 }
 
 impl Dialer {
@@ -80,7 +84,17 @@ impl Dialer {
         Dialer {
             identity,
             namespace,
+            strict: false,
         }
+    }
+
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
+    pub fn is_strict(&self) -> bool {
+        self.strict
     }
 
     pub async fn dial(&self, service: &str, endpoint: &Endpoint) -> Result<Sender, DialError> {
@@ -94,7 +108,7 @@ impl Dialer {
             .map_err(|e| failed(DialFailure::Connect(e)))?;
         // gRPC messages are small and latency-bound; never wait for Nagle.
         let _ = tcp.set_nodelay(true);
-        if !endpoint.mtls {
+        if !endpoint.mtls && !self.strict {
             return handshake(tcp)
                 .await
                 .map_err(|e| failed(DialFailure::Http2(e)));
