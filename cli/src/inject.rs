@@ -93,32 +93,64 @@ fn run(args: &InjectArgs) -> Result<Outcome> {
     };
     let mut settings =
         SidecarDefaults::from_flags(&args.sidecar, &args.streams, &args.consul_address, &cluster);
-    settings.identity = Some(sidecar_identity(args)?);
-    let mut documents = Vec::new();
-    let mut refused = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(&input).enumerate() {
-        let mut doc = Value::deserialize(document)
-            .with_context(|| format!("{}: document {}", args.file.display(), i + 1))?;
-        if doc.is_null() {
-            continue;
-        }
-        let name = describe(&doc);
-        match inject_document(&mut doc, args, &settings) {
-            Ok(Some(reason)) => eprintln!("streamgate inject: {name}: not injected ({reason})"),
-            Ok(None) => {}
-            Err(e) => refused.push(format!("{name}: {e}")),
-        }
-        documents.push(doc);
+    // Bad annotations are refused before anything is looked up in the cluster; the
+    // identity section is only needed once a workload is injected.
+    let first = inject_all(&input, args, &settings)?;
+    if !first.refused.is_empty() {
+        return Ok(Outcome::Refused(first.refused));
     }
-    if !refused.is_empty() {
-        return Ok(Outcome::Refused(refused));
+    let last = if first.injected {
+        settings.identity = Some(sidecar_identity(args)?);
+        inject_all(&input, args, &settings)?
+    } else {
+        first
+    };
+    for skipped in &last.skipped {
+        eprintln!("streamgate inject: {skipped}");
     }
+    let documents = last.documents;
     let mut text = String::new();
     for doc in &documents {
         text.push_str("---\n");
         text.push_str(&serde_yaml::to_string(doc)?);
     }
     Ok(Outcome::Printed(text))
+}
+
+/// Every document of the input, injected where it asks for it.
+struct Pass {
+    documents: Vec<Value>,
+    /// A workload whose annotations the webhook would refuse, one line each.
+    refused: Vec<String>,
+    /// A workload left as it is, and why.
+    skipped: Vec<String>,
+    injected: bool,
+}
+
+fn inject_all(input: &str, args: &InjectArgs, settings: &SidecarDefaults) -> Result<Pass> {
+    let mut pass = Pass {
+        documents: Vec::new(),
+        refused: Vec::new(),
+        skipped: Vec::new(),
+        injected: false,
+    };
+    for (i, document) in serde_yaml::Deserializer::from_str(input).enumerate() {
+        let mut doc = Value::deserialize(document)
+            .with_context(|| format!("{}: document {}", args.file.display(), i + 1))?;
+        if doc.is_null() {
+            continue;
+        }
+        let name = describe(&doc);
+        match inject_document(&mut doc, args, settings) {
+            Ok(Some(reason)) => pass
+                .skipped
+                .push(format!("{name}: not injected ({reason})")),
+            Ok(None) => pass.injected = true,
+            Err(e) => pass.refused.push(format!("{name}: {e}")),
+        }
+        pass.documents.push(doc);
+    }
+    Ok(pass)
 }
 
 fn read_input(file: &PathBuf) -> Result<String> {

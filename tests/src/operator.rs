@@ -78,7 +78,13 @@ pub async fn operator_kubeconfig_in(env: &TestEnv, home: &str) -> Result<PathBuf
          subjects: [{{kind: ServiceAccount, name: {OPERATOR_ACCOUNT}, namespace: {ns}}}]\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: streamgate-operator-namespaced, namespace: {home}}}\n\
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: streamgate-operator-namespaced}}\n\
-         subjects: [{{kind: ServiceAccount, name: {OPERATOR_ACCOUNT}, namespace: {ns}}}]\n"
+         subjects: [{{kind: ServiceAccount, name: {OPERATOR_ACCOUNT}, namespace: {ns}}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: streamgate-operator-webhook-{ns}}}\n\
+         rules: [{{apiGroups: [admissionregistration.k8s.io], resources: [mutatingwebhookconfigurations], resourceNames: [{registration}], verbs: [get, patch]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: streamgate-operator-webhook-{ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: streamgate-operator-webhook-{ns}}}\n\
+         subjects: [{{kind: ServiceAccount, name: {OPERATOR_ACCOUNT}, namespace: {ns}}}]\n",
+        registration = registration_name(env),
     );
     env.platform
         .info
@@ -129,6 +135,12 @@ pub const TEST_TIMINGS: &[&str] = &[
     "1s",
 ];
 
+/// The webhook registration a test's operator maintains (its RBAC names it: the
+/// operator may change no other).
+pub fn registration_name(env: &TestEnv) -> String {
+    format!("streamgate-injector-{}", env.namespace)
+}
+
 /// The test timings and the flags of a webhook (and identity endpoint) on a free port of
 /// `host`, registered under a name of the test's own; with the URL it serves at.
 pub fn webhook_flags(env: &TestEnv, host: &str) -> Result<(Vec<String>, String)> {
@@ -141,7 +153,7 @@ pub fn webhook_flags(env: &TestEnv, host: &str) -> Result<(Vec<String>, String)>
         "--webhook-url".to_string(),
         url.clone(),
         "--webhook-config-name".to_string(),
-        format!("streamgate-injector-{}", env.namespace),
+        registration_name(env),
     ]);
     Ok((args, url))
 }

@@ -417,3 +417,67 @@ async fn every_metric_the_dashboard_queries_is_exported() -> Result<()> {
     assert!(missing.is_empty(), "queried but not exported: {missing:?}");
     Ok(())
 }
+
+/// The operator's RBAC (the chart's and the tests' one file): no wildcard anywhere, no
+/// Secret right outside the operator's own namespace, and its webhook registration and
+/// Secrets changed only by name.
+#[test]
+fn the_operator_role_has_no_wildcard_and_no_cluster_wide_secret_rights() -> Result<()> {
+    let path = repo_root().join("charts/streamgate/files/operator-rbac.yaml");
+    let text = std::fs::read_to_string(&path)?;
+    let mut roles = BTreeMap::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let role = serde_json::Value::deserialize(document)?;
+        let name = role["metadata"]["name"]
+            .as_str()
+            .context("a role name")?
+            .to_string();
+        roles.insert(name, role["rules"].as_array().cloned().unwrap_or_default());
+    }
+    let strings = |value: &serde_json::Value| -> Vec<String> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    for (name, rules) in &roles {
+        for rule in rules {
+            for key in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                assert!(
+                    !strings(&rule[key]).iter().any(|s| s.contains('*')),
+                    "{name}: a wildcard in {key}: {rule}"
+                );
+            }
+            let verbs = strings(&rule["verbs"]);
+            let named = !strings(&rule["resourceNames"]).is_empty();
+            let resources = strings(&rule["resources"]);
+            // Reading or changing a Secret or the webhook registration: by name only.
+            if resources
+                .iter()
+                .any(|r| r == "secrets" || r == "mutatingwebhookconfigurations")
+            {
+                assert!(
+                    named || verbs == ["create"],
+                    "{name}: {resources:?} {verbs:?} without resourceNames"
+                );
+            }
+        }
+    }
+    // The role bound cluster-wide has no Secret rule at all (the namespaced one is bound
+    // in the operator's namespace only).
+    let cluster_wide = &roles["streamgate-operator"];
+    assert!(
+        !cluster_wide
+            .iter()
+            .any(|rule| strings(&rule["resources"]).iter().any(|r| r == "secrets")),
+        "secrets in the cluster-wide role"
+    );
+    assert!(
+        roles["streamgate-operator-namespaced"]
+            .iter()
+            .any(|rule| strings(&rule["resources"]).iter().any(|r| r == "secrets"))
+    );
+    Ok(())
+}

@@ -278,11 +278,22 @@ fn issued_options(
     endpoint: &Endpoint,
     token: &Path,
 ) -> Result<SidecarOptions> {
+    issued_options_in_mode(env, service, app, endpoint, token, "strict")
+}
+
+fn issued_options_in_mode(
+    env: &TestEnv,
+    service: &str,
+    app: std::net::SocketAddr,
+    endpoint: &Endpoint,
+    token: &Path,
+    mode: &str,
+) -> Result<SidecarOptions> {
     let mut options = SidecarOptions::new(service, &pod_ip(), app, env.consul_addr());
     options.health = "{type: tcp, periodSeconds: 2, timeoutSeconds: 1}".into();
     options.pod_name = Some(service.to_string());
     options.extra = format!(
-        "identity: {{endpoint: '{}', endpointCa: {}, mode: strict}}\n",
+        "identity: {{endpoint: '{}', endpointCa: {}, mode: {mode}}}\n",
         endpoint.url,
         serde_json::to_string(&endpoint.ca)?
     );
@@ -489,6 +500,52 @@ async fn a_strict_sidecar_serves_once_certified_and_a_ca_rotation_fails_no_call(
     )
     .await?;
 
+    // Anyone who can write to Consul can claim an instance speaks plaintext; a strict
+    // caller dials it with mTLS all the same (over plaintext the mTLS-only server would
+    // refuse it, and calls would fail).
+    let inbound = server.inbound;
+    let spoof = json!({
+        "ID": format!("{server_name}-spoofed"),
+        "Name": server_name,
+        "Address": inbound.ip().to_string(),
+        "Port": inbound.port(),
+        "Meta": {"k8s-namespace": ns, "streamgate-inbound": "plain"},
+    });
+    http()
+        .put(format!("{}/v1/agent/service/register", env.consul_addr()))
+        .json(&spoof)
+        .send()
+        .await?
+        .error_for_status()?;
+    eventually("the spoofed instance is passing", TIMEOUT, || async {
+        let url = format!(
+            "{}/v1/health/service/{server_name}?passing=true",
+            env.consul_addr()
+        );
+        let instances: Vec<serde_json::Value> = http().get(&url).send().await?.json().await?;
+        Ok((instances.len() == 2).then_some(()))
+    })
+    .await?;
+    // A plaintext dial would fail and be retried on the other instance: no retry at all
+    // shows every call went where it was sent, over mTLS.
+    let retries = format!("streamgate_sidecar_forward_retries_total{{upstream=\"{server_name}\"}}");
+    let retried_before = client.metric(&retries).await?;
+    for _ in 0..40 {
+        let mut echo = echo.clone();
+        let reply = echo
+            .unary(EchoRequest {
+                payload: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await?;
+        assert_eq!(reply.into_inner().metadata["streamgate-caller"], "teller");
+    }
+    assert_eq!(
+        client.metric(&retries).await?,
+        retried_before,
+        "calls were retried"
+    );
+
     let _ = stop.send(true);
     let (ok, failed) = load.await?;
     assert!(
@@ -499,5 +556,92 @@ async fn a_strict_sidecar_serves_once_certified_and_a_ca_rotation_fails_no_call(
         &failed[..failed.len().min(5)]
     );
     assert!(ok > 100, "only {ok} calls");
+    Ok(())
+}
+
+#[tokio::test]
+async fn permissive_mode_also_takes_plaintext_but_never_for_allowed_callers() -> Result<()> {
+    let env = TestEnv::new("identity-permissive").await?;
+    let ns = env.namespace.clone();
+    let home = format!("{ns}-sys");
+    let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
+    let (args, url) = webhook_flags(&env, "127.0.0.1")?;
+    let _operator = Operator::start_in(&env, &kubeconfig, "permissive", &home, &args).await?;
+    let endpoint = Endpoint::new(&env, &home, url).await?;
+    let (open_name, guarded_name) = (env.unique("open"), env.unique("guarded"));
+    let dir = log_dir(&open_name);
+    let mut servers = Vec::new();
+    for (name, extra) in [
+        (&open_name, ""),
+        (&guarded_name, "  allowedCallers: [nobody]\n"),
+    ] {
+        let app = EchoServer::start("app", format!("{}:0", pod_ip()).parse()?).await?;
+        let token = sidecar_pod(&env, &dir, name, name).await?;
+        let mut options =
+            issued_options_in_mode(&env, name, app.addr, &endpoint, &token, "permissive")?;
+        options.service_extra = extra.into();
+        let sidecar = Sidecar::start(&dir, &options)?;
+        sidecar.wait_ready(TIMEOUT).await?;
+        servers.push((sidecar, app));
+    }
+    // A plaintext HTTP/2 caller (a seed-style service) straight to the inbound port.
+    let plaintext = |sidecar: &Sidecar| {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", sidecar.inbound)).map(
+                |e| {
+                    e.connect_timeout(Duration::from_secs(2))
+                        .timeout(Duration::from_secs(5))
+                },
+            );
+        async move {
+            let mut echo = EchoClient::new(endpoint?.connect_lazy());
+            let request = EchoRequest {
+                payload: b"x".to_vec(),
+                ..Default::default()
+            };
+            anyhow::Ok(echo.unary(request).await)
+        }
+    };
+    let open = plaintext(&servers[0].0).await?;
+    assert!(
+        open.is_ok(),
+        "the permissive service takes plaintext: {open:?}"
+    );
+    // With allowedCallers the plaintext caller is only a header: refused.
+    let guarded = plaintext(&servers[1].0).await?;
+    assert!(
+        guarded.is_err(),
+        "a plaintext caller reached a service with allowedCallers"
+    );
+    // mTLS still works on the same port: a strict client calls the open service.
+    let client_name = env.unique("client");
+    let token = sidecar_pod(&env, &dir, &client_name, &client_name).await?;
+    let nowhere: std::net::SocketAddr = format!("{}:{}", pod_ip(), free_port()?).parse()?;
+    let mut options = issued_options(&env, &client_name, nowhere, &endpoint, &token)?;
+    options.health = "{type: tcp, periodSeconds: 5}".into();
+    let client = Sidecar::start(&dir, &options)?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.app_listen))?
+        .origin(format!("http://{open_name}").parse()?)
+        .connect_lazy();
+    let echo = EchoClient::new(channel);
+    let reply = eventually(
+        "a call over mTLS to the permissive service",
+        TIMEOUT,
+        || {
+            let mut echo = echo.clone();
+            async move {
+                let request = EchoRequest {
+                    payload: b"x".to_vec(),
+                    ..Default::default()
+                };
+                Ok(echo.unary(request).await.ok())
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        reply.into_inner().metadata["streamgate-caller"],
+        client_name
+    );
     Ok(())
 }

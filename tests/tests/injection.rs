@@ -7,7 +7,9 @@ use kube::api::{Api, ListParams};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use streamgate_tests::TestEnv;
-use streamgate_tests::operator::{Operator, operator_kubeconfig_in, webhook_flags};
+use streamgate_tests::operator::{
+    Operator, operator_kubeconfig_in, registration_name, webhook_flags,
+};
 use streamgate_tests::wait::eventually;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,7 +34,7 @@ async fn fixture(name: &str, labels: &[(&str, &str)], extra: &[&str]) -> Result<
     let operator = Operator::start_in(&env, &kubeconfig, "webhook", &home, &args).await?;
     let f = Fixture { env, operator };
     // The configuration is registered once the webhook serves.
-    let name = format!("streamgate-injector-{}", f.env.namespace);
+    let name = registration_name(&f.env);
     eventually("webhook registered", TIMEOUT, || async {
         Ok(f.env
             .platform
@@ -431,6 +433,7 @@ async fn inject_output_applied_gives_the_pod_the_webhook_makes() -> Result<()> {
         .args(["-n", &f.env.namespace])
         .args(["--consul-address", f.env.consul_addr()])
         .args(["--nats-url", f.env.nats_url()])
+        .args(["--webhook-config-name", &registration_name(&f.env)])
         .output()?;
     let printed = String::from_utf8(output.stdout)?;
     assert!(

@@ -4,8 +4,9 @@
 
 use anyhow::Result;
 use streamgate_tests::TestEnv;
-use streamgate_tests::operator::{Operator, TEST_TIMINGS, operator_kubeconfig_in};
-use streamgate_tests::ports::free_port;
+use streamgate_tests::operator::{
+    Operator, operator_kubeconfig_in, registration_name, webhook_flags,
+};
 
 fn annotated_pod(name: &str) -> String {
     format!(
@@ -40,14 +41,8 @@ async fn cluster_wide_webhook_never_injects_kube_system_or_its_own_namespace() -
     let env = TestEnv::new("inject-cluster").await?;
     let home = format!("{}-sys", env.namespace);
     let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
-    let port = free_port()?;
-    let mut args: Vec<String> = TEST_TIMINGS.iter().map(|s| s.to_string()).collect();
-    args.extend([
-        "--webhook-listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--webhook-url".into(),
-        format!("https://127.0.0.1:{port}"),
-    ]);
+    let (args, _) = webhook_flags(&env, "127.0.0.1")?;
+    let registration = registration_name(&env);
     // Cluster-wide: the test namespace scope is lifted by watching all namespaces.
     let operator = Operator::start_cluster_wide(&env, &kubeconfig, "cluster", &home, &args).await?;
     let info = &env.platform.info;
@@ -60,7 +55,7 @@ async fn cluster_wide_webhook_never_injects_kube_system_or_its_own_namespace() -
                     &[
                         "get",
                         "mutatingwebhookconfiguration",
-                        "streamgate-sidecar-injector",
+                        &registration,
                         "-o",
                         "name",
                     ],
@@ -122,11 +117,7 @@ async fn cluster_wide_webhook_never_injects_kube_system_or_its_own_namespace() -
 
     // Leave the cluster as found: no cluster-wide webhook without its server.
     info.kubectl(
-        &[
-            "delete",
-            "mutatingwebhookconfiguration",
-            "streamgate-sidecar-injector",
-        ],
+        &["delete", "mutatingwebhookconfiguration", &registration],
         None,
     )?;
     Ok(())

@@ -125,44 +125,51 @@ pub enum CaError {
     Generate(#[from] rcgen::Error),
 }
 
-/// The issuer from its Secret, made (a self-signed CA) when the Secret does not exist.
+/// The issuer from its Secret, made (a self-signed CA) when the Secret does not exist or
+/// holds nothing yet (the chart creates it empty, so `helm uninstall` removes it).
 pub async fn ensure_issuer(secrets: &Api<Secret>, name: &str) -> Result<Issuer, CaError> {
     let kube_error = |source| CaError::Kube {
         secret: name.to_string(),
         source,
     };
-    let secret = match secrets.get_opt(name).await.map_err(kube_error)? {
-        Some(secret) => secret,
-        None => {
-            let (cert, key) = crate::webhook::certs::new_ca()?;
-            let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
-            let fresh = Secret {
-                metadata: ObjectMeta {
-                    name: Some(name.to_string()),
-                    labels: Some(crate::labels::managed_by()),
-                    ..Default::default()
-                },
-                type_: Some("kubernetes.io/tls".to_string()),
-                data: Some(BTreeMap::from([
-                    (CERT_KEY.to_string(), bytes(&cert)),
-                    (KEY_KEY.to_string(), bytes(&key)),
-                ])),
-                ..Default::default()
-            };
-            match secrets.create(&PostParams::default(), &fresh).await {
-                Ok(created) => created,
-                // Another replica made it first: use theirs.
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    secrets.get(name).await.map_err(kube_error)?
-                }
-                Err(e) => return Err(kube_error(e)),
-            }
-        }
-    };
-    issuer_from(&secret).map_err(|reason| CaError::Unusable {
+    let unusable = |reason| CaError::Unusable {
         secret: name.to_string(),
         reason,
-    })
+    };
+    // Replicas racing here converge: a write that loses (409) reads again.
+    for _ in 0..5 {
+        let existing = secrets.get_opt(name).await.map_err(kube_error)?;
+        let empty = existing
+            .as_ref()
+            .is_none_or(|s| s.data.as_ref().is_none_or(|data| data.is_empty()));
+        if !empty {
+            return issuer_from(existing.as_ref().unwrap_or(&Secret::default())).map_err(unusable);
+        }
+        let (cert, key) = crate::webhook::certs::new_ca()?;
+        let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+        let mut secret = existing.clone().unwrap_or_else(|| Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                labels: Some(crate::labels::managed_by()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        secret.data = Some(BTreeMap::from([
+            (CERT_KEY.to_string(), bytes(&cert)),
+            (KEY_KEY.to_string(), bytes(&key)),
+        ]));
+        let written = match existing {
+            Some(_) => secrets.replace(name, &PostParams::default(), &secret).await,
+            None => secrets.create(&PostParams::default(), &secret).await,
+        };
+        match written {
+            Ok(written) => return issuer_from(&written).map_err(unusable),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(kube_error(e)),
+        }
+    }
+    issuer_from(&secrets.get(name).await.map_err(kube_error)?).map_err(unusable)
 }
 
 /// The issuer a Secret describes, or what is wrong with it (naming the key).
