@@ -114,31 +114,48 @@ fn token(env: &TestEnv, namespace: &str, account: &str, extra: &[&str]) -> Resul
     Ok(env.platform.info.kubectl(&args, None)?.trim().to_string())
 }
 
-#[tokio::test]
-async fn a_certificate_names_only_what_a_pod_bound_token_proves() -> Result<()> {
-    let env = TestEnv::new("identity").await?;
-    let ns = env.namespace.clone();
-    let home = format!("{ns}-sys");
-    let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
-    let (args, url) = webhook_flags(&env, "127.0.0.1")?;
-    let _operator = Operator::start_in(&env, &kubeconfig, "identity", &home, &args).await?;
-    let endpoint = Endpoint::new(&env, &home, url).await?;
-
-    env.kubectl(&["create", "serviceaccount", "worker"], None)?;
-    env.kubectl(&["create", "-f", "-"], Some(&pod("w1", "worker", "worker")))?;
+/// A token of `account` for audience `streamgate`, bound to `pod`: what the kubelet
+/// projects into a pod for its sidecar.
+fn bound_token(env: &TestEnv, namespace: &str, account: &str, pod: &str) -> Result<String> {
     let bound = [
         "--audience",
         "streamgate",
         "--bound-object-kind",
         "Pod",
         "--bound-object-name",
-        "w1",
+        pod,
     ];
+    token(env, namespace, account, &bound)
+}
+
+/// The test's platform, an operator serving its identity endpoint on loopback (with
+/// `extra` flags), and a client of that endpoint.
+async fn operator_and_endpoint(
+    name: &str,
+    extra: &[&str],
+) -> Result<(TestEnv, Operator, Endpoint)> {
+    let env = TestEnv::new(name).await?;
+    let home = format!("{}-sys", env.namespace);
+    let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
+    let (mut args, url) = webhook_flags(&env, "127.0.0.1")?;
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let operator = Operator::start_in(&env, &kubeconfig, name, &home, &args).await?;
+    let endpoint = Endpoint::new(&env, &home, url).await?;
+    Ok((env, operator, endpoint))
+}
+
+#[tokio::test]
+async fn a_certificate_names_only_what_a_pod_bound_token_proves() -> Result<()> {
+    let (env, _operator, endpoint) = operator_and_endpoint("identity", &[]).await?;
+    let ns = env.namespace.clone();
+
+    env.kubectl(&["create", "serviceaccount", "worker"], None)?;
+    env.kubectl(&["create", "-f", "-"], Some(&pod("w1", "worker", "worker")))?;
     let (csr, _key) = greedy_csr(&ns)?;
 
     // A pod-bound token for our audience: the certificate names the token's namespace,
     // account and the pod's service, whatever the request asked for.
-    let good = token(&env, &ns, "worker", &bound)?;
+    let good = bound_token(&env, &ns, "worker", "w1")?;
     let (status, body) = endpoint.issue(Some(&good), &csr).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -157,11 +174,16 @@ async fn a_certificate_names_only_what_a_pod_bound_token_proves() -> Result<()> 
     // No token, a token for the API server's audience, a token bound to no pod: refused.
     let (status, body) = endpoint.issue(None, &csr).await?;
     assert_eq!(status, 401, "{body}");
-    let api_audience = token(&env, &ns, "worker", &bound[2..])?;
+    let api_audience = token(
+        &env,
+        &ns,
+        "worker",
+        &["--bound-object-kind", "Pod", "--bound-object-name", "w1"],
+    )?;
     let (status, body) = endpoint.issue(Some(&api_audience), &csr).await?;
     assert_eq!(status, 403, "{body}");
     assert!(body.to_string().contains("audience streamgate"), "{body}");
-    let unbound = token(&env, &ns, "worker", &bound[..2])?;
+    let unbound = token(&env, &ns, "worker", &["--audience", "streamgate"])?;
     let (status, body) = endpoint.issue(Some(&unbound), &csr).await?;
     assert_eq!(status, 403, "{body}");
     assert!(body.to_string().contains("not bound to a pod"), "{body}");
@@ -176,19 +198,7 @@ async fn a_certificate_names_only_what_a_pod_bound_token_proves() -> Result<()> 
         &["create", "-f", "-"],
         Some(&pod("forger", "worker", "vault")),
     )?;
-    let forged = token(
-        &env,
-        &ns,
-        "worker",
-        &[
-            "--audience",
-            "streamgate",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "forger",
-        ],
-    )?;
+    let forged = bound_token(&env, &ns, "worker", "forger")?;
     let (status, body) = endpoint.issue(Some(&forged), &csr).await?;
     assert_eq!(status, 403, "{body}");
     assert!(body.to_string().contains("vault"), "{body}");
@@ -202,19 +212,7 @@ async fn a_certificate_names_only_what_a_pod_bound_token_proves() -> Result<()> 
         &["create", "-n", &other, "-f", "-"],
         Some(&pod("o1", "default", "worker")),
     )?;
-    let foreign = token(
-        &env,
-        &other,
-        "default",
-        &[
-            "--audience",
-            "streamgate",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "o1",
-        ],
-    )?;
+    let foreign = bound_token(&env, &other, "default", "o1")?;
     let (status, body) = endpoint.issue(Some(&foreign), &csr).await?;
     let _ = env
         .platform
@@ -257,16 +255,8 @@ async fn sidecar_pod(env: &TestEnv, dir: &Path, account: &str, service: &str) ->
         &["create", "-f", "-"],
         Some(&pod(service, account, service)),
     )?;
-    let bound = [
-        "--audience",
-        "streamgate",
-        "--bound-object-kind",
-        "Pod",
-        "--bound-object-name",
-        service,
-    ];
     let file = dir.join(format!("{service}.token"));
-    std::fs::write(&file, token(env, &env.namespace, account, &bound)?)?;
+    std::fs::write(&file, bound_token(env, &env.namespace, account, service)?)?;
     Ok(file)
 }
 
@@ -344,22 +334,15 @@ async fn a_strict_sidecar_serves_once_certified_and_a_ca_rotation_fails_no_call(
     const VALIDITY_S: f64 = 20.0;
     /// The operator's reload period with a 30 s webhook certificate (validity / 6).
     const RELOAD_S: f64 = 5.0;
-    let env = TestEnv::new("identity-rotation").await?;
+    let extra = [
+        "--workload-cert-validity",
+        "20s",
+        "--webhook-cert-validity",
+        "30s",
+    ];
+    let (env, _operator, endpoint) = operator_and_endpoint("identity-rotation", &extra).await?;
     let ns = env.namespace.clone();
     let home = format!("{ns}-sys");
-    let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
-    let (mut args, url) = webhook_flags(&env, "127.0.0.1")?;
-    args.extend(
-        [
-            "--workload-cert-validity",
-            "20s",
-            "--webhook-cert-validity",
-            "30s",
-        ]
-        .map(String::from),
-    );
-    let _operator = Operator::start_in(&env, &kubeconfig, "rotation", &home, &args).await?;
-    let endpoint = Endpoint::new(&env, &home, url).await?;
     let (server_name, client_name) = (env.unique("vault"), env.unique("teller"));
     let dir = log_dir(&server_name);
 
@@ -561,13 +544,7 @@ async fn a_strict_sidecar_serves_once_certified_and_a_ca_rotation_fails_no_call(
 
 #[tokio::test]
 async fn permissive_mode_also_takes_plaintext_but_never_for_allowed_callers() -> Result<()> {
-    let env = TestEnv::new("identity-permissive").await?;
-    let ns = env.namespace.clone();
-    let home = format!("{ns}-sys");
-    let kubeconfig = operator_kubeconfig_in(&env, &home).await?;
-    let (args, url) = webhook_flags(&env, "127.0.0.1")?;
-    let _operator = Operator::start_in(&env, &kubeconfig, "permissive", &home, &args).await?;
-    let endpoint = Endpoint::new(&env, &home, url).await?;
+    let (env, _operator, endpoint) = operator_and_endpoint("identity-permissive", &[]).await?;
     let (open_name, guarded_name) = (env.unique("open"), env.unique("guarded"));
     let dir = log_dir(&open_name);
     let mut servers = Vec::new();
