@@ -119,8 +119,9 @@ async fn bench() -> Result<bool> {
         server_ip: "127.0.0.2",
         client_ip: "127.0.0.3",
         env: &[],
+        binary: &tools.sidecar,
     };
-    let plain = sidecars::start(&tools, &work, &consul, &plain, &server_addr).await?;
+    let plain = sidecars::start(&work, &consul, &plain, &server_addr).await?;
     paths.push(BenchPath {
         kind: Kind::Sidecar,
         hops: 1,
@@ -195,8 +196,9 @@ async fn bench() -> Result<bool> {
         server_ip: "127.0.0.4",
         client_ip: "127.0.0.5",
         env: &env,
+        binary: &tools.sidecar,
     };
-    let traced = sidecars::start(&tools, &work, &consul, &traced, &server_addr).await?;
+    let traced = sidecars::start(&work, &consul, &traced, &server_addr).await?;
     paths.push(BenchPath {
         kind: Kind::SidecarTraced,
         hops: 2,
@@ -207,6 +209,40 @@ async fn bench() -> Result<bool> {
         ),
         pids: vec![traced.client.pid(), traced.server.pid()],
     });
+
+    // `FB_SIDECAR_BASELINE=<binary>`: the same pair from another build (e.g. the commit
+    // before a lever), measured in the same alternated rounds.
+    let _baseline = match std::env::var_os("FB_SIDECAR_BASELINE") {
+        Some(binary) => {
+            let baseline_service = format!("{service}b");
+            let pair = sidecars::Pair {
+                service: &baseline_service,
+                server_ip: "127.0.0.6",
+                client_ip: "127.0.0.7",
+                env: &[],
+                binary: std::path::Path::new(&binary),
+            };
+            let baseline = sidecars::start(&work, &consul, &pair, &server_addr).await?;
+            paths.push(BenchPath {
+                kind: Kind::SidecarBaseline,
+                hops: 1,
+                target: target("1 hop: sidecar, baseline build", &baseline.inbound, None),
+                pids: vec![baseline.server.pid()],
+            });
+            paths.push(BenchPath {
+                kind: Kind::SidecarBaseline,
+                hops: 2,
+                target: target(
+                    "2 hops: sidecars, baseline build",
+                    &baseline.app,
+                    Some(&baseline_service),
+                ),
+                pids: vec![baseline.client.pid(), baseline.server.pid()],
+            });
+            Some(baseline)
+        }
+        None => None,
+    };
 
     // `FB_PATHS=sidecars`: only the paths whose label contains one of the comma-separated
     // words (and the direct baseline), for a closer look at a few of them.

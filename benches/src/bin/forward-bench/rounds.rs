@@ -15,6 +15,9 @@ pub enum Kind {
     Sidecar,
     /// The sidecars with traces exported at 1% (compared with `Sidecar` at two hops).
     SidecarTraced,
+    /// The sidecars of another build (`FB_SIDECAR_BASELINE`), to weigh a lever in the
+    /// same run; not a peer, judged by no target.
+    SidecarBaseline,
     Peer(&'static str),
 }
 

@@ -33,6 +33,8 @@ pub struct Pair<'a> {
     pub server_ip: &'a str,
     pub client_ip: &'a str,
     pub env: &'a [(String, String)],
+    /// The sidecar binary (this build's, or a baseline build's to weigh a lever).
+    pub binary: &'a std::path::Path,
 }
 
 struct SidecarRole<'a> {
@@ -56,7 +58,6 @@ pub async fn consul(tools: &Tools, work: &WorkDir) -> Result<Consul> {
 /// A server sidecar registering `pair.service` and a client sidecar with it as its
 /// upstream; ready, and the server's instance passing.
 pub async fn start(
-    tools: &Tools,
     work: &WorkDir,
     consul: &Consul,
     pair: &Pair<'_>,
@@ -66,7 +67,7 @@ pub async fn start(
     let app = format!("127.0.0.1:{}", free_port()?);
     let inbound = format!("{}:{}", pair.server_ip, free_port()?);
     let (server, server_admin) = spawn_sidecar(
-        &tools.sidecar,
+        pair.binary,
         work,
         &format!("{service}-server"),
         consul.addr(),
@@ -81,7 +82,7 @@ pub async fn start(
         },
     )?;
     let (client, client_admin) = spawn_sidecar(
-        &tools.sidecar,
+        pair.binary,
         work,
         &format!("{service}-client"),
         consul.addr(),

@@ -63,6 +63,7 @@ pub fn print(paths: &[BenchPath], figures: &[Result<Figures, String>], rounds: u
     }
     all &= rss_targets(paths, figures);
     all &= traces_target(paths, figures);
+    baseline_comparison(paths, figures);
     all
 }
 
@@ -227,4 +228,27 @@ fn traces_target(paths: &[BenchPath], figures: &[Result<Figures, String>]) -> bo
         verdict(cpu_ok, "<= 105% of traces off")
     );
     rps_ok && cpu_ok
+}
+
+/// This build against the baseline build (`FB_SIDECAR_BASELINE`), per hop count: what a
+/// lever changed, measured in the same rounds. Informational: no target.
+fn baseline_comparison(paths: &[BenchPath], figures: &[Result<Figures, String>]) {
+    let change = |this: f64, base: f64| (this / base - 1.0) * 100.0;
+    for hops in [1u8, 2] {
+        let this = of(paths, figures, hops, |k| k == Kind::Sidecar);
+        let base = of(paths, figures, hops, |k| k == Kind::SidecarBaseline);
+        let (Some((_, this)), Some((_, base))) = (this.first(), base.first()) else {
+            continue;
+        };
+        println!(
+            "{:<34} calls/s {:.0} vs {:.0} ({:+.1}%), CPU s/1k {:.4} vs {:.4} ({:+.1}%)",
+            format!("{hops} hop(s): this build vs baseline"),
+            this.max_rps,
+            base.max_rps,
+            change(this.max_rps, base.max_rps),
+            this.cpu_per_k_at_max,
+            base.cpu_per_k_at_max,
+            change(this.cpu_per_k_at_max, base.cpu_per_k_at_max)
+        );
+    }
 }
